@@ -1,0 +1,51 @@
+"""Runtime set-up shared by every chapter: seeding and device choice.
+
+`setup()` is what the notebooks' setup cell calls: it seeds every random number generator the book
+uses, picks the best available device (cuda, then mps, then cpu) and returns it.
+"""
+from __future__ import annotations
+
+import os
+import random
+
+import numpy as np
+import torch
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python's `random`, NumPy and PyTorch (CPU and every CUDA device)."""
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"seed must be a non-negative int, got {seed!r}")
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)  # also seeds every CUDA device
+
+
+def pick_device(prefer: str | None = None) -> torch.device:
+    """The device to run on: `prefer` if given, else cuda, then mps, then cpu.
+
+    The environment variable ONEHOT_DEVICE overrides the automatic choice (e.g. to force `cpu`).
+    """
+    prefer = prefer or os.environ.get("ONEHOT_DEVICE")
+    if prefer:
+        device = torch.device(prefer)
+        if device.type == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError(f"device {prefer!r} was requested but CUDA is not available here")
+        if device.type == "mps" and not torch.backends.mps.is_available():
+            raise RuntimeError(f"device {prefer!r} was requested but MPS is not available here")
+        return device
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        return torch.device("mps")
+    return torch.device("cpu")
+
+
+def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> torch.device:
+    """Seed everything, pick the device, print one line about both, and return the device."""
+    seed_everything(seed)
+    dev = pick_device(device)
+    if not quiet:
+        name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
+        print(f"torch {torch.__version__.split('+')[0]} | device: {name} | seed: {seed}")
+    return dev
