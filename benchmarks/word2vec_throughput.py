@@ -1,0 +1,77 @@
+"""Skip-gram throughput: this book's trainer (utils.word2vec) against gensim, side by side.
+
+Same corpus (Tiny Shakespeare, lower-cased words) and settings: skip-gram, negative 5, window 5,
+dim 100, min_count 5, sample 1e-3, 5 epochs, all cores. Only training is timed (not vocabulary
+building). "Effective words" are the tokens left after sub-sampling, summed over epochs, the
+figure gensim itself reports. Prints words/s of each and the ratio; target: ratio >= 0.5.
+
+    python benchmarks/word2vec_throughput.py [--repeats 3]
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from utils.data import tiny_shakespeare  # noqa: E402
+from utils.text import Vocab, words  # noqa: E402
+from utils.word2vec import Word2VecConfig, most_similar, train_word2vec  # noqa: E402
+
+SETTINGS = dict(dim=100, window=5, negative=5, min_count=5, sample=1e-3, epochs=5)
+TARGET = 0.5
+
+
+def run_gensim(tokens: list[str], workers: int, seed: int) -> tuple[float, int, object]:
+    from gensim.models import Word2Vec as GensimWord2Vec
+
+    # gensim caps a "sentence" at 10,000 words; the corpus is one stream, so feed it in 1,000-word pieces
+    chunks = [tokens[i:i + 1000] for i in range(0, len(tokens), 1000)]
+    model = GensimWord2Vec(vector_size=SETTINGS["dim"], window=SETTINGS["window"], negative=SETTINGS["negative"],
+                           min_count=SETTINGS["min_count"], sample=SETTINGS["sample"], sg=1,
+                           workers=workers, seed=seed)
+    model.build_vocab(chunks)
+    start = time.perf_counter()
+    effective, _raw = model.train(chunks, total_examples=model.corpus_count, epochs=SETTINGS["epochs"])
+    return time.perf_counter() - start, effective, model
+
+
+def run_ours(ids: torch.Tensor, vocab: Vocab, seed: int):
+    config = Word2VecConfig(**{k: v for k, v in SETTINGS.items() if k != "min_count"}, sg=True)
+    model, history = train_word2vec(ids, vocab.counts, config, seed=seed)
+    return history.seconds, history.words, model
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each; the fastest counts")
+    args = parser.parse_args()
+    cores = os.cpu_count() or 1
+    torch.set_num_threads(cores)
+    tokens = words(tiny_shakespeare())
+    vocab = Vocab.from_tokens(tokens, min_count=SETTINGS["min_count"])
+    ids = torch.tensor([vocab.stoi[t] for t in tokens if t in vocab.stoi])
+    print(f"corpus: {len(tokens):,} words, vocabulary {len(vocab):,} (min_count 5); {cores} cores; "
+          f"settings {SETTINGS}")
+    best = {"gensim": 0.0, "ours": 0.0}
+    for r in range(args.repeats):  # interleaved, so both see the same machine state
+        sec, eff, g_model = run_gensim(tokens, workers=cores, seed=r)
+        best["gensim"] = max(best["gensim"], eff / sec)
+        print(f"  run {r}: gensim  {eff:,} effective words in {sec:.2f} s = {eff / sec:,.0f} words/s")
+        sec, eff, o_model = run_ours(ids, vocab, seed=r)
+        best["ours"] = max(best["ours"], eff / sec)
+        print(f"  run {r}: ours    {eff:,} effective words in {sec:.2f} s = {eff / sec:,.0f} words/s")
+    ratio = best["ours"] / best["gensim"]
+    print("neighbours of 'king':  gensim", [w for w, _ in g_model.wv.most_similar("king", topn=5)],
+          "| ours", [w for w, _ in most_similar(o_model.vectors, vocab, "king", 5)])
+    print(f"gensim {best['gensim']:,.0f} words/s | ours {best['ours']:,.0f} words/s | "
+          f"ratio ours/gensim = {ratio:.2f} (target >= {TARGET})")
+
+
+if __name__ == "__main__":
+    main()
