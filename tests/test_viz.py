@@ -1,0 +1,169 @@
+"""Tests of utils.viz: each figure draws what it was given, and rejects what it cannot draw."""
+from __future__ import annotations
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.colors as mcolors  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from utils import viz  # noqa: E402
+from utils.train import EvalRecord, History, TrainRecord  # noqa: E402
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def make_history(n: int = 5, evals: bool = True) -> History:
+    train = [TrainRecord(s, 0.1 * s, 3.0 / s, 1.0, 1e-3) for s in range(1, n + 1)]
+    ev = [EvalRecord(s, 0.1 * s, {"val_loss": 3.5 / (s + 1), "accuracy": 0.1 * s}) for s in (0, n)] if evals else []
+    return History(train, ev, n, 0.1 * n, "max_steps")
+
+
+# ---------------------------------------------------------------------------------------- heatmap
+
+def test_heatmap_draws_the_matrix_with_labels_and_colorbar():
+    matrix = torch.arange(12, dtype=torch.float32, requires_grad=True).reshape(3, 4)
+    ax = viz.heatmap(matrix, row_labels=["a", "b", "c"], col_labels=["w", "x", "y", "z"], title="t")
+    assert np.array_equal(ax.images[0].get_array(), matrix.detach().numpy())
+    assert [t.get_text() for t in ax.get_yticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["w", "x", "y", "z"]
+    assert len(ax.figure.axes) == 2 and ax.get_title() == "t"  # the image and its colorbar
+    assert ax.figure.dpi == 100
+
+
+def test_heatmap_annotates_in_a_readable_colour_and_thins_ticks():
+    ax = viz.heatmap(np.array([[0.0, 1.0], [0.25, 0.5]]), colorbar=False, annotate=True, fmt=".1f")
+    texts = {t.get_text(): t.get_color() for t in ax.texts}
+    assert set(texts) == {"0.0", "1.0", "0.2", "0.5"}  # .1f of 0.25 is "0.2"
+    assert texts["0.0"] == "white" and texts["1.0"] == "black"  # dark purple / light yellow cells
+    assert len(ax.figure.axes) == 1
+
+    ax = viz.heatmap(np.zeros((5, 200)), col_labels=[f"tok{i}" for i in range(200)], max_ticks=50)
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert len(labels) == 50 and labels[:2] == ["tok0", "tok4"]
+    assert ax.get_xticklabels()[0].get_rotation() == 90  # long labels are turned
+
+
+def test_heatmap_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"2-D matrix \(rows, cols\), got shape \(2, 3, 4\); pick one map"):
+        viz.heatmap(torch.zeros(2, 3, 4))
+    with pytest.raises(ValueError, match="2-D matrix"):
+        viz.heatmap(np.zeros(5))
+    with pytest.raises(ValueError, match="row_labels has 2 labels but there are 3 rows"):
+        viz.heatmap(np.zeros((3, 4)), row_labels=["a", "b"])
+    with pytest.raises(ValueError, match="col_labels has 5 labels but there are 4 columns"):
+        viz.heatmap(np.zeros((3, 4)), col_labels="abcde")
+    with pytest.raises(ValueError, match="annotate matrices up to 30x30"):
+        viz.heatmap(np.zeros((40, 40)), annotate=True)
+    with pytest.raises(ValueError, match="empty"):
+        viz.heatmap(np.zeros((0, 3)))
+
+
+# ---------------------------------------------------------------------------------------- loss curves
+
+def test_loss_curves_draws_train_and_eval_losses_of_each_run():
+    a, b = make_history(5), make_history(8)
+    ax = viz.loss_curves({"rnn": a, "lstm": b})
+    assert len(ax.lines) == 4  # train + val_loss per run; accuracy is not a loss, so not drawn
+    labels = [line.get_label() for line in ax.lines]
+    assert labels == ["rnn (train)", "rnn (val_loss)", "lstm (train)", "lstm (val_loss)"]
+    assert list(ax.lines[0].get_xdata()) == [1, 2, 3, 4, 5]
+    assert list(ax.lines[0].get_ydata()) == [r.loss for r in a.train]
+    assert ax.lines[0].get_color() == ax.lines[1].get_color() != ax.lines[2].get_color()
+    assert ax.lines[1].get_linestyle() == "--"
+    assert ax.get_ylabel() == "loss (nats)" and ax.get_xlabel() == "step"
+
+    ax = viz.loss_curves({"rnn": a.to_dict()}, x="seconds", eval_metrics=["accuracy"], ylabel="")
+    assert list(ax.lines[0].get_xdata()) == pytest.approx([0.1 * s for s in range(1, 6)])
+    assert list(ax.lines[1].get_ydata()) == pytest.approx([0.0, 0.5])
+    assert ax.get_xlabel() == "training time (s)"
+
+    ax = viz.loss_curves({"bigram": [2.0, 1.5, 1.2]}, logy=True)
+    assert len(ax.lines) == 1 and list(ax.lines[0].get_xdata()) == [1, 2, 3]
+    assert ax.get_yscale() == "log"
+
+
+def test_loss_curves_rejects_bad_input():
+    with pytest.raises(ValueError, match="x must be 'step' or 'seconds'"):
+        viz.loss_curves({"a": make_history()}, x="epoch")
+    with pytest.raises(ValueError, match="non-empty dict"):
+        viz.loss_curves({})
+    with pytest.raises(ValueError, match="plain list of losses with no times"):
+        viz.loss_curves({"a": [1.0, 2.0]}, x="seconds")
+    with pytest.raises(KeyError, match="no evaluation metric"):
+        viz.loss_curves({"a": make_history()}, eval_metrics=["bleu"])
+    with pytest.raises(ValueError, match="recorded nothing to plot"):
+        viz.loss_curves({"a": History()})
+    with pytest.raises(ValueError, match="1-D list of losses"):
+        viz.loss_curves({"a": np.zeros((2, 2))})
+
+
+# ---------------------------------------------------------------------------------------- scatter
+
+def test_scatter_2d_highlights_and_labels_a_readable_subset():
+    rng = np.random.default_rng(0)
+    points = torch.tensor(rng.normal(size=(200, 2)))
+    words = [f"w{i}" for i in range(200)]
+    ax = viz.scatter_2d(points, words, highlight=["w150", "w199"], max_labels=10)
+    base, high = ax.collections
+    assert len(base.get_offsets()) == 198 and len(high.get_offsets()) == 2
+    assert np.allclose(high.get_offsets(), points[[150, 199]].numpy())
+    assert mcolors.same_color(high.get_facecolor()[0], viz.HIGHLIGHT)
+    assert not mcolors.same_color(base.get_facecolor()[0], viz.HIGHLIGHT)
+    texts = [t.get_text() for t in ax.texts]
+    assert texts[:2] == ["w150", "w199"]  # highlighted points are always labelled
+    assert len(texts) == 12 and all(t in words[:150] for t in texts[2:])
+
+
+def test_scatter_2d_does_not_stack_labels_on_a_blob():
+    points = np.vstack([np.zeros((50, 2)), [[1.0, 1.0]]])  # 50 points on one spot, one apart
+    ax = viz.scatter_2d(points, [str(i) for i in range(51)], max_labels=20)
+    assert [t.get_text() for t in ax.texts] == ["0", "50"]
+    ax = viz.scatter_2d(points, [str(i) for i in range(51)], max_labels=0)
+    assert len(ax.texts) == 0
+    ax = viz.scatter_2d(points)  # no labels at all
+    assert len(ax.texts) == 0 and len(ax.collections) == 1
+
+
+def test_scatter_2d_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"shape \(N, 2\), got \(5, 3\); reduce the 3-D vectors to 2-D"):
+        viz.scatter_2d(np.zeros((5, 3)))
+    with pytest.raises(ValueError, match=r"shape \(N, 2\), got \(10,\)"):
+        viz.scatter_2d(np.zeros(10))
+    with pytest.raises(ValueError, match="labels has 4 labels but there are 5 points"):
+        viz.scatter_2d(np.zeros((5, 2)), labels=list("abcd"))
+    with pytest.raises(ValueError, match=r"not in labels: \['zebra'\]"):
+        viz.scatter_2d(np.zeros((2, 2)), labels=["cat", "dog"], highlight=["cat", "zebra"])
+    with pytest.raises(ValueError, match="labels= must be given"):
+        viz.scatter_2d(np.zeros((2, 2)), highlight=["cat"])
+
+
+# ---------------------------------------------------------------------------------------- png and style
+
+def test_figure_to_png_returns_png_bytes_and_closes_the_figure():
+    ax = viz.heatmap(np.eye(3))
+    fig = ax.figure
+    png = viz.figure_to_png(ax)
+    assert png.startswith(b"\x89PNG\r\n\x1a\n") and len(png) > 1000
+    assert not plt.fignum_exists(fig.number)
+    with pytest.raises(TypeError, match="Figure or Axes"):
+        viz.figure_to_png(np.eye(3))
+
+
+def test_the_book_style_applies_whatever_the_global_settings():
+    with plt.rc_context({"figure.dpi": 37, "axes.spines.top": True}):
+        ax = viz.heatmap(np.eye(2))
+        assert ax.figure.dpi == 100
+        ax = viz.loss_curves({"a": [1.0, 0.5]})
+        assert not ax.spines["top"].get_visible()
+        with viz.style():
+            assert plt.rcParams["figure.dpi"] == 100
+        assert plt.rcParams["figure.dpi"] == 37
