@@ -167,3 +167,31 @@ def test_the_book_style_applies_whatever_the_global_settings():
         with viz.style():
             assert plt.rcParams["figure.dpi"] == 100
         assert plt.rcParams["figure.dpi"] == 37
+
+
+def test_word_explorer_updates_and_handles_unknown_words():
+    from utils.viz import word_explorer
+
+    table = {"king": [("queen", 0.9), ("prince", 0.8)], "queen": [("king", 0.9)]}
+
+    def lookup(word):
+        return table[word]  # KeyError for unknown words, like most_similar
+
+    points = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.5]])
+    box = word_explorer({"toy": lookup}, points, ["king", "queen", "prince"], default="king", topn=2)
+    combo, (html_view, image) = box.children[0], box.children[1].children
+    assert "queen" in html_view.value and image.value[:4] == b"\x89PNG"
+    first_png = image.value
+    combo.value = "queen"
+    assert "nearest neighbours of “queen”" in html_view.value and image.value != first_png
+    combo.value = "zebra"
+    assert "not in vocabulary" in html_view.value
+
+
+def test_word_explorer_rejects_mismatched_points():
+    from utils.viz import word_explorer
+
+    with pytest.raises(ValueError, match=r"shape \(3, 2\)"):
+        word_explorer({"toy": lambda w: []}, np.zeros((2, 2)), ["a", "b", "c"], default="a")
+    with pytest.raises(ValueError, match="at least one method"):
+        word_explorer({}, np.zeros((3, 2)), ["a", "b", "c"], default="a")

@@ -296,3 +296,64 @@ def figure_to_png(fig: Figure | Axes, dpi: int | None = None) -> bytes:
     finally:
         plt.close(fig)
     return buffer.getvalue()
+
+
+def word_explorer(neighbours: Mapping[str, Callable[[str], Sequence[tuple[str, float]]]], points: Any,
+                  labels: Sequence[str], default: str, topn: int = 8, map_labels: int = 25,
+                  title: str = "2-D map of the word vectors") -> Any:
+    """An explorer for word vectors: pick or type a word; see its nearest neighbours under each method
+    side by side, and where it and its neighbours sit on a 2-D map of `labels` (`points` (N, 2)).
+
+    `neighbours` maps a method's name to a function word -> [(neighbour, cosine similarity), ...]
+    that raises KeyError for a word it does not know. The map highlights the word and the first
+    method's neighbours. Returns an ipywidgets VBox; on a static page it shows the `default` word.
+    """
+    import html
+    import ipywidgets as widgets
+
+    if not neighbours:
+        raise ValueError("neighbours needs at least one method")
+    xy = _to_numpy(points, "points")
+    labels = [str(w) for w in labels]
+    if xy.shape != (len(labels), 2):
+        raise ValueError(f"points must have shape ({len(labels)}, 2) to match labels, got {tuple(xy.shape)}")
+    on_map = set(labels)
+    box = widgets.Combobox(value=default, options=labels, placeholder="type a word", description="word",
+                           ensure_option=False, continuous_update=False)
+    table = widgets.HTML()
+    picture = widgets.Image(format="png", layout=widgets.Layout(width="520px"))
+
+    def show(word: str) -> None:
+        word = word.strip().lower()
+        header = "".join(f"<th style='padding:2px 10px'>{html.escape(name)}</th>" for name in neighbours)
+        columns, first = [], None
+        for name, fn in neighbours.items():
+            try:
+                found = list(fn(word))[:topn]
+            except KeyError:
+                found = None
+            columns.append(found)
+            if first is None and found is not None:
+                first = [w for w, _ in found]
+        rows = []
+        for r in range(topn):
+            cells = []
+            for found in columns:
+                if found is None:
+                    cells.append("<td style='padding:2px 10px;color:#888'>not in vocabulary</td>" if r == 0 else "<td></td>")
+                elif r < len(found):
+                    w, sim = found[r]
+                    cells.append(f"<td style='padding:2px 10px'>{html.escape(w)} <span style='color:#888'>{sim:.2f}</span></td>")
+                else:
+                    cells.append("<td></td>")
+            rows.append("<tr>" + "".join(cells) + "</tr>")
+        table.value = (f"<b>nearest neighbours of “{html.escape(word)}”</b> (cosine similarity)"
+                       f"<table style='font-family:monospace'><tr>{header}</tr>{''.join(rows)}</table>")
+        highlight = [w for w in [word, *(first or [])] if w in on_map]
+        ax = scatter_2d(xy, labels, highlight=highlight, max_labels=map_labels,
+                        title=title if word in on_map else f"{title} (“{word}” is not on the map)")
+        picture.value = figure_to_png(ax)
+
+    box.observe(lambda change: show(change["new"]), names="value")
+    show(default)
+    return widgets.VBox([box, widgets.HBox([table, picture])])
