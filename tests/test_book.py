@@ -1,0 +1,119 @@
+"""Book-structure tests: the table of contents, the chapter template, and the committed outputs."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import nbformat
+import pytest
+import yaml
+
+from scripts.setup_cell import ROOT, SETUP_TAGS, chapter_paths, render, setup_cell_index
+
+CHAPTERS = chapter_paths()
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+
+
+def read(path: Path) -> nbformat.NotebookNode:
+    return nbformat.read(path, as_version=4)
+
+
+def headings(nb) -> list[str]:
+    return [line for c in nb.cells if c.cell_type == "markdown" for line in c.source.splitlines()
+            if re.match(r"#{1,2} ", line)]
+
+
+def test_toc_and_chapters_folder_agree():
+    assert CHAPTERS, "_toc.yml lists no chapters"
+    missing = [p.name for p in CHAPTERS if not p.is_file()]
+    assert not missing, f"in _toc.yml but not in chapters/: {missing}"
+    extra = sorted({p.name for p in (ROOT / "chapters").glob("*.ipynb")} - {p.name for p in CHAPTERS})
+    assert not extra, f"in chapters/ but not in _toc.yml: {extra}"
+    for p in CHAPTERS:
+        assert re.fullmatch(r"\d\d_[a-z0-9_]+\.ipynb", p.name), f"{p.name}: chapters are named NN_topic.ipynb"
+
+
+def test_toc_pages_exist():
+    toc = yaml.safe_load((ROOT / "_toc.yml").read_text())
+    files = [toc["root"]] + [e["file"] for part in toc["parts"] for e in part["chapters"]]
+    for f in files:
+        assert any((ROOT / f"{f}{ext}").is_file() for ext in (".md", ".ipynb")), f"{f} is in _toc.yml but missing"
+
+
+@pytest.fixture(params=CHAPTERS, ids=lambda p: p.stem)
+def chapter(request):
+    return request.param, read(request.param)
+
+
+def test_setup_cell_is_the_template(chapter):
+    path, nb = chapter
+    i = setup_cell_index(nb)
+    first_code = next(j for j, c in enumerate(nb.cells) if c.cell_type == "code")
+    assert i == first_code, f"{path.name}: the set-up cell must be the first code cell"
+    assert nb.cells[i].source == render(), f"{path.name}: set-up cell differs from the template; run python -m scripts.setup_cell"
+    assert nb.cells[i].metadata.get("tags") == SETUP_TAGS
+
+
+def test_chapter_follows_the_pattern(chapter):
+    path, nb = chapter
+    h = headings(nb)
+    assert h and h[0].startswith("# "), f"{path.name}: the first cell must be the title (# ...)"
+    assert nb.cells[0].cell_type == "markdown" and len(nb.cells[0].source.split("\n\n")) >= 2, \
+        f"{path.name}: a motivation paragraph follows the title"
+    order = ["## Learning goals", "## Results", "## Exercises", "## Summary", "## References"]
+    found = [next((k for k, line in enumerate(h) if line.strip() == want), None) for want in order]
+    assert None not in found, f"{path.name}: missing sections {[o for o, f in zip(order, found) if f is None]}"
+    assert found == sorted(found), f"{path.name}: sections out of order, expected {order}"
+    goals = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Learning goals" in c.source)
+    assert goals < setup_cell_index(nb), f"{path.name}: learning goals come before the set-up cell"
+
+
+def test_results_cell_asserts_the_target(chapter):
+    path, nb = chapter
+    i = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Results" in c.source)
+    following = next(c for c in nb.cells[i + 1:] if c.cell_type == "code")
+    assert re.search(r"^\s*assert ", following.source, re.M), f"{path.name}: the results cell must assert the target"
+
+
+def test_exercises_have_hidden_solutions(chapter):
+    path, nb = chapter
+    text = "\n".join(c.source for c in nb.cells if c.cell_type == "markdown")
+    exercises = text[text.index("## Exercises"):text.index("## Summary")]
+    assert re.search(r":class: dropdown|hide-cell|toggle", exercises), f"{path.name}: solutions must be hidden"
+
+
+def test_runtime_is_stated_and_budgeted(chapter):
+    path, nb = chapter
+    budget = nb.metadata.get("onehot", {}).get("cpu_budget_minutes")
+    assert budget, f"{path.name}: metadata onehot.cpu_budget_minutes is missing"
+    assert re.search(rf"\*\*{budget:g} minutes?\*\*", nb.cells[0].source), \
+        f"{path.name}: the top of the chapter must state the {budget:g}-minute CPU budget"
+
+
+def test_outputs_are_fresh_and_clean(chapter):
+    path, nb = chapter
+    code = [c for c in nb.cells if c.cell_type == "code"]
+    counts = [c.execution_count for c in code]
+    assert counts == list(range(1, len(code) + 1)), \
+        f"{path.name}: not executed top to bottom in one run (execution counts {counts}); run make execute"
+    for k, c in enumerate(code):
+        for out in c.outputs:
+            assert out.output_type != "error", f"{path.name}: code cell {k} has an error output"
+            text = out.get("text", "") + json.dumps(out.get("data", {}).get("text/plain", ""))
+            assert "/root/" not in text and "/work/" not in text, f"{path.name}: cell {k} leaks a local path"
+            assert not (out.output_type == "stream" and out.name == "stderr" and "Warning" in out.text), \
+                f"{path.name}: cell {k} shows a warning: {out.text[:200]}"
+        assert "NBVAL_IGNORE_OUTPUT" not in c.source, f"{path.name}: use the nbval-ignore-output tag, not a comment"
+
+
+def test_widgets_have_saved_state(chapter):
+    path, nb = chapter
+    views = [o.data[WIDGET_VIEW]["model_id"] for c in nb.cells if c.cell_type == "code"
+             for o in c.outputs if o.output_type == "display_data" and WIDGET_VIEW in o.get("data", {})]
+    if not views:
+        return
+    state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
+    missing = [m for m in views if m not in state]
+    assert not missing, f"{path.name}: widget views without saved state {missing}; re-execute with make execute"
