@@ -13,7 +13,7 @@ import nbformat
 import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
-SETUP_TAGS = ["setup-cell", "nbval-ignore-output"]
+SETUP_TAGS = ["setup-cell", "nbval-ignore-output", "hide-input"]  # hide-input: collapsed on the website
 
 # Packages a chapter needs beyond what Google Colab ships (module name -> PyPI name).
 COLAB_EXTRAS = {"einops": "einops", "gensim": "gensim", "open_clip": "open_clip_torch",

@@ -179,7 +179,7 @@ def test_word_explorer_updates_and_handles_unknown_words():
 
     points = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.5]])
     box = word_explorer({"toy": lookup}, points, ["king", "queen", "prince"], default="king", topn=2)
-    combo, (html_view, image) = box.children[0], box.children[1].children
+    combo, html_view, image = box.children
     assert "queen" in html_view.value and image.value[:4] == b"\x89PNG"
     first_png = image.value
     combo.value = "queen"

@@ -321,7 +321,7 @@ def word_explorer(neighbours: Mapping[str, Callable[[str], Sequence[tuple[str, f
     box = widgets.Combobox(value=default, options=labels, placeholder="type a word", description="word",
                            ensure_option=False, continuous_update=False)
     table = widgets.HTML()
-    picture = widgets.Image(format="png", layout=widgets.Layout(width="520px"))
+    picture = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="640px"))
 
     def show(word: str) -> None:
         word = word.strip().lower()
@@ -343,7 +343,8 @@ def word_explorer(neighbours: Mapping[str, Callable[[str], Sequence[tuple[str, f
                     cells.append("<td style='padding:2px 10px;color:#888'>not in vocabulary</td>" if r == 0 else "<td></td>")
                 elif r < len(found):
                     w, sim = found[r]
-                    cells.append(f"<td style='padding:2px 10px'>{html.escape(w)} <span style='color:#888'>{sim:.2f}</span></td>")
+                    cells.append(f"<td style='padding:2px 10px;white-space:nowrap'>{html.escape(w)} "
+                                 f"<span style='color:#888'>{sim:.2f}</span></td>")
                 else:
                     cells.append("<td></td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
@@ -356,4 +357,4 @@ def word_explorer(neighbours: Mapping[str, Callable[[str], Sequence[tuple[str, f
 
     box.observe(lambda change: show(change["new"]), names="value")
     show(default)
-    return widgets.VBox([box, widgets.HBox([table, picture])])
+    return widgets.VBox([box, table, picture])

@@ -1,0 +1,354 @@
+"""The built website, opened in headless Chromium: offline, with figures, math, widgets and launch links.
+
+Serves the built HTML (env SITE_DIR, default <repo>/_build/html) on 127.0.0.1 and opens every chapter
+page in `_toc.yml` plus the book's root page (book/intro). On each page:
+  (a) every request goes to 127.0.0.1 (no CDN, no web font service) and no local asset fails (>= 400);
+  (b) figures: a chapter shows at least one image from its notebook outputs; every <img> decoded;
+  (c) math: where the page has math, MathJax (served from _static/mathjax) typeset all of it;
+  (d) widgets: where the page has saved widget state, every widget view was rendered, offline;
+  (e) launch links: a chapter links to itself in Colab and Binder (derived from _config.yml).
+A full-page screenshot of each page goes to _build/screenshots/<page>.png.
+
+Build first (see README):
+    npm ci --ignore-scripts && python -m scripts.site_assets && jupyter-book build . -W --keep-going
+Without a build (or without playwright) the test is skipped, except when the environment variable CI
+is set: then it fails.
+Chromium is the system one (/usr/bin/chromium, env CHROMIUM to override); `playwright install` is not used.
+"""
+from __future__ import annotations
+
+import functools
+import html.parser
+import os
+import re
+import threading
+from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import unquote, urlsplit
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+SITE_DIR = Path(os.environ.get("SITE_DIR") or ROOT / "_build" / "html").resolve()
+# The book sources (_toc.yml, _config.yml) belong to the build: <book>/_build/html, else this repository.
+BOOK_DIR = Path(os.environ.get("BOOK_DIR") or (
+    SITE_DIR.parent.parent if (SITE_DIR.parent.parent / "_toc.yml").is_file() else ROOT))
+SCREENSHOTS = SITE_DIR.parent / "screenshots"
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+LOCAL_HOST = "127.0.0.1"
+LOAD_TIMEOUT_MS = 30_000
+RENDER_TIMEOUT_MS = 20_000
+
+# Known, harmless: Sphinx 7.x adds inline scripts registered after builder init twice (fixed upstream in
+# sphinx-doc/sphinx#13402, Sphinx 8.2; jupyter-book 1.x needs sphinx~=7.0), so sphinx-thebe's
+# `const THEBE_JS_URL = ...` line runs twice and the second copy throws. The first copy already defined it.
+KNOWN_PAGE_ERRORS = {"Identifier 'THEBE_JS_URL' has already been declared"}
+
+WIDGET_STATE = "application/vnd.jupyter.widget-state+json"
+WIDGET_VIEW = "application/vnd.jupyter.widget-view+json"
+
+
+# ----------------------------------------------------------------------------- the book's pages
+
+def _toc_files(entry: dict) -> list[str]:
+    files = [entry["file"]] if "file" in entry else []
+    for key in ("parts", "chapters", "sections"):
+        for child in entry.get(key, []):
+            files += _toc_files(child)
+    return files
+
+
+def _pages() -> list[str]:
+    toc = yaml.safe_load((BOOK_DIR / "_toc.yml").read_text())
+    files = [toc["root"]] + _toc_files(toc)
+    files = [str(Path(f).with_suffix("")) if Path(f).suffix in {".md", ".ipynb"} else f for f in files]
+    return list(dict.fromkeys([files[0]] + [f for f in files if f.startswith("chapters/")]))  # root: book/intro
+
+
+PAGES = _pages()
+
+
+def _launch_prefixes(page: str) -> tuple[str, str, str]:
+    """Colab and Binder URL prefixes for a chapter page and its notebook's path in the repository,
+    from _config.yml, as sphinx-book-theme builds them."""
+    config = yaml.safe_load((BOOK_DIR / "_config.yml").read_text())
+    repo, launch = config["repository"], config.get("launch_buttons", {})
+    owner_repo = urlsplit(repo["url"]).path.strip("/").removesuffix(".git")
+    branch = repo.get("branch", "main")
+    book = (repo.get("path_to_book") or "").strip("/")
+    notebook = f"{book}/{page}.ipynb" if book else f"{page}.ipynb"
+    colab = launch.get("colab_url", "https://colab.research.google.com").rstrip("/")
+    binder = launch.get("binderhub_url", "https://mybinder.org").rstrip("/")
+    return (f"{colab}/github/{owner_repo}/blob/{branch}/{notebook}",
+            f"{binder}/v2/gh/{owner_repo}/{branch}?urlpath=", notebook)
+
+
+# ----------------------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module")
+def site() -> Path:
+    if not SITE_DIR.is_dir():
+        reason = (f"no built website at {SITE_DIR}: run `npm ci --ignore-scripts && python -m scripts.site_assets"
+                  " && jupyter-book build . -W --keep-going` first (or set SITE_DIR)")
+        if os.environ.get("CI"):
+            pytest.fail(reason + " [CI is set, so a missing build is a failure]")
+        pytest.skip(reason)
+    return SITE_DIR
+
+
+class _QuietHandler(SimpleHTTPRequestHandler):
+    def log_message(self, format, *args):  # noqa: A002 - the base class's signature
+        pass
+
+
+@pytest.fixture(scope="module")
+def base_url(site: Path):
+    server = ThreadingHTTPServer((LOCAL_HOST, 0), functools.partial(_QuietHandler, directory=str(site)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://{LOCAL_HOST}:{server.server_address[1]}"
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(scope="module")
+def browser(base_url):
+    try:
+        from playwright import sync_api
+    except ImportError:
+        if os.environ.get("CI"):
+            pytest.fail("playwright is not installed (pip install -r requirements.txt) [CI is set]")
+        pytest.skip("playwright is not installed (pip install -r requirements.txt)")
+    if not Path(CHROMIUM).is_file():
+        pytest.fail(f"Chromium not found at {CHROMIUM} (install the `chromium` package or set CHROMIUM)")
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield browser
+        browser.close()
+
+
+# ----------------------------------------------------------------------------- in-page probes
+
+IMAGES_JS = """async () => {
+  const imgs = Array.from(document.images);
+  await Promise.all(imgs.map(img => {
+    img.loading = 'eager';
+    if (img.complete) return null;
+    return new Promise(done => { img.addEventListener('load', done); img.addEventListener('error', done);
+                                 setTimeout(done, 10000); });
+  }));
+  return imgs.map(img => ({src: img.currentSrc || img.src, width: img.naturalWidth,
+                           output: !!img.closest('.cell_output, .output')}));
+}"""
+
+MATH_JS = """async (timeout) => {
+  // MathJax is a deferred script, so after the load event it has run (or failed to load).
+  const t0 = Date.now();
+  while (!(window.MathJax && window.MathJax.startup && window.MathJax.startup.promise)) {
+    if (Date.now() - t0 > 3000) return {error: 'MathJax never started (is _static/mathjax/tex-chtml.js served?)'};
+    await new Promise(r => setTimeout(r, 100));
+  }
+  const result = await Promise.race([
+    window.MathJax.startup.promise.then(() => 'ok', e => 'MathJax startup failed: ' + e),
+    new Promise(r => setTimeout(() => r('MathJax did not finish typesetting within ' + timeout + ' ms'), timeout))]);
+  if (result !== 'ok') return {error: result};
+  const raw = [];
+  const skip = 'pre, code, script, style, textarea, mjx-container, .highlight';
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  for (let n = walker.nextNode(); n; n = walker.nextNode()) {
+    const el = n.parentElement;
+    if (!el || el.closest(skip) || el.getClientRects().length === 0) continue;
+    const m = n.textContent.match(/\\$\\$|\\\\\\(|\\\\\\)|\\\\\\[|\\\\\\]/);
+    if (m) raw.push(n.textContent.trim().slice(0, 80));
+  }
+  const math = Array.from(document.querySelectorAll('.math'));
+  return {containers: document.querySelectorAll('mjx-container').length,
+          untypeset: math.filter(el => !el.querySelector('mjx-container')).length,
+          math: math.length,
+          errors: Array.from(document.querySelectorAll('mjx-merror')).map(e => e.textContent.slice(0, 80)),
+          raw: raw};
+}"""
+
+WIDGETS_VIEWS_JS = """() => {
+ const saved = new Set();
+ document.querySelectorAll('script[type="%s"]').forEach(
+   t => Object.keys(JSON.parse(t.textContent).state || {}).forEach(id => saved.add(id)));
+ return Array.from(document.querySelectorAll('script[type="%s"]')).map(tag => {
+  const area = tag.previousElementSibling;
+  const view = area && area.classList.contains('widget-subarea') ? area.querySelector('.lm-Widget') : null;
+  const box = view ? view.getBoundingClientRect() : null;
+  // an output folded away (hide-output, a closed dropdown) is not expected to show its widget
+  const shown = !!tag.parentElement && tag.parentElement.getClientRects().length > 0;
+  const model = JSON.parse(tag.textContent).model_id;
+  return {model: model, saved: saved.has(model), rendered: !!view, visible: !shown || (!!box && box.width > 0 && box.height > 0),
+          inOutput: !!tag.closest('.cell_output, .output'),
+          classes: view ? view.className : ''};
+ });
+}""" % (WIDGET_STATE, WIDGET_VIEW)
+
+
+# ----------------------------------------------------------------------------- tests
+
+def _css_urls(css: str) -> list[str]:
+    return re.findall(r"""(?:url\(\s*['"]?|@import\s+['"])([^'")\s]+)""", css)
+
+
+class _ResourceRefs(html.parser.HTMLParser):
+    """Every URL a page would load by itself: scripts, stylesheets, preloads, icons, images, media."""
+
+    def __init__(self):
+        super().__init__()
+        self.urls: list[str] = []
+        self._in_style = False
+
+    def handle_endtag(self, tag):
+        self._in_style = self._in_style and tag != "style"
+
+    def handle_data(self, data):
+        if self._in_style:
+            self.urls += _css_urls(data)
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self._in_style = tag == "style"
+        self.urls += _css_urls(attrs.get("style") or "")
+        if tag in {"script", "img", "iframe", "audio", "video", "source", "embed"} and attrs.get("src"):
+            self.urls.append(attrs["src"])
+        if tag == "link" and attrs.get("href") and set((attrs.get("rel") or "").split()) & {
+                "stylesheet", "preload", "modulepreload", "icon", "shortcut", "prefetch", "manifest"}:
+            self.urls.append(attrs["href"])
+
+
+def test_every_page_loads_only_local_assets_that_exist(site: Path):
+    """Static check over every HTML page (any depth) and stylesheet of the build: nothing loads from the
+    web, and every script, stylesheet, image and font a page names is in the build."""
+    external, missing = [], []
+    pages = [p for p in sorted(site.rglob("*.html")) if p.relative_to(site).parts[0] not in {"_static", "_sources"}]
+    assert pages, f"no HTML pages in {site}"
+    for page in pages:  # _static/*.html are the theme's Jinja macros, not pages
+        parser = _ResourceRefs()
+        parser.feed(page.read_text(encoding="utf-8", errors="replace"))
+        for url in parser.urls:
+            if re.match(r"(https?:)?//", url):
+                external.append(f"{page.relative_to(site)}: {url}")
+            elif not re.match(r"(data|blob|about|javascript):|#", url):
+                path = unquote(urlsplit(url).path)
+                target = site / path.lstrip("/") if path.startswith("/") else page.parent / path
+                if not target.resolve().is_file():
+                    missing.append(f"{page.relative_to(site)}: {url}")
+    for css in sorted((site / "_static").rglob("*.css")):
+        text = css.read_text(encoding="utf-8", errors="replace")
+        external += [f"{css.relative_to(site)}: {u}" for u in _css_urls(text) if re.match(r"(https?:)?//", u)]
+    assert not external, "pages load resources from the web:\n" + "\n".join(external)
+    assert not missing, "pages name assets that are not in the build:\n" + "\n".join(missing)
+
+
+@pytest.mark.parametrize("page", PAGES)
+def test_page(page: str, site: Path, base_url: str, browser):
+    html_file = site / f"{page}.html"
+    assert html_file.is_file(), f"{page} is in _toc.yml but {html_file} was not built"
+    source = html_file.read_text(encoding="utf-8")
+
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block")
+    page_ = context.new_page()
+    external, failed, errors = [], [], []
+
+    def on_request(request):
+        url = urlsplit(request.url)
+        if url.scheme in {"data", "blob", "about"}:
+            return
+        if url.scheme not in {"http", "https"} or url.hostname != LOCAL_HOST:
+            external.append(request.url)
+
+    def on_response(response):
+        if response.status >= 400:
+            failed.append(f"{response.status} {response.url}")
+
+    page_.on("request", on_request)
+    page_.on("requestfailed", lambda r: failed.append(f"{r.failure} {r.url}"))
+    page_.on("response", on_response)
+    page_.on("pageerror", lambda e: None if str(e) in KNOWN_PAGE_ERRORS else errors.append(str(e)))
+    # Anything not on 127.0.0.1 is recorded above and then refused, so the test never needs the network.
+    page_.route(re.compile(r"^(?!(https?://127\.0\.0\.1[:/]|data:|blob:|about:)).*"), lambda route: route.abort())
+
+    try:
+        response = page_.goto(f"{base_url}/{page}.html", wait_until="load", timeout=LOAD_TIMEOUT_MS)
+        assert response is not None and response.ok, f"{page}.html: HTTP {response and response.status}"
+
+        # (c) math
+        has_math = 'class="math' in source
+        math = page_.evaluate(MATH_JS, RENDER_TIMEOUT_MS) if has_math else None
+
+        # (d) widgets
+        has_widgets = f'type="{WIDGET_STATE}"' in source
+        n_views = source.count(f'type="{WIDGET_VIEW}"')
+        # The widget manager renders on the load event; if its script did not run, there is nothing to wait for.
+        if has_widgets and n_views and page_.evaluate("() => window._jupyter_widget_embedder === true"):
+            try:
+                page_.wait_for_function(
+                    """n => document.querySelectorAll('.widget-subarea > .lm-Widget').length >= n""",
+                    arg=n_views, timeout=RENDER_TIMEOUT_MS)
+            except Exception:  # the assertion below says which views are missing
+                pass
+        views = page_.evaluate(WIDGETS_VIEWS_JS)
+
+        # (b) images (widget images included), then let lazily loaded fonts and scripts settle
+        images = page_.evaluate(IMAGES_JS)
+        page_.wait_for_load_state("networkidle", timeout=RENDER_TIMEOUT_MS)
+
+        shot = SCREENSHOTS / f"{page}.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page_.screenshot(path=str(shot), full_page=True)
+
+        colab = binder = None
+        if page.startswith("chapters/"):
+            hrefs = page_.eval_on_selector_all("a[href]", "as => as.map(a => a.href)")
+            colab_prefix, binder_prefix, notebook = _launch_prefixes(page)
+            colab = [h for h in hrefs if h.startswith(colab_prefix)]
+            binder = [h for h in hrefs if h.startswith(binder_prefix) and unquote(h).endswith("/" + notebook)]
+    finally:
+        context.close()
+
+    # (a) offline
+    assert not external, f"{page} requested resources outside {LOCAL_HOST}:\n" + "\n".join(external)
+    assert not failed, f"{page} has failed requests:\n" + "\n".join(failed)
+    assert not errors, f"{page} raised JavaScript errors:\n" + "\n".join(errors)
+
+    # (b) figures
+    broken = [i["src"][:120] for i in images if i["width"] == 0]
+    assert not broken, f"{page} has images that did not load/decode: {broken}"
+    if page.startswith("chapters/"):
+        assert any(i["output"] for i in images), f"{page} shows no image from its notebook outputs"
+
+    # (c) math
+    if has_math:
+        assert "error" not in math, f"{page}: {math.get('error')}"
+        assert math["containers"] > 0, f"{page} has math but MathJax rendered none of it"
+        assert math["untypeset"] == 0, f"{page}: {math['untypeset']} of {math['math']} math elements not typeset"
+        assert not math["raw"], f"{page} shows raw TeX delimiters: {math['raw'][:5]}"
+        assert not math["errors"], f"{page} has TeX errors: {math['errors'][:5]}"
+
+    # (d) widgets
+    assert has_widgets or not n_views, (
+        f"{page} displays {n_views} widget(s) but its notebook has no saved widget state, so the page shows "
+        "nothing there: re-execute it with nbclient's store_widget_state=True")
+    if has_widgets:
+        assert len(views) == n_views, f"{page}: found {len(views)} of {n_views} widget view tags in the DOM"
+        unsaved = [v["model"] for v in views if not v["saved"]]
+        assert not unsaved, (
+            f"{page} displays widgets whose state was not saved, so they show as nothing: {unsaved} "
+            "(closed before the notebook was saved? e.g. a tqdm bar with leave=False)")
+        missing = [v["model"] for v in views if not v["rendered"]]
+        assert not missing, f"{page}: {len(missing)} of {n_views} widget views not rendered: {missing}"
+        hidden = [v["model"] for v in views if not v["visible"]]
+        assert not hidden, f"{page}: widget views rendered with no size (CSS missing?): {hidden}"
+        assert all(v["inOutput"] for v in views), f"{page}: widget views outside the output areas"
+        assert all("jupyter-widgets" in v["classes"] for v in views), f"{page}: unexpected widget DOM {views}"
+
+    # (e) launch links
+    if page.startswith("chapters/"):
+        assert colab, f"{page} has no Colab link starting with {_launch_prefixes(page)[0]}"
+        assert binder, f"{page} has no Binder link to the notebook starting with {_launch_prefixes(page)[1]}"
