@@ -175,21 +175,22 @@ class Word2Vec(nn.Module):
         (or None with `with_loss=False`, which saves a little time).
         """
         _check_batch(inputs, targets, negatives, mask, self.in_embed.num_embeddings)
-        return self._sgd_update(inputs, targets, negatives, lr, mask, with_loss)
+        return self._sgd_update(inputs, torch.cat([targets.unsqueeze(1), negatives], 1), lr, mask, with_loss)
 
     @torch.no_grad()
-    def _sgd_update(self, inputs, targets, negatives, lr, mask, with_loss):
-        """`sgd_step` without the input checks (the training loop checks the whole stream once)."""
+    def _sgd_update(self, inputs: torch.Tensor, out_ids: torch.Tensor, lr: float,
+                    mask: torch.Tensor | None, with_loss: bool) -> torch.Tensor | None:
+        """`sgd_step` without the input checks; `out_ids` (B, 1+K) holds the target, then the negatives."""
         W, U = self.in_embed.weight, self.out_embed.weight  # (V, D), (V, D)
-        B, D = targets.shape[0], W.shape[1]
-        out_ids = torch.cat([targets.unsqueeze(1), negatives], 1).reshape(-1)  # (B*(1+K),)
+        (B, K1), D = out_ids.shape, W.shape[1]
+        out_ids = out_ids.reshape(-1)  # (B*(1+K),)
         h = self.hidden(inputs, mask)  # (B, D)
-        u = U.index_select(0, out_ids).view(B, -1, D)  # (B, 1+K, D)
+        u = U.index_select(0, out_ids).view(B, K1, D)  # (B, 1+K, D)
         s = (u * h.unsqueeze(1)).sum(2)  # (B, 1+K)
-        label = torch.zeros_like(s)
-        label[:, 0] = 1
-        g = (label - torch.sigmoid(s)) * lr  # (B, 1+K): -lr * dLoss/ds
         loss = -(F.logsigmoid(s[:, 0]).sum() + F.logsigmoid(-s[:, 1:]).sum()) if with_loss else None
+        g = torch.sigmoid(s).neg_()  # (B, 1+K): label - sigmoid(s), the label being 1 for column 0
+        g[:, 0] += 1
+        g.mul_(lr)  # -lr * dLoss/ds
         dh = (g.unsqueeze(2) * u).sum(1)  # (B, D)
         U.index_add_(0, out_ids, (g.unsqueeze(2) * h.unsqueeze(1)).view(-1, D))
         if inputs.dim() == 1:
@@ -267,14 +268,13 @@ def train_word2vec(ids: torch.Tensor, counts: torch.Tensor, config: Word2VecConf
         inputs, targets = inputs[order].to(device), targets[order].to(device)
         mask = mask[order].to(device) if mask is not None else None
         negatives = table[torch.randint(0, table.numel(), (targets.numel(), config.negative), generator=gen)]
-        negatives = negatives.to(device)  # (P, K)
+        out_ids = torch.cat([targets.unsqueeze(1), negatives.to(device)], 1)  # (P, 1+K): target, then K negatives
         for i in range(0, targets.numel(), config.batch_size):
             sl = slice(i, i + config.batch_size)
             lr = max(config.min_lr, config.lr - (config.lr - config.min_lr) * done / total)
             log = step % log_every == 0
-            loss = model._sgd_update(inputs[sl], targets[sl], negatives[sl], lr,
-                                     None if mask is None else mask[sl], log)
-            n = targets[sl].numel()
+            loss = model._sgd_update(inputs[sl], out_ids[sl], lr, None if mask is None else mask[sl], log)
+            n = out_ids[sl].shape[0]
             done += n
             if log:  # the loss of this batch, before its update
                 history.steps.append(step)
