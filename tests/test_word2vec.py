@@ -162,7 +162,32 @@ def test_bad_input_is_named():
         most_similar(m.vectors, Vocab([str(i) for i in range(7)]), "zebra")
     with pytest.raises(ValueError, match="window must be >= 1"):
         Word2VecConfig(window=0)
+    with pytest.raises(ValueError, match="workers must be >= 1"):
+        Word2VecConfig(workers=0)
     with pytest.raises(ValueError, match="1-D stream"):
         train_word2vec(torch.tensor([1]), torch.ones(7), Word2VecConfig())
     with pytest.raises(IndexError, match=r"0\.\.6"):
         train_word2vec(torch.tensor([1, 8]), torch.ones(7), Word2VecConfig())
+
+
+def test_parallel_workers_learn_the_same_topics():
+    g = torch.Generator().manual_seed(0)
+    topic = torch.randint(0, 2, (400,), generator=g).repeat_interleave(20)
+    ids = topic * 5 + torch.randint(0, 5, topic.shape, generator=g)
+    vocab = Vocab([f"{'ab'[i // 5]}{i % 5}" for i in range(10)], torch.bincount(ids, minlength=10).tolist())
+    threads_before = torch.get_num_threads()
+    model, history = train_word2vec(ids, vocab.counts,
+                                    Word2VecConfig(dim=16, epochs=3, sample=0, batch_size=128, workers=2))
+    assert torch.get_num_threads() == threads_before  # restored after the workers finish
+    assert history.steps == sorted(history.steps) and history.loss[-1] < history.loss[0]
+    for word in ("a0", "b3"):
+        assert all(w[0] == word[0] for w, _ in most_similar(model.vectors, vocab, word, topn=4))
+
+
+def test_one_worker_is_deterministic():
+    ids = torch.randint(0, 10, (3000,), generator=torch.Generator().manual_seed(1))
+    counts = torch.bincount(ids, minlength=10)
+    config = Word2VecConfig(dim=8, epochs=1, batch_size=64)
+    a, _ = train_word2vec(ids, counts, config, seed=3)
+    b, _ = train_word2vec(ids, counts, config, seed=3)
+    torch.testing.assert_close(a.vectors, b.vectors, rtol=0, atol=0)

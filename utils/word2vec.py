@@ -16,7 +16,7 @@ by hand, touching only the rows in the batch, which is what makes training fast 
 """
 from __future__ import annotations
 
-import math
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -40,10 +40,11 @@ class Word2VecConfig:
     min_lr: float = 1e-4
     sg: bool = True          # True: skip-gram, False: CBOW (mean of the context vectors)
     batch_size: int = 1024   # pairs (skip-gram) or windows (CBOW) per update
+    workers: int = 1         # 1: deterministic; more: lock-free parallel threads, like gensim's workers
     noise_power: float = 0.75
 
     def __post_init__(self) -> None:
-        for name in ("dim", "window", "negative", "epochs", "batch_size"):
+        for name in ("dim", "window", "negative", "epochs", "batch_size", "workers"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if not 0 < self.lr or self.min_lr < 0:
@@ -269,20 +270,58 @@ def train_word2vec(ids: torch.Tensor, counts: torch.Tensor, config: Word2VecConf
         mask = mask[order].to(device) if mask is not None else None
         negatives = table[torch.randint(0, table.numel(), (targets.numel(), config.negative), generator=gen)]
         out_ids = torch.cat([targets.unsqueeze(1), negatives.to(device)], 1)  # (P, 1+K): target, then K negatives
-        for i in range(0, targets.numel(), config.batch_size):
-            sl = slice(i, i + config.batch_size)
-            lr = max(config.min_lr, config.lr - (config.lr - config.min_lr) * done / total)
-            log = step % log_every == 0
-            loss = model._sgd_update(inputs[sl], out_ids[sl], lr, None if mask is None else mask[sl], log)
-            n = out_ids[sl].shape[0]
-            done += n
-            if log:  # the loss of this batch, before its update
-                history.steps.append(step)
-                history.loss.append(float(loss) / n)
-            step += 1
+        starts = range(0, targets.numel(), config.batch_size)
+
+        def work(first: int, every: int, step0: int = step, done0: int = done) -> None:
+            # batches first, first + every, ...; the lr depends only on the batch's place in training
+            for j in range(first, len(starts), every):
+                sl = slice(starts[j], starts[j] + config.batch_size)
+                lr = max(config.min_lr, config.lr - (config.lr - config.min_lr) * (done0 + starts[j]) / total)
+                log = (step0 + j) % log_every == 0
+                loss = model._sgd_update(inputs[sl], out_ids[sl], lr, None if mask is None else mask[sl], log)
+                if log:  # the loss of this batch, before its update
+                    logged.append((step0 + j, float(loss) / out_ids[sl].shape[0]))
+
+        logged: list[tuple[int, float]] = []
+        _run_workers(work, config.workers)
+        for s, value in sorted(logged):
+            history.steps.append(s)
+            history.loss.append(value)
+        step += len(starts)
+        done += targets.numel()
         history.examples += targets.numel()
     history.seconds = time.perf_counter() - start
     return model, history
+
+
+def _run_workers(work, workers: int) -> None:
+    """Run work(k, workers) for k < workers. With one worker: in this thread, with torch's usual
+    intra-op threads. With more: "Hogwild" (Recht et al., 2011), as word2vec.c and gensim do it,
+    each Python thread updating the shared tables without locks and running its tensor operations
+    single-threaded (torch releases the GIL inside them). Results then depend on thread timing."""
+    if workers == 1:
+        work(0, 1)
+        return
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    errors: list[BaseException] = []
+
+    def guarded(k: int) -> None:
+        try:
+            work(k, workers)
+        except BaseException as err:  # re-raised in the calling thread
+            errors.append(err)
+
+    try:
+        threads = [threading.Thread(target=guarded, args=(k,)) for k in range(workers)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        torch.set_num_threads(previous)
+    if errors:
+        raise errors[0]
 
 
 def most_similar(vectors: torch.Tensor, vocab: Vocab, word: str, topn: int = 10) -> list[tuple[str, float]]:
