@@ -179,7 +179,8 @@ def test_parallel_workers_learn_the_same_topics():
     model, history = train_word2vec(ids, vocab.counts,
                                     Word2VecConfig(dim=16, epochs=3, sample=0, batch_size=128, workers=2))
     assert torch.get_num_threads() == threads_before  # restored after the workers finish
-    assert history.steps == sorted(history.steps) and history.loss[-1] < history.loss[0]
+    late = history.loss[-len(history.loss) // 3:]
+    assert history.steps == sorted(history.steps) and sum(late) / len(late) < history.loss[0]
     for word in ("a0", "b3"):
         assert all(w[0] == word[0] for w, _ in most_similar(model.vectors, vocab, word, topn=4))
 

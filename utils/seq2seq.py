@@ -43,7 +43,8 @@ from .text import Vocab
 
 __all__ = [
     "PAD", "SOS", "EOS", "UNK", "SPECIALS", "Seq2SeqVocab", "UnknownCharacterError",
-    "DATE_FORMATS", "render_date", "parse_date", "DatePair", "DateSplits", "make_date_dataset",
+    "DATE_FORMATS", "DATE_SEPARATOR", "render_date", "parse_date", "parse_dates", "DatePair", "DateSplits",
+    "make_date_dataset",
     "date_vocabs", "Batch", "encode_sources", "make_batch",
     "Memory", "Seq2SeqConfig", "Encoder", "Decoder", "LSTMDecoder", "Seq2Seq", "seq2seq_loss",
     "sequence_log_prob", "Decoded", "greedy_decode", "Candidate", "beam_search", "translate",
@@ -166,6 +167,7 @@ DATE_FORMATS: tuple[str, ...] = (
     "{YYYY}{MM}{DD}",  # 19980303
 )
 TWO_DIGIT_YEARS = (1969, 2068)  # Python's strptime pivot for %y
+DATE_SEPARATOR = "; "  # joins the dates of a multi-date pair (make_date_dataset(max_dates > 1)), source and target
 
 
 def _fields(template: str) -> list[str]:
@@ -201,11 +203,20 @@ def parse_date(text: str, template: str) -> date:
     return datetime.strptime(text, pattern).date()
 
 
+def parse_dates(text: str, template: str) -> list[date]:
+    """Inverse of a (possibly multi-date) `DatePair`: split `text` and `template` at `DATE_SEPARATOR`
+    and `parse_date` each piece. No date format contains the separator, so the split is unambiguous."""
+    texts, templates = text.split(DATE_SEPARATOR), template.split(DATE_SEPARATOR)
+    if len(texts) != len(templates):
+        raise ValueError(f"{text!r} has {len(texts)} dates but {template!r} has {len(templates)} formats")
+    return [parse_date(t, f) for t, f in zip(texts, templates)]
+
+
 @dataclass(frozen=True)
 class DatePair:
-    source: str  # "3rd of March 1998"
-    target: str  # "1998-03-03"
-    template: str  # "{Do} of {Month} {YYYY}"
+    source: str  # "3rd of March 1998" (several dates joined by DATE_SEPARATOR if max_dates > 1)
+    target: str  # "1998-03-03"        (likewise)
+    template: str  # "{Do} of {Month} {YYYY}" (likewise)
 
 
 @dataclass(frozen=True)
@@ -217,12 +228,18 @@ class DateSplits:
 
 def make_date_dataset(n_train: int = 20_000, n_val: int = 1_000, n_test: int = 2_000, seed: int = 0,
                       start: date = date(1900, 1, 1), end: date = date(2099, 12, 31),
-                      held_out: float = 0.1) -> DateSplits:
+                      held_out: float = 0.1, max_dates: int = 1) -> DateSplits:
     """Random dates in [start, end], each written in a random format of `DATE_FORMATS`.
 
     The days of the range are shuffled with `seed` and split: a `held_out` fraction only for the test
     set, another `held_out` fraction only for validation, the rest for training; so no test date,
     hence no test input string, is ever seen in training. Same arguments → same dataset.
+
+    max_dates > 1 makes longer inputs that carry more information: each pair holds k dates, k drawn
+    uniformly from 1..max_dates, each in its own random format; source, target and template are the k
+    pieces joined by `DATE_SEPARATOR` ("3 March 1998; 04/05/21" → "1998-03-03; 2021-04-05"). Every
+    date of a pair comes from its split's pool. Use `date_vocabs(multi_date=True)` for this task.
+    max_dates=1 (the default) gives exactly the single-date dataset.
     """
     for name, n in (("n_train", n_train), ("n_val", n_val), ("n_test", n_test)):
         if not isinstance(n, int) or n < 0:
@@ -231,6 +248,8 @@ def make_date_dataset(n_train: int = 20_000, n_val: int = 1_000, n_test: int = 2
         raise ValueError(f"need 1000-01-01 ≤ start ≤ end ≤ 9999-12-31, got {start} .. {end}")
     if not 0.0 < held_out < 0.5:
         raise ValueError(f"held_out must be in (0, 0.5), got {held_out}")
+    if not isinstance(max_dates, int) or isinstance(max_dates, bool) or max_dates < 1:
+        raise ValueError(f"max_dates must be an int ≥ 1, got {max_dates!r}")
     rng = random.Random(seed)
     days = list(range(start.toordinal(), end.toordinal() + 1))
     rng.shuffle(days)
@@ -239,24 +258,33 @@ def make_date_dataset(n_train: int = 20_000, n_val: int = 1_000, n_test: int = 2
         raise ValueError(f"the range {start} .. {end} is too short to hold out {held_out:.0%} of its days twice")
     pools = {"test": days[:n_held], "val": days[n_held:2 * n_held], "train": days[2 * n_held:]}
 
+    def one(pool: list[int]) -> DatePair:
+        d = date.fromordinal(rng.choice(pool))
+        template = rng.choice([t for t in DATE_FORMATS if _allowed(d, t)])
+        return DatePair(render_date(d, template), d.isoformat(), template)
+
     def draw(pool: list[int], n: int) -> list[DatePair]:
+        if max_dates == 1:  # (no extra random draw: the single-date dataset stays as it was)
+            return [one(pool) for _ in range(n)]
         pairs = []
         for _ in range(n):
-            d = date.fromordinal(rng.choice(pool))
-            template = rng.choice([t for t in DATE_FORMATS if _allowed(d, t)])
-            pairs.append(DatePair(render_date(d, template), d.isoformat(), template))
+            parts = [one(pool) for _ in range(rng.randint(1, max_dates))]
+            pairs.append(DatePair(*(DATE_SEPARATOR.join(getattr(p, f) for p in parts)
+                                    for f in ("source", "target", "template"))))
         return pairs
 
     return DateSplits(train=draw(pools["train"], n_train), val=draw(pools["val"], n_val),
                       test=draw(pools["test"], n_test))
 
 
-def date_vocabs() -> tuple[Seq2SeqVocab, Seq2SeqVocab]:
-    """(source, target) vocabularies: every character the date formats can produce, and "0-9" plus "-"."""
+def date_vocabs(multi_date: bool = False) -> tuple[Seq2SeqVocab, Seq2SeqVocab]:
+    """(source, target) vocabularies: every character the date formats can produce, and "0-9" plus "-".
+    multi_date=True adds the characters of `DATE_SEPARATOR` to both (for `max_dates` > 1)."""
     year = [date(2000, 1, 1).replace(month=m, day=d) for m in range(1, 13) for d in range(1, 29)]
     year += [date(2000, 1, 29), date(2000, 3, 30), date(2000, 3, 31)]
     chars = {ch for d in year for t in DATE_FORMATS for ch in render_date(d, t)}
-    return Seq2SeqVocab(chars), Seq2SeqVocab("0123456789-")
+    extra = set(DATE_SEPARATOR) if multi_date else set()
+    return Seq2SeqVocab(chars | extra), Seq2SeqVocab(set("0123456789-") | extra)
 
 
 # ----------------------------------------------------------------------------------------------
