@@ -39,7 +39,7 @@ class Word2VecConfig:
     lr: float = 0.025        # alpha: decays linearly to min_lr over training
     min_lr: float = 1e-4
     sg: bool = True          # True: skip-gram, False: CBOW (mean of the context vectors)
-    batch_size: int = 1024   # pairs (skip-gram) or windows (CBOW) per update
+    batch_size: int = 512    # pairs (skip-gram) or windows (CBOW) per update
     workers: int = 1         # 1: deterministic; more: lock-free parallel threads, like gensim's workers
     noise_power: float = 0.75
 
@@ -268,39 +268,45 @@ def train_word2vec(ids: torch.Tensor, counts: torch.Tensor, config: Word2VecConf
         order = torch.randperm(targets.numel(), generator=gen)
         inputs, targets = inputs[order].to(device), targets[order].to(device)
         mask = mask[order].to(device) if mask is not None else None
-        negatives = table[torch.randint(0, table.numel(), (targets.numel(), config.negative), generator=gen)]
-        out_ids = torch.cat([targets.unsqueeze(1), negatives.to(device)], 1)  # (P, 1+K): target, then K negatives
-        starts = range(0, targets.numel(), config.batch_size)
+        P, B, workers = targets.numel(), config.batch_size, config.workers
+        seeds = torch.randint(0, 2**62, (workers,), generator=gen).tolist()
 
-        def work(first: int, every: int, step0: int = step, done0: int = done) -> None:
-            # batches first, first + every, ...; the lr depends only on the batch's place in training
-            for j in range(first, len(starts), every):
-                sl = slice(starts[j], starts[j] + config.batch_size)
-                lr = max(config.min_lr, config.lr - (config.lr - config.min_lr) * (done0 + starts[j]) / total)
-                log = (step0 + j) % log_every == 0
-                loss = model._sgd_update(inputs[sl], out_ids[sl], lr, None if mask is None else mask[sl], log)
+        def work(k: int, step0: int = step, done0: int = done) -> None:
+            # worker k trains on its share of the shuffled examples, drawing their negatives itself
+            lo, hi = k * P // workers, (k + 1) * P // workers
+            draws = torch.randint(0, table.numel(), (hi - lo, config.negative), dtype=torch.int32,
+                                  generator=torch.Generator().manual_seed(seeds[k]))
+            out_ids = torch.cat([targets[lo:hi].unsqueeze(1), table[draws].to(device)], 1)  # (P_k, 1+K)
+            for i in range(0, hi - lo, B):
+                sl = slice(lo + i, min(lo + i + B, hi))
+                # all workers advance together, so the whole epoch has seen about i * workers examples
+                lr = max(config.min_lr, config.lr - (config.lr - config.min_lr) * (done0 + i * workers) / total)
+                step_id = step0 + (i // B) * workers + k
+                log = step_id % log_every == 0
+                batch = out_ids[i:i + B]
+                loss = model._sgd_update(inputs[sl], batch, lr, None if mask is None else mask[sl], log)
                 if log:  # the loss of this batch, before its update
-                    logged.append((step0 + j, float(loss) / out_ids[sl].shape[0]))
+                    logged.append((step_id, float(loss) / batch.shape[0]))
 
         logged: list[tuple[int, float]] = []
-        _run_workers(work, config.workers)
+        _run_workers(work, workers)
         for s, value in sorted(logged):
             history.steps.append(s)
             history.loss.append(value)
-        step += len(starts)
-        done += targets.numel()
+        step += -(-P // B) * workers
+        done += P
         history.examples += targets.numel()
     history.seconds = time.perf_counter() - start
     return model, history
 
 
 def _run_workers(work, workers: int) -> None:
-    """Run work(k, workers) for k < workers. With one worker: in this thread, with torch's usual
+    """Run work(k) for k < workers. With one worker: in this thread, with torch's usual
     intra-op threads. With more: "Hogwild" (Recht et al., 2011), as word2vec.c and gensim do it,
     each Python thread updating the shared tables without locks and running its tensor operations
     single-threaded (torch releases the GIL inside them). Results then depend on thread timing."""
     if workers == 1:
-        work(0, 1)
+        work(0)
         return
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -308,7 +314,7 @@ def _run_workers(work, workers: int) -> None:
 
     def guarded(k: int) -> None:
         try:
-            work(k, workers)
+            work(k)
         except BaseException as err:  # re-raised in the calling thread
             errors.append(err)
 
