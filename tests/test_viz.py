@@ -195,3 +195,103 @@ def test_word_explorer_rejects_mismatched_points():
         word_explorer({"toy": lambda w: []}, np.zeros((2, 2)), ["a", "b", "c"], default="a")
     with pytest.raises(ValueError, match="at least one method"):
         word_explorer({}, np.zeros((3, 2)), ["a", "b", "c"], default="a")
+
+
+# ---------------------------------------------------------------------------------------- accuracy_by_length
+
+def test_accuracy_by_length_plots_one_line_per_model_at_the_right_accuracies():
+    lengths = np.array([5] * 10 + [10] * 10 + [15] * 3)
+    good = np.ones(23)
+    bad = np.array([1] * 10 + [1] * 5 + [0] * 5 + [0] * 3)
+    ax = viz.accuracy_by_length({"good": (lengths, good), "bad": (torch.tensor(lengths), torch.tensor(bad) == 1)})
+    (x_good, y_good), (x_bad, y_bad) = [line.get_data() for line in ax.get_lines()]
+    np.testing.assert_allclose(x_good, [5, 10])  # the length-15 group has only 3 < min_count examples
+    np.testing.assert_allclose(y_bad, [1.0, 0.5])
+    assert [t.get_text() for t in ax.get_legend().get_texts()] == ["good", "bad"]
+    ax = viz.accuracy_by_length({"bad": (lengths, bad)}, bins=[0, 8, 16], min_count=3)
+    np.testing.assert_allclose(ax.get_lines()[0].get_data()[1], [1.0, 5 / 13])
+    np.testing.assert_allclose(ax.get_lines()[0].get_data()[0], [5.0, (10 * 10 + 15 * 3) / 13])
+    ax = viz.accuracy_by_length({"bad": (lengths, bad)}, bins=2, min_count=1)
+    assert len(ax.get_lines()[0].get_xdata()) == 2
+
+
+def test_accuracy_by_length_rejects_bad_input():
+    with pytest.raises(ValueError, match="non-empty dict"):
+        viz.accuracy_by_length({})
+    with pytest.raises(ValueError, match="same size"):
+        viz.accuracy_by_length({"m": (np.arange(5), np.ones(4))})
+    with pytest.raises(ValueError, match="booleans or 0/1"):
+        viz.accuracy_by_length({"m": (np.arange(5), np.full(5, 0.5))})
+    with pytest.raises(ValueError, match="min_count"):
+        viz.accuracy_by_length({"m": (np.arange(5), np.ones(5))})
+    with pytest.raises(ValueError, match="increasing bin edges"):
+        viz.accuracy_by_length({"m": (np.arange(5), np.ones(5))}, bins=[3, 1])
+
+
+# ---------------------------------------------------------------------------------------- decoding_explorer
+
+def test_decoding_explorer_shows_candidates_switches_method_and_reports_errors():
+    calls = []
+
+    def decode(text, method, width, alpha):
+        calls.append((text, method, width, alpha))
+        if "?" in text:
+            raise ValueError("unknown character '?' at position 0")
+        n = 1 if method == "greedy" else width
+        return [(f"{text.upper()}{i}", -0.1 * (i + 1), -0.05 * (i + 1)) for i in range(n)]
+
+    box = viz.decoding_explorer(decode, default="abc", examples=["abc", "xyz"], width=3)
+    combo, chooser, sliders, table = box.children
+    width_slider, alpha_slider = sliders.children
+    assert calls[-1] == ("abc", "beam", 3, 0.0)
+    assert "ABC2" in table.value and "90.5%" in table.value  # exp(-0.1) shown as a probability
+    chooser.value = "greedy"
+    assert calls[-1][1] == "greedy" and "ABC0" in table.value and "ABC1" not in table.value
+    assert width_slider.disabled and alpha_slider.disabled
+    chooser.value = "beam"
+    width_slider.value = 5
+    assert calls[-1] == ("abc", "beam", 5, 0.0) and "ABC4" in table.value
+    combo.value = "?x"
+    assert "cannot decode" in table.value and "unknown character" in table.value
+    with pytest.raises(ValueError, match="method"):
+        viz.decoding_explorer(decode, default="a", method="sampling")
+    with pytest.raises(ValueError, match="width"):
+        viz.decoding_explorer(decode, default="a", width=11, max_width=10)
+
+
+# ---------------------------------------------------------------------------------------- gate_viewer
+
+def test_gate_viewer_draws_every_map_and_updates():
+    from utils.viz import gate_viewer
+
+    calls = []
+
+    def compute(text):
+        calls.append(text)
+        if "#" in text:
+            raise KeyError("unknown character '#'")
+        t = torch.linspace(0, 1, len(text))[:, None].repeat(1, 3)  # (T, 3)
+        return {"forget": t, "cell": 2 * t - 1}
+
+    box = gate_viewer(compute, "to be", examples=["or not"], ranges={"forget": (0, 1), "cell": (-1, 1)})
+    combo, note, image = box.children
+    assert combo.options == ("to be", "or not") and calls == ["to be"]
+    assert image.value[:4] == b"\x89PNG" and "to be" in note.value
+    first = image.value
+    combo.value = "or not"
+    assert calls[-1] == "or not" and image.value != first and "6 characters" in note.value
+    combo.value = "a#b"
+    assert "unknown character" in note.value
+    combo.value = "x" * 50
+    assert calls[-1] == "x" * 50
+
+
+def test_gate_viewer_rejects_bad_input():
+    from utils.viz import gate_viewer
+
+    with pytest.raises(ValueError, match="default"):
+        gate_viewer(lambda t: {}, "")
+    with pytest.raises(ValueError, match="one row per character"):
+        gate_viewer(lambda t: {"f": np.zeros((len(t) + 1, 2))}, "abc")
+    with pytest.raises(ValueError, match="max_chars"):
+        gate_viewer(lambda t: {}, "abc", max_chars=0)

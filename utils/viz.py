@@ -358,3 +358,189 @@ def word_explorer(neighbours: Mapping[str, Callable[[str], Sequence[tuple[str, f
     box.observe(lambda change: show(change["new"]), names="value")
     show(default)
     return widgets.VBox([box, table, picture])
+
+
+@_styled
+def accuracy_by_length(runs: Mapping[str, tuple[Any, Any]], bins: int | Sequence[float] | None = None,
+                       ax: Axes | None = None, xlabel: str = "input length (characters)",
+                       ylabel: str = "exact match", title: str | None = None, min_count: int = 10) -> Axes:
+    """Accuracy against input length for several models on one axes (e.g. seq2seq with and without attention).
+
+    runs: {model name: (lengths, correct)}, two 1-D arrays over the same test examples: each example's
+          length (or any size measure, e.g. the number of dates) and whether the model got it right
+          (bool or 0/1).
+    bins: None: one point per distinct length; an int: that many equal-width bins over all runs'
+          lengths; a sequence: the bin edges. A point is the fraction correct in its bin, drawn at the
+          bin's mean length; bins with fewer than `min_count` examples are left out (too noisy).
+    """
+    if not isinstance(runs, Mapping) or not runs:
+        raise ValueError("runs must be a non-empty dict {model name: (lengths, correct)}")
+    data = {}
+    for name, run in runs.items():
+        if not isinstance(run, (tuple, list)) or len(run) != 2:
+            raise ValueError(f"runs[{name!r}] must be a pair (lengths, correct)")
+        lengths, correct = _to_numpy(run[0], f"runs[{name!r}] lengths"), _to_numpy(run[1], f"runs[{name!r}] correct")
+        if lengths.ndim != 1 or lengths.shape != correct.shape or lengths.size == 0:
+            raise ValueError(f"runs[{name!r}]: lengths and correct must be non-empty 1-D arrays of the same size, "
+                             f"got shapes {tuple(lengths.shape)} and {tuple(correct.shape)}")
+        if not np.isin(correct, (0.0, 1.0)).all():
+            raise ValueError(f"runs[{name!r}]: correct must be booleans or 0/1")
+        data[name] = (lengths, correct)
+    if not isinstance(min_count, int) or min_count < 1:
+        raise ValueError(f"min_count must be a positive int, got {min_count!r}")
+    everything = np.concatenate([lengths for lengths, _ in data.values()])
+    if bins is None:
+        edges = None
+    elif isinstance(bins, int):
+        if bins < 1:
+            raise ValueError(f"bins must be ≥ 1, got {bins}")
+        edges = np.linspace(everything.min(), everything.max() + 1e-9, bins + 1)
+    else:
+        edges = _to_numpy(bins, "bins")
+        if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
+            raise ValueError("bins as a sequence must be at least two increasing bin edges")
+    ax = _new_axes(ax, (6.5, 4.0))
+    for name, (lengths, correct) in data.items():
+        groups = (np.searchsorted(edges, lengths, side="right") - 1) if edges is not None else lengths
+        if edges is not None:  # the last edge closes the last bin; outside values are dropped
+            groups = np.where(lengths == edges[-1], edges.size - 2, groups)
+            inside = (groups >= 0) & (groups < edges.size - 1)
+            groups, lengths, correct = groups[inside], lengths[inside], correct[inside]
+        xs, ys = [], []
+        for g in np.unique(groups):
+            sel = groups == g
+            if sel.sum() >= min_count:
+                xs.append(lengths[sel].mean())
+                ys.append(correct[sel].mean())
+        if not xs:
+            raise ValueError(f"runs[{name!r}]: no bin has at least min_count={min_count} examples; "
+                             "use fewer bins or a smaller min_count")
+        ax.plot(xs, ys, marker="o", markersize=4, label=str(name))
+    ax.set_ylim(-0.03, 1.03)
+    ax.yaxis.set_major_formatter(mpl.ticker.PercentFormatter(1.0))
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    if title:
+        ax.set_title(title)
+    ax.legend()
+    return ax
+
+
+def decoding_explorer(decode: Callable[[str, str, int, float], Sequence[tuple[str, float, float]]],
+                      default: str, examples: Sequence[str] = (), method: str = "beam", width: int = 4,
+                      max_width: int = 10, alpha: float = 0.0) -> Any:
+    """An explorer for a sequence-to-sequence model's decoder: type an input, choose greedy or beam search
+    (beam width and length-normalisation alpha as sliders), and see the candidate outputs with their scores.
+
+    `decode(text, method, width, alpha)` with method "greedy" or "beam" returns the candidates, best
+    first, as (output text, log-probability, score) triples; it may raise ValueError (e.g. an unknown
+    character), whose message is shown in the explorer instead of a traceback. Returns an ipywidgets
+    VBox; on a static page it shows `default`.
+    """
+    import html
+    import math
+
+    import ipywidgets as widgets
+
+    if method not in ("greedy", "beam"):
+        raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
+    if not (isinstance(max_width, int) and max_width >= 1 and isinstance(width, int) and 1 <= width <= max_width):
+        raise ValueError(f"need 1 ≤ width ≤ max_width, got width={width!r}, max_width={max_width!r}")
+    box = widgets.Combobox(value=default, options=[str(e) for e in examples], placeholder="type an input",
+                           description="input", ensure_option=False, continuous_update=False,
+                           layout=widgets.Layout(width="420px"))
+    chooser = widgets.ToggleButtons(options=["greedy", "beam"], value=method, description="decoding")
+    beam = widgets.IntSlider(value=width, min=1, max=max_width, description="beam width",
+                             continuous_update=False, disabled=method == "greedy")
+    length = widgets.FloatSlider(value=alpha, min=0.0, max=2.0, step=0.1, description="alpha",
+                                 continuous_update=False, disabled=method == "greedy")
+    table = widgets.HTML()
+
+    def show(*_: Any) -> None:
+        beam.disabled = length.disabled = chooser.value == "greedy"
+        text = box.value
+        try:
+            candidates = list(decode(text, chooser.value, beam.value, length.value))
+        except ValueError as err:
+            table.value = (f"<div style='color:#b00020'><b>cannot decode “{html.escape(text)}”:</b> "
+                           f"{html.escape(str(err))}</div>")
+            return
+        rows = "".join(
+            f"<tr><td style='padding:2px 10px'>{i}</td><td style='padding:2px 10px'><b>{html.escape(out)}</b></td>"
+            f"<td style='padding:2px 10px;text-align:right'>{lp:.3f}</td>"
+            f"<td style='padding:2px 10px;text-align:right'>{math.exp(lp):.1%}</td>"
+            f"<td style='padding:2px 10px;text-align:right'>{score:.3f}</td></tr>"
+            for i, (out, lp, score) in enumerate(candidates, 1))
+        how = "greedy decoding" if chooser.value == "greedy" else \
+            f"beam search, width {beam.value}, alpha {length.value:.1f}"
+        table.value = (f"<b>“{html.escape(text)}”</b> → {how}"
+                       "<table style='font-family:monospace'><tr><th>#</th><th>output</th><th>log p</th>"
+                       f"<th>p</th><th>score</th></tr>{rows}</table>")
+
+    for control in (box, chooser, beam, length):
+        control.observe(show, names="value")
+    show()
+    return widgets.VBox([box, chooser, widgets.HBox([beam, length]), table])
+
+
+def gate_viewer(compute: Callable[[str], Mapping[str, Any]], default: str, examples: Sequence[str] = (),
+                ranges: Mapping[str, tuple[float, float]] | None = None, max_chars: int = 100,
+                title: str = "Activations per character") -> Any:
+    """A viewer for per-character activations of a recurrent network (LSTM gates, cell state, ...).
+
+    Choose one of `examples` or type a line: `compute(text)` returns {name: (T, U) array}, one row per
+    character of `text` and one column per unit, and every map is drawn as a heatmap with units as
+    rows and the characters along the bottom. `ranges` fixes a map's colour range, e.g.
+    {"forget": (0, 1), "cell": (-2, 2)} (a range around 0 gets a diverging colour map); other maps
+    are scaled to their own values. Text longer than `max_chars` is cut. If `compute` raises
+    KeyError or ValueError (e.g. a character the model does not know), the message is shown instead.
+    Returns an ipywidgets VBox; on a static page it shows `default`.
+    """
+    import html
+    import ipywidgets as widgets
+
+    if not isinstance(default, str) or not default:
+        raise ValueError("default must be a non-empty line of text to show first")
+    if not isinstance(max_chars, int) or max_chars < 1:
+        raise ValueError(f"max_chars must be a positive int, got {max_chars!r}")
+    ranges = dict(ranges or {})
+    options = list(dict.fromkeys([default, *examples]))
+    box = widgets.Combobox(value=default, options=options, placeholder="type a line", description="text",
+                           ensure_option=False, continuous_update=False,
+                           layout=widgets.Layout(width="100%", max_width="900px"))
+    note = widgets.HTML()
+    picture = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="1000px"))
+
+    def draw(text: str) -> None:
+        text = text[:max_chars]
+        if not text:
+            note.value = "<i>type some text</i>"
+            return
+        try:
+            maps = {name: _to_numpy(m, f"compute(text)[{name!r}]") for name, m in compute(text).items()}
+        except (KeyError, ValueError) as err:
+            note.value = f"<span style='color:{HIGHLIGHT}'>{html.escape(str(err.args[0] if err.args else err))}</span>"
+            return
+        if not maps:
+            raise ValueError("compute(text) returned no maps to draw")
+        for name, m in maps.items():
+            if m.ndim != 2 or m.shape[0] != len(text):
+                raise ValueError(f"compute(text)[{name!r}] must have shape ({len(text)}, units): one row per "
+                                 f"character, got {tuple(m.shape)}")
+        chars = ["␣" if ch == " " else ch for ch in text]
+        with style():
+            fig, axes = plt.subplots(len(maps), 1, squeeze=False,
+                                     figsize=(max(6.0, min(16.0, 0.16 * len(text) + 2.0)), 2.1 * len(maps)))
+            for ax, (name, m) in zip(axes[:, 0], maps.items()):
+                lo, hi = ranges.get(name, (None, None))
+                diverging = lo is not None and hi is not None and lo < 0 < hi
+                heatmap(m.T, col_labels=chars, ax=ax, title=name, vmin=lo, vmax=hi,
+                        cmap="RdBu_r" if diverging else "viridis", ylabel="unit", max_ticks=max_chars)
+                ax.tick_params(axis="x", labelrotation=0, labelsize=8)
+            fig.suptitle(title)
+            picture.value = figure_to_png(fig)
+        note.value = f"<b>{html.escape(text)}</b> ({len(text)} characters)"
+
+    box.observe(lambda change: draw(change["new"]), names="value")
+    draw(default)
+    return widgets.VBox([box, note, picture])
