@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from utils import rnn as R
+from weights import scramble_
 
 KINDS = {"rnn": (R.RNN, nn.RNN), "lstm": (R.LSTM, nn.LSTM), "gru": (R.GRU, nn.GRU)}
 CELLS = {"rnn": (R.RNNCell, nn.RNNCell), "lstm": (R.LSTMCell, nn.LSTMCell), "gru": (R.GRUCell, nn.GRUCell)}
@@ -15,13 +16,6 @@ TOL = {torch.float64: dict(atol=1e-10, rtol=0), torch.float32: dict(atol=1e-5, r
 C, H = 5, 7
 
 
-def scramble_(module: nn.Module, seed: int) -> nn.Module:
-    """Give every parameter distinct, non-default values (N(0, 0.5²)), so each one matters."""
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for p in module.parameters():
-            p.copy_(0.5 * torch.randn(p.shape, generator=g, dtype=torch.float64))
-    return module
 
 
 def pair(kind: str, dtype, num_layers=2, batch_first=False, **kw):

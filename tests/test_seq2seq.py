@@ -10,6 +10,16 @@ import torch
 from utils import seq2seq as S
 
 
+def peaked_(m: S.Seq2Seq) -> S.Seq2Seq:
+    """Scale an untrained model's weights up so its outputs (and attention) are far from uniform, and
+    nudge the <eos> logit so greedy rows end at different steps (some never, within 14 steps)."""
+    with torch.no_grad():
+        for p in m.parameters():
+            p.mul_(3.0)
+        m.decoder.head.bias[S.EOS] += 0.6
+    return m
+
+
 @pytest.fixture(scope="module")
 def splits() -> S.DateSplits:
     return S.make_date_dataset(n_train=3000, n_val=300, n_test=600, seed=0)
@@ -28,11 +38,7 @@ def model(vocabs) -> S.Seq2Seq:
     torch.manual_seed(0)
     m = S.Seq2Seq(S.Seq2SeqConfig(len(src_vocab), len(tgt_vocab), embed_dim=8, hidden_size=16,
                                   num_layers=2)).double().eval()
-    with torch.no_grad():
-        for p in m.parameters():
-            p.mul_(3.0)
-        m.decoder.head.bias[S.EOS] += 0.6
-    return m
+    return peaked_(m)
 
 
 # ---------------------------------------------------------------------------------------------- the task
@@ -402,3 +408,82 @@ def test_multi_date_vocabularies_and_batches(multi):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="max_dates must be an int"):
             S.make_date_dataset(n_train=1, n_val=1, n_test=1, max_dates=bad)
+
+
+# ---------------------------------------------------------------------------------------------- chapter 5: attention decoder
+
+@pytest.fixture(scope="module", params=["additive", "general", "dot"])
+def attn_model(request, vocabs) -> S.Seq2Seq:
+    """A small untrained attention model in float64, weights scaled up so attention is far from uniform."""
+    src_vocab, tgt_vocab = vocabs
+    torch.manual_seed(0)
+    config = S.Seq2SeqConfig(len(src_vocab), len(tgt_vocab), embed_dim=8, hidden_size=16, num_layers=2)
+    m = S.Seq2Seq(config, decoder=S.AttentionDecoder(len(tgt_vocab), 8, 16, attention=request.param,
+                                                     num_layers=2)).double().eval()
+    return peaked_(m)
+
+
+def test_attention_decoder_shapes_and_weights(attn_model, vocabs, splits):
+    src_vocab, tgt_vocab = vocabs
+    b = S.make_batch(splits.test[:10], src_vocab, tgt_vocab)
+    B, Ssrc = b.src.shape
+    T = b.tgt_in.shape[1]
+    memory = attn_model.encode(b.src, b.src_len)
+    logits, attn = attn_model.decoder(b.tgt_in, memory, return_attn=True)
+    assert logits.shape == (B, T, len(tgt_vocab)) and attn.shape == (B, T, Ssrc)
+    torch.testing.assert_close(logits, attn_model(b.src, b.src_len, b.tgt_in))
+    mask = memory.mask[:, None, :].expand(-1, T, -1)  # (B, T, S)
+    assert (attn[~mask] == 0).all()  # exactly zero on padding
+    assert (attn >= 0).all()
+    torch.testing.assert_close(attn.sum(-1), torch.ones(B, T, dtype=attn.dtype))  # sums to 1 over real positions
+    assert (attn.amax(-1) < 0.99).any()  # not a degenerate one-hot everywhere
+    out = S.greedy_decode(attn_model, b.src, b.src_len, max_len=14, return_attn=True)
+    assert out.attn.shape == (B, out.tokens.shape[1], Ssrc)
+    assert (out.attn[~memory.mask[:, None, :].expand_as(out.attn)] == 0).all()
+
+
+def test_attention_decoder_ignores_extra_padding(attn_model, vocabs, splits):
+    src_vocab, tgt_vocab = vocabs
+    b = S.make_batch(splits.test[:10], src_vocab, tgt_vocab)
+    padded = torch.cat([b.src, torch.full((b.src.shape[0], 7), S.PAD)], dim=1)  # (B, S + 7)
+    logits = attn_model(b.src, b.src_len, b.tgt_in)
+    torch.testing.assert_close(attn_model(padded, b.src_len, b.tgt_in), logits, rtol=0, atol=1e-12)
+    a = S.greedy_decode(attn_model, b.src, b.src_len, max_len=14, return_attn=True)
+    p = S.greedy_decode(attn_model, padded, b.src_len, max_len=14, return_attn=True)
+    assert torch.equal(a.tokens, p.tokens)
+    torch.testing.assert_close(p.attn[..., :b.src.shape[1]], a.attn, rtol=0, atol=1e-12)
+    assert (p.attn[..., b.src.shape[1]:] == 0).all()
+
+
+def test_attention_beam_width_one_equals_greedy(attn_model, vocabs, splits):
+    src_vocab, _ = vocabs
+    src, src_len = _sources(splits, src_vocab, n=6)
+    greedy = S.greedy_decode(attn_model, src, src_len, max_len=14)
+    for i in range(src.shape[0]):
+        (best,) = S.beam_search(attn_model, src[i, :src_len[i]], beam_width=1, max_len=14)
+        assert best.tokens == [t for t in greedy.tokens[i].tolist() if t != S.PAD]
+        assert best.log_prob == pytest.approx(greedy.log_prob[i].item(), abs=1e-10)
+    for c in S.beam_search(attn_model, src[0, :src_len[0]], beam_width=4, max_len=14):  # reorder_state is right
+        recomputed = S.sequence_log_prob(attn_model, src[:1, :src_len[0]], src_len[:1], torch.tensor([c.tokens]))
+        assert c.log_prob == pytest.approx(recomputed.item(), abs=1e-9)
+    assert len(S.translate(attn_model, ["3 March 1998", "04/05/21"], *vocabs, max_len=14)) == 2
+
+
+def test_attention_decoder_every_parameter_gets_a_gradient(vocabs, splits):
+    src_vocab, tgt_vocab = vocabs
+    for kind in S.ATTENTION_KINDS:
+        torch.manual_seed(0)
+        m = S.Seq2Seq(S.Seq2SeqConfig(len(src_vocab), len(tgt_vocab), embed_dim=8, hidden_size=16),
+                      decoder=S.AttentionDecoder(len(tgt_vocab), 8, 16, attention=kind))
+        b = S.make_batch(splits.train[:16], src_vocab, tgt_vocab)
+        S.seq2seq_loss(m(b.src, b.src_len, b.tgt_in), b.tgt_out).backward()
+        for name, p in m.named_parameters():
+            assert p.grad is not None and p.grad.abs().sum() > 0, (kind, name)
+
+
+def test_attention_decoder_bad_kind_is_a_clear_error(vocabs):
+    with pytest.raises(ValueError, match=r"attention must be one of \('additive', 'dot', 'general'\), got 'luong'"):
+        S.AttentionDecoder(10, 8, 16, attention="luong")
+    with pytest.raises(ValueError, match="dot attention needs hidden_size == encoder_size"):
+        S.AttentionDecoder(10, 8, 16, attention="dot", encoder_size=32)
+    S.AttentionDecoder(10, 8, 16, attention="general", encoder_size=32)  # general maps 16 → 32: fine

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .attention import AdditiveAttention, DotProductAttention
 from .text import Vocab
 
 __all__ = [
@@ -679,3 +680,63 @@ def exact_match(predictions: Sequence[str], targets: Sequence[str]) -> float:
     if len(targets) == 0:
         raise ValueError("exact_match of an empty list is undefined")
     return sum(p == t for p, t in zip(predictions, targets)) / len(targets)
+
+
+# ----------------------------------------------------------------------------------------------
+# Chapter 5: a decoder that attends to every encoder output
+
+ATTENTION_KINDS = ("additive", "dot", "general")
+
+
+class AttentionDecoder(Decoder):
+    """An LSTM decoder that looks at the whole source at every step (Bahdanau, Cho & Bengio 2015,
+    "Neural machine translation by jointly learning to align and translate", eqs. 4-6 and A.2.2).
+
+    At step t, with previous state s_{t-1} = (h, c) and previous token y_{t-1}:
+        a_t = attention(query = h_{t-1} (top layer), keys = values = encoder outputs, mask)   (B, S)
+        c_t = sum_s a_t[s] * enc_s                                                            (B, H)
+        h_t = LSTM([embed(y_{t-1}); c_t], s_{t-1})                                            (B, H)
+        logits_t = W [h_t; c_t] + b                                                           (B, V)
+    so the bottleneck is gone: each output character reads the source positions it needs. The state
+    is the LSTM's (h, c), started from the encoder's final state as in chapter 4; it has the batch
+    on dimension 1, so `Decoder.reorder_state` serves beam search as it is. The attention is
+    `attention="additive"` (Bahdanau: v^T tanh(W q + U k)) or `"general"` (q^T W k) / `"dot"` (q^T k,
+    needs hidden_size == encoder size) (Luong, Pham & Manning 2015), from `utils.attention`.
+    `step` returns a_t as its third value, so `greedy_decode(..., return_attn=True)` gives (B, T, S).
+    Shape comments take encoder_size == hidden_size (H), as `Seq2Seq` builds them; both can differ.
+    """
+
+    def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, attention: str = "additive",
+                 num_layers: int = 1, dropout: float = 0.0, encoder_size: int | None = None,
+                 attn_dim: int | None = None) -> None:
+        super().__init__()
+        if attention not in ATTENTION_KINDS:
+            raise ValueError(f"attention must be one of {ATTENTION_KINDS}, got {attention!r}")
+        H_enc = encoder_size or hidden_size  # size of each encoder output (key and value)
+        if attention == "dot" and H_enc != hidden_size:
+            raise ValueError(f"dot attention needs hidden_size == encoder_size, got {hidden_size} and {H_enc}; "
+                             "use attention='general' or 'additive'")
+        self.vocab_size = vocab_size
+        self.attention_kind = attention
+        self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
+        if attention == "additive":
+            self.attn = AdditiveAttention(hidden_size, H_enc, attn_dim or hidden_size)
+        else:
+            self.attn = DotProductAttention(hidden_size, H_enc, kind=attention)
+        self.rnn = nn.LSTM(embed_dim + H_enc, hidden_size, num_layers, batch_first=True, dropout=dropout)
+        self.head = nn.Linear(hidden_size + H_enc, vocab_size)
+
+    def init_state(self, memory: Memory) -> tuple[Tensor, Tensor]:
+        return memory.state  # (h, c) each (L, B, H): the encoder's summary is still a good start
+
+    def step(self, y_prev: Tensor, state, memory: Memory):
+        """y_prev (B,) → logits (B, V), new (h, c), attention weights (B, S) (exactly 0 at padding)."""
+        h, c = state  # each (L, B, H)
+        context, weights = self.attn(h[-1], memory.outputs, memory.mask)  # (B, H), (B, S)
+        x = torch.cat([self.embed(y_prev), context], dim=-1)[:, None]  # (B, 1, E + H)
+        out, state = self.rnn(x, (h, c))  # (B, 1, H)
+        logits = self.head(torch.cat([out[:, 0], context], dim=-1))  # (B, H + H) → (B, V)
+        return logits, state, weights
+
+
+__all__ += ["ATTENTION_KINDS", "AttentionDecoder"]
