@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from utils.runtime import pick_device, seed_everything, setup
+from utils.runtime import pick_device, seed_everything, setup, time_per_call
 
 
 def test_seed_everything_repeats_every_generator():
@@ -37,3 +37,13 @@ def test_requesting_missing_cuda_is_a_clear_error():
 def test_bad_seed_rejected(bad):
     with pytest.raises(ValueError, match="seed must be a non-negative int"):
         seed_everything(bad)
+
+
+def test_time_per_call_counts_calls_and_measures_time():
+    import time
+
+    calls = []
+    seconds = time_per_call(lambda: (calls.append(1), time.sleep(0.01)), repeats=3, warmup=2)
+    assert len(calls) == 5 and 0.009 < seconds < 0.5
+    with pytest.raises(ValueError, match="repeats >= 1"):
+        time_per_call(lambda: None, repeats=0)

@@ -1,12 +1,14 @@
 """Runtime set-up shared by every chapter: seeding and device choice.
 
-`setup()` is what the notebooks' setup cell calls: it seeds every random number generator the book
+`setup()` is what the notebooks' setup cell calls, and `time_per_call()` is how chapters time code: it seeds every random number generator the book
 uses, picks the best available device (cuda, then mps, then cpu) and returns it.
 """
 from __future__ import annotations
 
 import os
 import random
+import time
+from collections.abc import Callable
 
 import numpy as np
 import torch
@@ -49,3 +51,22 @@ def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> torc
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
         print(f"torch {torch.__version__.split('+')[0]} | device: {name} | seed: {seed}")
     return dev
+
+
+def time_per_call(fn: Callable[[], object], repeats: int = 10, warmup: int = 1) -> float:
+    """Mean wall-clock seconds of `fn()` over `repeats` calls, after `warmup` untimed calls.
+
+    CUDA work is asynchronous, so the device is synchronised before the clock starts and stops;
+    otherwise a GPU timing would only measure how fast the work was queued.
+    """
+    if repeats < 1 or warmup < 0:
+        raise ValueError(f"need repeats >= 1 and warmup >= 0, got repeats={repeats}, warmup={warmup}")
+    for _ in range(warmup):
+        fn()
+    sync = torch.cuda.synchronize if torch.cuda.is_available() else (lambda: None)
+    sync()
+    start = time.perf_counter()
+    for _ in range(repeats):
+        fn()
+    sync()
+    return (time.perf_counter() - start) / repeats
