@@ -228,6 +228,21 @@ def test_seq2seq_attention_shapes_and_masking(make):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
 
+@pytest.mark.parametrize("make", [lambda: A.AdditiveAttention(QD, KD, AD), lambda: A.DotProductAttention(QD, KD),
+                                  lambda: A.DotProductAttention(KD, KD, kind="dot")],
+                         ids=["additive", "general", "dot"])
+def test_projected_keys_computed_once_give_the_same_result(make):
+    att = scramble_(make(), seed=5).double()
+    query, keys = randn(B, att.query_dim, seed=1), randn(B, S, KD, seed=2)
+    mask = ~padding([S, 3, 1], S)
+    expected = att(query, keys, mask)
+    got = att(query, keys, mask, projected=att.project_keys(keys))
+    for e, g in zip(expected, got):
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
+    with pytest.raises(ValueError, match=r"projected keys must have shape \(B, S, \d+\) = \(3, 7, \d+\)"):
+        att(query, keys, mask, projected=att.project_keys(keys)[:, :-1])
+
+
 def test_additive_by_hand():
     # Q = K = A = 1: score(q, k) = v tanh(w_q q + w_k k) with w_q = 1, w_k = 2, v = 3
     att = A.AdditiveAttention(1, 1, 1).double()

@@ -109,6 +109,16 @@ def _check_query_keys(query: Tensor, keys: Tensor, mask: Tensor | None, query_di
                              "(all False); every sequence needs at least one key (True = real token)")
 
 
+def _check_projected(projected: Tensor, keys: Tensor, dim: int, who: str) -> Tensor:
+    """`projected` must be project_keys(keys): shape (B, S, dim) for the same B, S as the keys."""
+    want = (*keys.shape[:2], dim)
+    if not isinstance(projected, Tensor) or tuple(projected.shape) != want:
+        got = tuple(projected.shape) if isinstance(projected, Tensor) else type(projected).__name__
+        raise ValueError(f"{who}: projected keys must have shape (B, S, {dim}) = {want} (from project_keys(keys)), "
+                         f"got {got}")
+    return projected
+
+
 class AdditiveAttention(nn.Module):
     """Bahdanau et al. (2015) additive attention: score(q, k) = v^T tanh(W_q q + W_k k).
 
@@ -124,11 +134,19 @@ class AdditiveAttention(nn.Module):
         self.w_k = nn.Linear(key_dim, hidden_dim, bias=False)
         self.v = nn.Linear(hidden_dim, 1, bias=False)
 
-    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """query (B, Q), keys (B, S, K), mask (B, S) bool True = real token → context (B, K), weights (B, S)."""
+    def project_keys(self, keys: Tensor) -> Tensor:
+        """W_k k for every key: keys (B, S, K) → (B, S, A). It does not depend on the query, so a decoder
+        computes it once per source and passes it to every step as `projected`."""
+        return self.w_k(keys)  # (B, S, A)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None,
+                projected: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """query (B, Q), keys (B, S, K), mask (B, S) bool True = real token → context (B, K), weights (B, S).
+        `projected`: `project_keys(keys)` computed earlier (optional; same result, less work per step)."""
         _check_query_keys(query, keys, mask, self.query_dim, self.key_dim, "AdditiveAttention")
         q = self.w_q(query)  # (B, A)
-        k = self.w_k(keys)  # (B, S, A)
+        k = self.project_keys(keys) if projected is None else _check_projected(projected, keys, self.hidden_dim,
+                                                                                 "AdditiveAttention")  # (B, S, A)
         scores = self.v(torch.tanh(k + q[:, None, :])).squeeze(-1)  # (B, S, A) -> (B, S)
         return _masked_softmax_context(scores, keys, mask, "AdditiveAttention")
 
@@ -156,10 +174,17 @@ class DotProductAttention(nn.Module):
         self.query_dim, self.key_dim, self.kind = query_dim, key_dim, kind
         self.w = nn.Linear(key_dim, query_dim, bias=False) if kind == "general" else None
 
-    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        """query (B, Q), keys (B, S, K), mask (B, S) bool True = real token → context (B, K), weights (B, S)."""
+    def project_keys(self, keys: Tensor) -> Tensor:
+        """W k for every key ("general"; the keys themselves for "dot"): keys (B, S, K) → (B, S, Q)."""
+        return keys if self.w is None else self.w(keys)  # (B, S, Q)
+
+    def forward(self, query: Tensor, keys: Tensor, mask: Tensor | None = None,
+                projected: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """query (B, Q), keys (B, S, K), mask (B, S) bool True = real token → context (B, K), weights (B, S).
+        `projected`: `project_keys(keys)` computed earlier (optional; same result, less work per step)."""
         _check_query_keys(query, keys, mask, self.query_dim, self.key_dim, "DotProductAttention")
-        projected = keys if self.w is None else self.w(keys)  # (B, S, Q)
+        projected = self.project_keys(keys) if projected is None else _check_projected(
+            projected, keys, self.query_dim, "DotProductAttention")  # (B, S, Q)
         scores = torch.einsum("bq,bsq->bs", query, projected)  # (B, S)
         return _masked_softmax_context(scores, keys, mask, "DotProductAttention")
 

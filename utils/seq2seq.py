@@ -698,8 +698,8 @@ class AttentionDecoder(Decoder):
         h_t = LSTM([embed(y_{t-1}); c_t], s_{t-1})                                            (B, H)
         logits_t = W [h_t; c_t] + b                                                           (B, V)
     so the bottleneck is gone: each output character reads the source positions it needs. The state
-    is the LSTM's (h, c), started from the encoder's final state as in chapter 4; it has the batch
-    on dimension 1, so `Decoder.reorder_state` serves beam search as it is. The attention is
+    is the LSTM's (h, c), started from the encoder's final state as in chapter 4, plus the keys
+    projected once per source (`project_keys`), which no step changes. The attention is
     `attention="additive"` (Bahdanau: v^T tanh(W q + U k)) or `"general"` (q^T W k) / `"dot"` (q^T k,
     needs hidden_size == encoder size) (Luong, Pham & Manning 2015), from `utils.attention`.
     `step` returns a_t as its third value, so `greedy_decode(..., return_attn=True)` gives (B, T, S).
@@ -726,17 +726,24 @@ class AttentionDecoder(Decoder):
         self.rnn = nn.LSTM(embed_dim + H_enc, hidden_size, num_layers, batch_first=True, dropout=dropout)
         self.head = nn.Linear(hidden_size + H_enc, vocab_size)
 
-    def init_state(self, memory: Memory) -> tuple[Tensor, Tensor]:
-        return memory.state  # (h, c) each (L, B, H): the encoder's summary is still a good start
+    def init_state(self, memory: Memory) -> tuple[Tensor, Tensor, Tensor]:
+        """(h, c) each (L, B, H): the encoder's summary is still a good start; plus the projected keys
+        (B, S, A), computed once per source instead of once per output step."""
+        h, c = memory.state
+        return h, c, self.attn.project_keys(memory.outputs)
 
     def step(self, y_prev: Tensor, state, memory: Memory):
-        """y_prev (B,) → logits (B, V), new (h, c), attention weights (B, S) (exactly 0 at padding)."""
-        h, c = state  # each (L, B, H)
-        context, weights = self.attn(h[-1], memory.outputs, memory.mask)  # (B, H), (B, S)
+        """y_prev (B,) → logits (B, V), new (h, c, keys), attention weights (B, S) (exactly 0 at padding)."""
+        h, c, keys = state  # (L, B, H), (L, B, H), (B, S, A)
+        context, weights = self.attn(h[-1], memory.outputs, memory.mask, projected=keys)  # (B, H), (B, S)
         x = torch.cat([self.embed(y_prev), context], dim=-1)[:, None]  # (B, 1, E + H)
-        out, state = self.rnn(x, (h, c))  # (B, 1, H)
+        out, (h, c) = self.rnn(x, (h, c))  # (B, 1, H)
         logits = self.head(torch.cat([out[:, 0], context], dim=-1))  # (B, H + H) → (B, V)
-        return logits, state, weights
+        return logits, (h, c, keys), weights
+
+    def reorder_state(self, state, index: Tensor):
+        h, c, keys = state
+        return h.index_select(1, index), c.index_select(1, index), keys.index_select(0, index)
 
 
 __all__ += ["ATTENTION_KINDS", "AttentionDecoder"]
