@@ -295,3 +295,195 @@ def test_gate_viewer_rejects_bad_input():
         gate_viewer(lambda t: {"f": np.zeros((len(t) + 1, 2))}, "abc")
     with pytest.raises(ValueError, match="max_chars"):
         gate_viewer(lambda t: {}, "abc", max_chars=0)
+
+
+# ---------------------------------------------------------------------------------------- attention
+
+def softmax_maps(*shape: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.softmax(2 * torch.randn(*shape, generator=g), dim=-1)
+
+
+def heatmap_axes(fig):
+    return [ax for ax in fig.axes if ax.images and ax.get_label() != "<colorbar>"]
+
+
+def test_attention_grid_draws_one_heatmap_per_head_with_a_shared_colour_bar():
+    attn = softmax_maps(6, 3, 5).requires_grad_()
+    fig = viz.attention_grid(attn, ["a", "b", "c"], list("vwxyz"), title="cross-attention")
+    maps = heatmap_axes(fig)
+    assert len(maps) == 6 and len(fig.axes) == 7  # six heads and one colour bar, no empty panels
+    for h, ax in enumerate(maps):
+        assert np.allclose(ax.images[0].get_array(), attn[h].detach().numpy())
+        assert ax.images[0].get_clim() == (0.0, 1.0)
+        assert ax.get_title() == f"head {h}"
+    assert [t.get_text() for t in maps[0].get_yticklabels()] == ["a", "b", "c"]
+    assert [t.get_text() for t in maps[3].get_xticklabels()] == list("vwxyz")
+    assert maps[0].get_ylabel() == "query" and maps[3].get_xlabel() == "key"
+    assert maps[0].yaxis.get_major_ticks()[0].label1.get_visible()  # labels on the outer maps only
+    assert not maps[1].yaxis.get_major_ticks()[0].label1.get_visible()
+    assert not maps[0].xaxis.get_major_ticks()[0].label1.get_visible()
+    assert fig._suptitle.get_text() == "cross-attention"
+    assert maps[1].get_position().x0 > maps[0].get_position().x0  # 6 heads: 2 rows of 3
+    assert maps[3].get_position().y0 < maps[0].get_position().y0
+    assert len({round(a.get_position().x0, 3) for a in maps}) == 3
+
+
+def test_attention_grid_takes_one_map_titles_an_axes_and_thins_long_labels():
+    fig = viz.attention_grid(np.eye(4), titles=["alignment"], vmax=None)
+    (ax,) = heatmap_axes(fig)
+    assert ax.get_title() == "alignment" and ax.images[0].get_array().shape == (4, 4)
+    _, ax = plt.subplots()
+    assert viz.attention_grid(np.eye(3), ax=ax) is ax.figure and len(ax.images) == 1
+
+    words = [f"word{i}" for i in range(40)]
+    fig = viz.attention_grid(softmax_maps(4, 40, 40), words, words)
+    ax = heatmap_axes(fig)[0]
+    shown = [t.get_text() for t in ax.get_yticklabels()]
+    assert 2 <= len(shown) < 40 and shown[0] == "word0"  # thinned to what fits in the panel
+    assert 2 <= len(heatmap_axes(fig)[2].get_xticklabels()) < 40
+    height = fig.get_size_inches()[1] * 72 / len(shown)  # points per label along the panel's height
+    assert height > 8  # more than the 8-point font: no overlap
+    fig = viz.attention_grid(softmax_maps(40, 40), words, words)  # one map: every label fits
+    assert len(heatmap_axes(fig)[0].get_xticklabels()) == 40
+    assert heatmap_axes(fig)[0].get_xticklabels()[0].get_rotation() == 90
+    fig = viz.attention_grid(np.ones((3, 4)) / 4, list("ab␣"), ["x", "y", "␣", "<eos>"])  # characters across, <eos> turned
+    assert [t.get_rotation() for t in heatmap_axes(fig)[0].get_xticklabels()] == [0, 0, 0, 90]
+
+
+def test_attention_grid_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"shape \(H, T, S\) or \(T, S\), got \(2, 3, 4, 5\); pick one layer"):
+        viz.attention_grid(torch.zeros(2, 3, 4, 5))
+    with pytest.raises(ValueError, match=r"got \(5,\)"):
+        viz.attention_grid(np.zeros(5))
+    with pytest.raises(ValueError, match=r"query_labels has 2 labels but there are 3 query rows"):
+        viz.attention_grid(np.zeros((2, 3, 4)), query_labels=["a", "b"])
+    with pytest.raises(ValueError, match=r"key_labels has 3 labels but there are 4 key columns"):
+        viz.attention_grid(np.zeros((2, 3, 4)), key_labels="abc")
+    with pytest.raises(ValueError, match="titles has 1 entries but attn has 2 heads"):
+        viz.attention_grid(np.zeros((2, 3, 4)), titles=["x"])
+    with pytest.raises(ValueError, match="ax= takes one map but attn has 2 heads"):
+        viz.attention_grid(np.zeros((2, 3, 4)), ax=plt.subplots()[1])
+    with pytest.raises(ValueError, match="empty"):
+        viz.attention_grid(np.zeros((2, 0, 4)))
+    with pytest.raises(ValueError, match="ncols"):
+        viz.attention_grid(np.zeros((2, 3, 4)), ncols=0)
+
+
+def explorer_parts(box):
+    example, kind, sliders, caption, image = box.children
+    layer, head = sliders.children
+    return example, kind, layer, head, caption, image
+
+
+def transformer_view(L: int, H: int, T: int, S: int, seed: int = 0):
+    src, tgt = [f"s{i}" for i in range(S)], [f"t{i}" for i in range(T)]
+    return {"encoder self-attention": (softmax_maps(L, H, S, S, seed=seed), src, src),
+            "cross-attention": (softmax_maps(L, H, T, S, seed=seed + 1), tgt, src)}
+
+
+def test_attention_explorer_from_a_mapping_switches_kind_layer_head_and_example():
+    maps = {"long": transformer_view(2, 4, 5, 6), "short": transformer_view(1, 2, 3, 4, seed=5)}
+    box = viz.attention_explorer(maps, title="toy")
+    example, kind, layer, head, caption, image = explorer_parts(box)
+    assert example.value == "long" and example.options == ("long", "short") and example.ensure_option
+    assert kind.options == ("encoder self-attention", "cross-attention") and kind.layout.display is None
+    assert layer.max == 1 and layer.layout.display is None and not layer.disabled
+    assert head.options == ("all heads", "mean over heads", "head 0", "head 1", "head 2", "head 3")
+    assert head.value == "all heads" and image.value[:4] == b"\x89PNG"
+    assert "(2, 4, 6, 6)" in caption.value and "layer 0 of 2" in caption.value
+    seen = {image.value}
+    kind.value = "cross-attention"
+    assert "(2, 4, 5, 6)" in caption.value and image.value not in seen
+    seen.add(image.value)
+    layer.value = 1
+    assert "layer 1 of 2" in caption.value and image.value not in seen
+    seen.add(image.value)
+    head.value = "head 3"
+    assert "head 3" in caption.value and image.value not in seen
+    seen.add(image.value)
+    head.value = "mean over heads"
+    assert "mean over 4 heads" in caption.value and image.value not in seen
+    seen.add(image.value)
+    head.value = "head 3"
+
+    example.value = "short"  # 1 layer, 2 heads: keep the kind, clamp layer and head
+    assert kind.value == "cross-attention" and layer.value == 0 and head.value == "head 1"
+    assert layer.layout.display == "none" and layer.disabled
+    assert head.options == ("all heads", "mean over heads", "head 0", "head 1")
+    assert "<b>short</b>" in caption.value and "(1, 2, 3, 4)" in caption.value and image.value not in seen
+    example.value = "long"  # back: the clamped values stay valid
+    assert layer.max == 1 and layer.value == 0 and head.value == "head 1" and "(2, 4, 5, 6)" in caption.value
+
+    box = viz.attention_explorer(maps, default="short")
+    assert explorer_parts(box)[0].value == "short" and "(1, 2, 4, 4)" in explorer_parts(box)[4].value
+
+
+def test_attention_explorer_with_a_compute_function_shows_errors_as_messages():
+    calls = []
+
+    def compute(text):
+        calls.append(text)
+        if "#" in text:
+            raise KeyError(f"unknown character '#' in {text!r}")
+        chars = list(text)
+        return {"additive": (softmax_maps(len(chars), len(chars), seed=len(chars)), chars, chars)}
+
+    box = viz.attention_explorer(compute, examples=["abc", "hello"])
+    example, kind, layer, head, caption, image = explorer_parts(box)
+    assert calls == ["abc"] and example.value == "abc" and not example.ensure_option
+    assert kind.layout.display == "none" and layer.layout.display == "none" and head.layout.display == "none"
+    assert "(1, 1, 3, 3)" in caption.value
+    first = image.value
+    example.value = "a new line"  # typed by the reader
+    assert calls[-1] == "a new line" and image.value != first and "(1, 1, 10, 10)" in caption.value
+    shown = image.value
+    example.value = "a#b"
+    assert "cannot show" in caption.value and "unknown character &#x27;#&#x27;" in caption.value
+    assert image.value == shown  # the last good picture stays
+
+    box = viz.attention_explorer(compute, default="xy", examples=["abc"])
+    assert explorer_parts(box)[0].options == ("xy", "abc") and calls[-1] == "xy"
+    with pytest.raises(ValueError, match="needs default="):
+        viz.attention_explorer(compute)
+
+
+def test_attention_explorer_accepts_three_shapes_and_a_list_of_layers():
+    labels = list("abc")
+    views = {"2-D": {"dot": (np.eye(3), labels, labels)},
+             "3-D": {"dot": (softmax_maps(2, 3, 3), labels, labels)},
+             "layers": {"dot": ([softmax_maps(2, 3, 3), softmax_maps(2, 3, 3, seed=1)], labels, labels)}}
+    box = viz.attention_explorer(views)
+    example, kind, layer, head, caption, image = explorer_parts(box)
+    assert "(1, 1, 3, 3)" in caption.value
+    example.value = "3-D"
+    assert "(1, 2, 3, 3)" in caption.value and head.layout.display is None
+    example.value = "layers"
+    assert "(2, 2, 3, 3)" in caption.value and layer.layout.display is None
+
+
+def test_attention_explorer_rejects_bad_views():
+    labels = list("abc")
+    with pytest.raises(ValueError, match=r"maps\['x'\]\['self'\] attn must have shape \(L, H, T, S\), \(H, T, S\) or "
+                                         r"\(T, S\) and not be empty, got \(1, 1, 1, 3, 3\); for a batch"):
+        viz.attention_explorer({"x": {"self": (np.zeros((1, 1, 1, 3, 3)), labels, labels)}})
+    with pytest.raises(ValueError, match=r"maps\['x'\]\['self'\] query_labels has 2 labels but there are 3 query rows"):
+        viz.attention_explorer({"x": {"self": (np.zeros((3, 4)), ["a", "b"], None)}})
+    with pytest.raises(ValueError, match=r"key_labels has 3 labels but there are 4 key columns"):
+        viz.attention_explorer({"x": {"self": (np.zeros((3, 4)), None, labels)}})
+    with pytest.raises(ValueError, match=r"must be a triple \(attn, query_labels, key_labels\)"):
+        viz.attention_explorer({"x": {"self": np.zeros((3, 3))}})
+    with pytest.raises(ValueError, match="non-empty dict"):
+        viz.attention_explorer({"x": {}})
+    with pytest.raises(ValueError, match="maps is empty"):
+        viz.attention_explorer({})
+    with pytest.raises(ValueError, match=r"different shapes"):
+        viz.attention_explorer({"x": {"self": ([np.zeros((2, 3, 3)), np.zeros((1, 3, 3))], None, None)}})
+    with pytest.raises(ValueError, match=r"default 'y' is not in maps; maps has \['x'\]"):
+        viz.attention_explorer({"x": {"self": (np.eye(3), None, None)}}, default="y")
+    with pytest.raises(ValueError, match=r"examples \['y'\] are not in maps"):
+        viz.attention_explorer({"x": {"self": (np.eye(3), None, None)}}, examples=["y"])
+    with pytest.raises(TypeError, match="maps must be a dict"):
+        viz.attention_explorer(np.eye(3))
+    with pytest.raises(ValueError, match=r"compute\('abc'\)\['self'\] query_labels"):  # the first view is checked
+        viz.attention_explorer(lambda t: {"self": (np.eye(len(t)), ["x"], None)}, default="abc")

@@ -1,14 +1,15 @@
 """The book's figures: one look for every chapter.
 
 `heatmap` draws matrices (co-occurrence counts, attention and alignment maps, confusion and similarity
-matrices), `loss_curves` compares training runs (`utils.train.History`), `scatter_2d` draws 2-D maps of
-embeddings with a readable subset of labels, and `figure_to_png` turns a figure into PNG bytes for an
-`ipywidgets.Image` in the chapters' explorers.
+matrices), `attention_grid` draws the attention maps of several heads side by side, `loss_curves` compares
+training runs (`utils.train.History`), `scatter_2d` draws 2-D maps of embeddings with a readable subset of
+labels, and `figure_to_png` turns a figure into PNG bytes for an `ipywidgets.Image` in the chapters'
+explorers (`word_explorer`, `decoding_explorer`, `gate_viewer`, `attention_explorer`).
 
 Every function draws inside `style()` (the book's matplotlib rcParams, no seaborn), so figures look the
 same whatever the notebook's global settings; `use_style()` applies the same settings globally.
 Every function accepts NumPy arrays or torch tensors (on any device, with or without grad) and returns
-the matplotlib Axes it drew on, so a chapter can add to it.
+the matplotlib Axes it drew on (`attention_grid`: the Figure), so a chapter can add to it.
 """
 from __future__ import annotations
 
@@ -544,3 +545,298 @@ def gate_viewer(compute: Callable[[str], Mapping[str, Any]], default: str, examp
     box.observe(lambda change: draw(change["new"]), names="value")
     draw(default)
     return widgets.VBox([box, note, picture])
+
+
+# ---------------------------------------------------------------------------------------------- attention
+
+def _attention_stack(attn: Any, name: str) -> np.ndarray:
+    """attn as a float array; a list/tuple of per-layer tensors is stacked along a new first axis."""
+    if isinstance(attn, (list, tuple)) and attn and all(isinstance(a, (torch.Tensor, np.ndarray)) for a in attn):
+        layers = [_to_numpy(a, f"{name}[{i}]") for i, a in enumerate(attn)]
+        shapes = {layer.shape for layer in layers}
+        if len(shapes) != 1:
+            raise ValueError(f"{name}: the per-layer maps have different shapes {sorted(shapes)}; "
+                             "every layer must have the same (H, T, S)")
+        return np.stack(layers)
+    return _to_numpy(attn, name)
+
+
+def _grid_shape(n: int, ncols: int | None) -> tuple[int, int]:
+    if ncols is None:
+        rows = -(-n // 4)
+        ncols = -(-n // rows)  # 6 heads -> 2 x 3, 8 -> 2 x 4, 12 -> 3 x 4
+    if not isinstance(ncols, int) or ncols < 1:
+        raise ValueError(f"ncols must be a positive int, got {ncols!r}")
+    ncols = min(ncols, n)
+    return -(-n // ncols), ncols
+
+
+@_styled
+def attention_grid(attn: Any, query_labels: Sequence[Any] | None = None, key_labels: Sequence[Any] | None = None,
+                   titles: Sequence[str] | None = None, ncols: int | None = None, ax: Axes | None = None,
+                   figsize: tuple[float, float] | None = None, max_ticks: int = 40, vmin: float | None = 0.0,
+                   vmax: float | None = 1.0, cmap: str = "viridis", title: str | None = None,
+                   xlabel: str | None = "key", ylabel: str | None = "query") -> Figure:
+    """Attention maps, one heatmap per head: row t is how query t spreads its weight over the keys
+    (softmax(q·k/√D) of Vaswani et al. 2017, eq. 1; Bahdanau et al. 2015's alignment a_ts is the one-head case).
+
+    attn:         (H, T, S) for H heads, T queries and S keys, or (T, S) for one map; NumPy or torch.
+    query_labels: T labels for the rows (the tokens doing the attending), key_labels: S for the columns.
+    titles:       one per head (default "head 0", "head 1", ... when H > 1).
+    ncols:        heads per row (default: at most 4, rows as even as possible).
+    ax:           draw a single map (H = 1) into this Axes instead of a new figure.
+    The colour range is vmin..vmax (0..1 by default, so maps compare; None: the data's range), with one
+    shared colour bar. Tick labels are thinned to what fits (at most `max_ticks` per axis) and written on
+    the outer maps only. Returns the Figure.
+    """
+    data = _to_numpy(attn, "attn")
+    if data.ndim == 2:
+        data = data[None]
+    if data.ndim != 3:
+        hint = "; pick one layer or one batch element first, e.g. attn[0]" if data.ndim > 3 else ""
+        raise ValueError(f"attn must have shape (H, T, S) or (T, S), got {tuple(data.shape)}{hint}")
+    if data.size == 0:
+        raise ValueError(f"attn is empty: shape {tuple(data.shape)}")
+    H, T, S = data.shape
+    query_labels = _check_labels(query_labels, T, "query_labels", "query row")
+    key_labels = _check_labels(key_labels, S, "key_labels", "key column")
+    if titles is None:
+        titles = [f"head {h}" for h in range(H)] if H > 1 else [None]
+    else:
+        titles = [str(t) for t in titles]
+        if len(titles) != H:
+            raise ValueError(f"titles has {len(titles)} entries but attn has {H} heads; pass one title per head")
+    if not isinstance(max_ticks, int) or max_ticks < 1:
+        raise ValueError(f"max_ticks must be a positive int, got {max_ticks!r}")
+    if ax is not None and H != 1:
+        raise ValueError(f"ax= takes one map but attn has {H} heads; leave ax=None to get a grid of heads, "
+                         "or pass one head, e.g. attn[h]")
+
+    rows, ncols = _grid_shape(H, ncols)
+    fontsize = 9.0 if H == 1 else 8.0
+    inch = fontsize / 72  # one line of tick-label text, in inches
+    k_long = max((len(label) for label in key_labels), default=1) if key_labels else 1
+    q_long = max((len(label) for label in query_labels), default=1) if query_labels else 1
+    k_short = max((len(label) for label in key_labels if len(label) <= 3), default=1) if key_labels else 1
+    across = k_long <= 3  # key labels up to 3 characters are written across, longer ones (<eos>) turned
+    pitch_x = max(1.5, 0.62 * k_short + 0.8) * inch  # the room one key label needs
+    pitch_y = 1.5 * inch
+    if ax is not None:
+        fig, axes = ax.figure, [ax]
+        bbox = ax.get_window_extent().transformed(fig.dpi_scale_trans.inverted())
+        map_w, map_h = 0.85 * bbox.width, 0.85 * bbox.height
+    else:
+        x_extent = 0.3 if across else 0.62 * min(k_long, 20) * inch + 0.1  # below the maps: tick labels
+        left = 0.62 * min(q_long, 20) * inch + 0.5  # tick labels and "query"
+        if figsize is None:  # every label fits up to ~40 rows/columns for one map, ~20 in a grid
+            map_w = float(np.clip(pitch_x * S, 2.0, 10.0 if H == 1 else min(4.0, 12.5 / ncols)))
+            map_h = float(np.clip(pitch_y * T, 1.5, 7.5 if H == 1 else 4.0))
+            figsize = (left + ncols * (map_w + 0.2) + 0.9,
+                       rows * (map_h + 0.35) + x_extent + 0.45 + (0.4 if title else 0.0))
+        else:
+            map_w = (figsize[0] - left - 0.9) / ncols - 0.2
+            map_h = (figsize[1] - x_extent - 0.45 - (0.4 if title else 0.0)) / rows - 0.35
+        fig, grid = plt.subplots(rows, ncols, figsize=figsize, squeeze=False)
+        for extra in grid.ravel()[H:]:
+            fig.delaxes(extra)
+        axes = list(grid.ravel()[:H])
+    x_ticks = min(max_ticks, max(2, int(map_w / pitch_x + 0.01)))
+    y_ticks = min(max_ticks, max(2, int(map_h / pitch_y + 0.01)))
+
+    image = None
+    for h, a in enumerate(axes):
+        heatmap(data[h], query_labels, key_labels, ax=a, cmap=cmap, title=titles[h], colorbar=False,
+                vmin=vmin, vmax=vmax, max_ticks=max_ticks)
+        if key_labels is not None:
+            ticks = _thin(S, x_ticks)
+            a.set_xticks(ticks, [key_labels[i] for i in ticks])
+            for label in a.get_xticklabels():
+                label.set_rotation(0 if len(label.get_text()) <= 3 else 90)
+        if query_labels is not None:
+            ticks = _thin(T, y_ticks)
+            a.set_yticks(ticks, [query_labels[i] for i in ticks])
+        a.tick_params(labelsize=fontsize, length=2)
+        image = a.images[-1]
+        first_col, bottom = h % ncols == 0, h + ncols >= H
+        if not first_col:
+            a.tick_params(labelleft=False)
+        elif ylabel:
+            a.set_ylabel(ylabel)
+        if not bottom:
+            a.tick_params(labelbottom=False)
+        elif xlabel:
+            a.set_xlabel(xlabel)
+    fig.colorbar(image, ax=axes, shrink=0.9 if rows == 1 else 0.6, aspect=20 if rows == 1 else 35,
+                 pad=0.02 if ncols > 1 else 0.04)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def _attention_view(view: Any, where: str) -> dict[str, tuple[np.ndarray, list[str] | None, list[str] | None]]:
+    """Check one explorer view {kind: (attn, query_labels, key_labels)}; attn becomes (L, H, T, S)."""
+    if not isinstance(view, Mapping) or not view:
+        raise ValueError(f"{where} must be a non-empty dict {{kind: (attn, query_labels, key_labels)}}, "
+                         f"got {type(view).__name__ if not isinstance(view, Mapping) else 'an empty dict'}")
+    out = {}
+    for kind, entry in view.items():
+        name = f"{where}[{kind!r}]"
+        if not isinstance(entry, (tuple, list)) or len(entry) != 3:
+            raise ValueError(f"{name} must be a triple (attn, query_labels, key_labels); use None for missing labels")
+        attn = _attention_stack(entry[0], f"{name} attn")
+        if attn.ndim in (2, 3):
+            attn = attn.reshape((1,) * (4 - attn.ndim) + attn.shape)
+        if attn.ndim != 4 or attn.size == 0:
+            raise ValueError(f"{name} attn must have shape (L, H, T, S), (H, T, S) or (T, S) and not be empty, "
+                             f"got {tuple(attn.shape)}; for a batch, pick one example first, e.g. attn[:, 0]")
+        _, _, T, S = attn.shape
+        out[str(kind)] = (attn, _check_labels(entry[1], T, f"{name} query_labels", "query row"),
+                          _check_labels(entry[2], S, f"{name} key_labels", "key column"))
+    return out
+
+
+def attention_explorer(maps: Mapping[str, Mapping[str, tuple[Any, Any, Any]]] | Callable[[str], Mapping[str, Any]],
+                       default: str | None = None, examples: Sequence[str] = (), title: str = "Attention",
+                       max_ticks: int = 40, vmax: float | None = 1.0) -> Any:
+    """An explorer for attention maps: choose an example, the kind of attention, the layer and the head.
+
+    maps:     {example name: view}, precomputed, or a function compute(text) -> view, so the reader can
+              type an input of their own (a KeyError or ValueError it raises, e.g. an unknown character,
+              is shown as a message).
+    view:     {kind: (attn, query_labels, key_labels)}, e.g. {"encoder self-attention": ...,
+              "cross-attention": ...} or {"additive": ..., "dot-product": ...}; attn has shape
+              (L, H, T, S) (layers, heads, queries, keys), or (H, T, S), or (T, S); a list of L
+              per-layer (H, T, S) maps works too.
+    default:  the example shown first (and on a static page); default: the first of `examples` or of maps.
+    examples: the examples offered in the list (default: the keys of `maps`).
+    The head menu offers all heads as a grid (`attention_grid`), their mean, or one head; controls for a
+    single kind, layer or head are hidden. Switching example keeps the controls, clamped to the new
+    example's layers and heads. Returns an ipywidgets VBox.
+    """
+    import html
+
+    import ipywidgets as widgets
+
+    if callable(maps) and not isinstance(maps, Mapping):
+        compute, views = maps, None
+        options = [str(e) for e in examples]
+        if default is None:
+            if not options:
+                raise ValueError("attention_explorer with a compute function needs default= (or examples=) "
+                                 "to know what to show first")
+            default = options[0]
+        options = list(dict.fromkeys([str(default), *options]))
+    elif isinstance(maps, Mapping):
+        if not maps:
+            raise ValueError("maps is empty: pass {example name: {kind: (attn, query_labels, key_labels)}}")
+        compute = None
+        views = {str(name): _attention_view(view, f"maps[{name!r}]") for name, view in maps.items()}
+        options = [str(e) for e in examples] or list(views)
+        unknown = [e for e in options if e not in views]
+        if unknown:
+            raise ValueError(f"examples {unknown} are not in maps; maps has {list(views)}")
+        default = options[0] if default is None else str(default)
+        if default not in views:
+            raise ValueError(f"default {default!r} is not in maps; maps has {list(views)}")
+    else:
+        raise TypeError(f"maps must be a dict {{example: view}} or a function text -> view, got {type(maps).__name__}")
+
+    def get_view(name: str) -> dict[str, tuple[np.ndarray, list[str] | None, list[str] | None]]:
+        if views is not None:
+            if name not in views:
+                raise KeyError(f"no example named {name!r}; choose one of {list(views)}")
+            return views[name]
+        return _attention_view(compute(name), f"compute({name!r})")
+
+    first = get_view(default)  # errors in the first view are the author's, so they are raised
+    state: dict[str, Any] = {"name": default, "view": first, "busy": False}
+
+    example = widgets.Combobox(value=default, options=options, description="example",
+                               placeholder="type an input" if compute else "choose an example",
+                               ensure_option=compute is None, continuous_update=False,
+                               layout=widgets.Layout(width="100%", max_width="600px"))
+    kind = widgets.ToggleButtons(options=list(first), description="attention")
+    layer = widgets.IntSlider(value=0, min=0, max=0, description="layer", continuous_update=False)
+    head = widgets.Dropdown(options=["all heads", "mean over heads", "head 0"], value="all heads",
+                            description="head")
+    caption = widgets.HTML()
+    picture = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
+
+    def sync() -> tuple[np.ndarray, list[str] | None, list[str] | None]:
+        """Fit the controls to the current view (keeping their values where they still exist)."""
+        view = state["view"]
+        if list(kind.options) != list(view):
+            keep = kind.value if kind.value in view else next(iter(view))
+            kind.options = list(view)
+            kind.value = keep
+        attn, q, k = view[kind.value]
+        L, H = attn.shape[:2]
+        kind.layout.display = "none" if len(view) == 1 else None
+        layer.value, layer.max = min(layer.value, L - 1), max(L - 1, 1)
+        layer.disabled = L == 1
+        layer.layout.display = "none" if L == 1 else None
+        wanted = head.value
+        if wanted.startswith("head ") and int(wanted.split()[1]) >= H:
+            wanted = f"head {H - 1}"
+        heads = ["all heads", "mean over heads", *(f"head {h}" for h in range(H))]
+        if list(head.options) != heads:
+            head.options = heads
+        head.value = wanted
+        head.layout.display = "none" if H == 1 else None
+        return attn, q, k
+
+    def draw(*_: Any) -> None:
+        if state["busy"]:
+            return
+        state["busy"] = True
+        try:
+            attn, q, k = sync()
+            L, H, T, S = attn.shape
+            maps_l = attn[layer.value]  # (H, T, S)
+            where = f"{kind.value}" + (f", layer {layer.value}" if L > 1 else "")
+            if H == 1:
+                fig = attention_grid(maps_l[0], q, k, max_ticks=max_ticks, vmax=vmax, title=f"{title}: {where}")
+                which = ""
+            elif head.value == "all heads":
+                fig = attention_grid(maps_l, q, k, max_ticks=max_ticks, vmax=vmax, title=f"{title}: {where}")
+                which = f"all {H} heads"
+            elif head.value == "mean over heads":
+                fig = attention_grid(maps_l.mean(0), q, k, max_ticks=max_ticks, vmax=vmax,
+                                     title=f"{title}: {where}, mean over {H} heads")
+                which = f"mean over {H} heads"
+            else:
+                h = int(head.value.split()[1])
+                fig = attention_grid(maps_l[h], q, k, max_ticks=max_ticks, vmax=vmax,
+                                     title=f"{title}: {where}, head {h}")
+                which = head.value
+            picture.value = figure_to_png(fig)
+            parts = [f"<b>{html.escape(state['name'])}</b>", html.escape(kind.value)]
+            if L > 1:
+                parts.append(f"layer {layer.value} of {L}")
+            if which:
+                parts.append(which)
+            caption.value = (" · ".join(parts) + f" <span style='color:#666'>(L, H, T, S) = {(L, H, T, S)}: "
+                             f"{T} queries × {S} keys</span>")
+        finally:
+            state["busy"] = False
+
+    def choose(change: Any) -> None:
+        name = change["new"]
+        if not name:
+            caption.value = "<i>type an input</i>" if compute else "<i>choose an example</i>"
+            return
+        try:
+            view = get_view(name)
+        except (KeyError, ValueError) as err:
+            message = str(err.args[0] if err.args else err)
+            caption.value = (f"<span style='color:{HIGHLIGHT}'><b>cannot show “{html.escape(name)}”:</b> "
+                             f"{html.escape(message)}</span>")
+            return
+        state["name"], state["view"] = name, view
+        draw()
+
+    example.observe(choose, names="value")
+    for control in (kind, layer, head):
+        control.observe(draw, names="value")
+    draw()
+    return widgets.VBox([example, kind, widgets.HBox([layer, head]), caption, picture])
