@@ -47,7 +47,7 @@ __all__ = [
     "DATE_FORMATS", "DATE_SEPARATOR", "render_date", "parse_date", "parse_dates", "DatePair", "DateSplits",
     "make_date_dataset",
     "date_vocabs", "Batch", "encode_sources", "make_batch",
-    "Memory", "Seq2SeqConfig", "Encoder", "Decoder", "LSTMDecoder", "Seq2Seq", "seq2seq_loss",
+    "Memory", "Seq2SeqConfig", "Encoder", "Decoder", "LSTMDecoder", "Seq2Seq", "eval_mode", "seq2seq_loss",
     "sequence_log_prob", "Decoded", "greedy_decode", "Candidate", "beam_search", "translate",
     "exact_match",
 ]
@@ -336,7 +336,7 @@ class Memory(NamedTuple):
 
     outputs: Tensor  # (B, S, H) top-layer encoder state at every source position, zero at padding
     mask: Tensor  # (B, S) True at real characters, False at padding
-    state: tuple[Tensor, Tensor]  # (h, c), each (L, B, H): the encoder's final state
+    state: tuple  # (h, c), each (L, B, H): the LSTM encoder's final state; () for a Transformer encoder
 
 
 @dataclass
@@ -496,7 +496,7 @@ class Seq2Seq(nn.Module):
 
 
 @contextmanager
-def _eval_mode(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
     """Decode with dropout off, then restore the model's mode."""
     was_training = model.training
     model.eval()
@@ -515,7 +515,7 @@ def seq2seq_loss(logits: Tensor, tgt_out: Tensor) -> Tensor:
 def sequence_log_prob(model: Seq2Seq, src: Tensor, src_len: Tensor, tgt_out: Tensor) -> Tensor:
     """log p(y | x) summed over each target (B, T) up to and including its <eos> (padding after it ignored)."""
     tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], SOS), tgt_out[:, :-1]], dim=1)  # (B, T)
-    with _eval_mode(model):
+    with eval_mode(model):
         logp = F.log_softmax(model(src, src_len, tgt_in), dim=-1)  # (B, T, V)
     tok = logp.gather(-1, tgt_out[..., None])[..., 0]  # (B, T)
     return (tok * (tgt_out != PAD)).sum(dim=1)  # (B,)
@@ -546,7 +546,7 @@ def greedy_decode(model: Seq2Seq, src: Tensor, src_len: Tensor, max_len: int = 1
     _check_decode_args(max_len)
     device = _device(model)
     src, src_len = src.to(device), src_len.to(device)
-    with _eval_mode(model):
+    with eval_mode(model):
         return _greedy(model, src, src_len, max_len, return_attn)
 
 
@@ -609,7 +609,7 @@ def beam_search(model: Seq2Seq, src: Sequence[int] | Tensor, beam_width: int = 4
                          "loop over a batch, or use greedy_decode for batches")
     if src.numel() == 0:
         raise ValueError("sequence length 0: the source is empty")
-    with _eval_mode(model):
+    with eval_mode(model):
         return _beam(model, src, beam_width, max_len, alpha)
 
 

@@ -46,7 +46,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention, from_torch_mha_state_dict
-from .seq2seq import PAD, Decoder, Memory, Seq2Seq, _eval_mode
+from .seq2seq import PAD, Decoder, Memory, Seq2Seq, eval_mode
 
 __all__ = [
     "sinusoidal_positions", "quick_gelu", "ACTIVATIONS", "FeedForward", "EncoderLayer", "DecoderLayer",
@@ -511,7 +511,7 @@ class TransformerSeq2Seq(Seq2Seq):
         {"encoder self-attention": (B, L, H, S, S), "decoder self-attention": (B, L, H, T, T),
          "cross-attention": (B, L, H, T, S)}. The source is checked by `encode` (which runs the encoder
         once more; these maps are for figures, not for speed)."""
-        with _eval_mode(self):
+        with eval_mode(self):
             self.encode(src, src_len)  # the source checks of Seq2Seq.encode
             memory, enc_attn = self.encoder(src, src_len, return_attn=True)  # (B, L, H, S, S)
             _, dec_attn, cross_attn = self.decoder.forward_all(tgt_in, memory, return_attn=True)
