@@ -7,6 +7,7 @@ from datetime import date
 import pytest
 import torch
 
+from decoding import check_beam_agrees_with_greedy
 from utils import seq2seq as S
 
 
@@ -458,14 +459,7 @@ def test_attention_decoder_ignores_extra_padding(attn_model, vocabs, splits):
 def test_attention_beam_width_one_equals_greedy(attn_model, vocabs, splits):
     src_vocab, _ = vocabs
     src, src_len = _sources(splits, src_vocab, n=6)
-    greedy = S.greedy_decode(attn_model, src, src_len, max_len=14)
-    for i in range(src.shape[0]):
-        (best,) = S.beam_search(attn_model, src[i, :src_len[i]], beam_width=1, max_len=14)
-        assert best.tokens == [t for t in greedy.tokens[i].tolist() if t != S.PAD]
-        assert best.log_prob == pytest.approx(greedy.log_prob[i].item(), abs=1e-10)
-    for c in S.beam_search(attn_model, src[0, :src_len[0]], beam_width=4, max_len=14):  # reorder_state is right
-        recomputed = S.sequence_log_prob(attn_model, src[:1, :src_len[0]], src_len[:1], torch.tensor([c.tokens]))
-        assert c.log_prob == pytest.approx(recomputed.item(), abs=1e-9)
+    check_beam_agrees_with_greedy(attn_model, src, src_len)
     assert len(S.translate(attn_model, ["3 March 1998", "04/05/21"], *vocabs, max_len=14)) == 2
 
 
