@@ -29,13 +29,7 @@ def padding(lengths, length):
     return torch.arange(length)[None, :] >= torch.tensor(lengths)[:, None]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny tensors: one thread is faster than several, and not slowed a hundredfold by a busy machine."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")
