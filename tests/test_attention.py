@@ -203,11 +203,12 @@ def test_mha_dropout_train_vs_eval():
 # Chapter 5: additive (Bahdanau) and dot-product (Luong) attention
 
 QD, KD, AD = 4, 6, 5
+every_seq2seq_attention = pytest.mark.parametrize(
+    "make", [lambda: A.AdditiveAttention(QD, KD, AD), lambda: A.DotProductAttention(QD, KD),
+             lambda: A.DotProductAttention(KD, KD, kind="dot")], ids=["additive", "general", "dot"])
 
 
-@pytest.mark.parametrize("make", [lambda: A.AdditiveAttention(QD, KD, AD), lambda: A.DotProductAttention(QD, KD),
-                                  lambda: A.DotProductAttention(KD, KD, kind="dot")],
-                         ids=["additive", "general", "dot"])
+@every_seq2seq_attention
 def test_seq2seq_attention_shapes_and_masking(make):
     att = scramble_(make(), seed=4).double()
     query, keys = randn(B, att.query_dim, seed=1), randn(B, S, KD, seed=2)
@@ -228,9 +229,7 @@ def test_seq2seq_attention_shapes_and_masking(make):
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in params)
 
 
-@pytest.mark.parametrize("make", [lambda: A.AdditiveAttention(QD, KD, AD), lambda: A.DotProductAttention(QD, KD),
-                                  lambda: A.DotProductAttention(KD, KD, kind="dot")],
-                         ids=["additive", "general", "dot"])
+@every_seq2seq_attention
 def test_projected_keys_computed_once_give_the_same_result(make):
     att = scramble_(make(), seed=5).double()
     query, keys = randn(B, att.query_dim, seed=1), randn(B, S, KD, seed=2)
