@@ -10,6 +10,9 @@ in any script, round-trips exactly.
 """
 from __future__ import annotations
 
+import gzip
+import html
+import importlib.util
 import json
 import operator
 import os
@@ -18,6 +21,7 @@ import tempfile
 import warnings
 from collections import Counter, defaultdict
 from collections.abc import Collection, Iterable, Mapping, Sequence
+from functools import cache
 from pathlib import Path
 
 import torch
@@ -527,3 +531,210 @@ class BPETokenizer:
         except (TypeError, ValueError) as err:
             raise bad(str(err)) from None
         return tok
+
+
+# --------------------------------------------------------------------------------------------------
+# CLIP's tokenizer (chapter 9): byte-level BPE with OpenAI's merges
+# --------------------------------------------------------------------------------------------------
+#
+# CLIP (Radford et al., 2021, section 2.4) reads text with a lower-cased byte-level BPE of 49,152 tokens
+# plus a start and an end token (49,408 ids in all), and a fixed frame of 77 positions. Its merges ship
+# as `bpe_simple_vocab_16e6.txt.gz` inside the open_clip package (the same file as OpenAI's CLIP
+# repository). It is chapter 7's BPE with four differences, each handled in `CLIPTokenizer`:
+#   1. the text is cleaned first: mojibake repaired (ftfy), HTML entities unescaped, runs of white space
+#      made one space, everything lower-cased;
+#   2. the split pattern differs from GPT-2's: no leading space in a chunk, white space dropped,
+#      every digit a chunk of its own ("2021" is four chunks);
+#   3. the last symbol of every chunk is marked as word-final (`</w>`), so "the" closing a word and
+#      "the" inside "theory" are different tokens;
+#   4. the 256 single-byte ids are numbered in the order of GPT-2's printable stand-ins for bytes
+#      (`clip_byte_order`), not by byte value.
+# The word-final mark is a space after the chunk: "cat" is encoded as "cat " and `</w>` tokens are the
+# merges (byte, space), learned before any other. Decoding a `</w>` token then yields the space that
+# separates words, which is exactly how OpenAI's decoder reads `</w>`.
+
+CLIP_SPLIT_PATTERN = r"""(?i)<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|\p{L}+|\p{N}|[^\s\p{L}\p{N}]+"""
+CLIP_START, CLIP_END = "<start_of_text>", "<end_of_text>"
+CLIP_CONTEXT_LENGTH = 77
+CLIP_NUM_MERGES = 49152 - 256 - 2  # OpenAI keeps the first 48,894 merges of the file
+CLIP_MERGES_FILE = "bpe_simple_vocab_16e6.txt.gz"
+
+
+@cache
+def clip_byte_order() -> tuple[int, ...]:
+    """The byte value of each CLIP id 0..255, and each merge-file character's byte.
+
+    GPT-2's encoder (Radford et al., 2019) writes a byte as a printable character so that merges can be
+    stored as text: the 188 bytes that are printable Latin-1 characters ('!'..'~', '¡'..'¬', '®'..'ÿ')
+    stand for themselves, and the other 68 (space, control bytes, ...) are written as chr(256 + k), in
+    byte order. CLIP numbers its single-byte tokens in that order: printable bytes first, then the others.
+    """
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    return tuple(printable + [b for b in range(256) if b not in printable])
+
+
+def _char_of_byte() -> dict[int, str]:
+    """Byte → the character that stands for it in the merges file (GPT-2's byte-to-character table)."""
+    return {b: chr(b) if k < 188 else chr(256 + k - 188) for k, b in enumerate(clip_byte_order())}
+
+
+def clip_clean(text: str) -> str:
+    """CLIP's text cleaning: repair mojibake (ftfy), unescape HTML entities twice, make every run of white
+    space one space, strip, lower-case (OpenAI's simple_tokenizer; "A  &amp; B" → "a & b")."""
+    try:
+        import ftfy
+    except ImportError:  # pragma: no cover - ftfy comes with open_clip_torch
+        raise ImportError("CLIP's text cleaning needs ftfy (installed with open_clip_torch): pip install ftfy") from None
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    return " ".join(text.split()).lower()
+
+
+def default_clip_merges_path() -> Path:
+    """The merges file shipped inside the installed open_clip package (found without importing it)."""
+    spec = importlib.util.find_spec("open_clip")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"CLIP's merges file {CLIP_MERGES_FILE} ships with open_clip, which is not installed: "
+                                "pip install open_clip_torch (see requirements.txt), or pass merges_path=")
+    path = Path(list(spec.submodule_search_locations)[0]) / CLIP_MERGES_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is missing from the installed open_clip package; reinstall open_clip_torch "
+                                "or pass merges_path=")
+    return path
+
+
+def _read_clip_merges(path: Path) -> list[tuple[str, str]]:
+    if not path.is_file():
+        raise FileNotFoundError(f"no CLIP merges file at {path}; leave merges_path out to use the one open_clip ships")
+    try:
+        lines = gzip.decompress(path.read_bytes()).decode("utf-8").split("\n")
+    except (OSError, EOFError, UnicodeDecodeError) as err:
+        raise ValueError(f"{path} is not a gzip-compressed UTF-8 merges file ({err}); it may be truncated") from None
+    merges = [tuple(line.split()) for line in lines[1:CLIP_NUM_MERGES + 1] if line.strip()]  # line 0: a header
+    bad = next((k for k, m in enumerate(merges) if len(m) != 2), None)
+    if len(merges) < CLIP_NUM_MERGES or bad is not None:
+        where = f"it has {len(merges)} merge lines" if bad is None else f"merge {bad} is {' '.join(merges[bad])!r}"
+        raise ValueError(f"{path} is not CLIP's merges file: {where}; expected {CLIP_NUM_MERGES} lines of two "
+                         "symbols after a version header")
+    return merges  # type: ignore[return-value]
+
+
+class CLIPTokenizer:
+    """CLIP's tokenizer (Radford et al., 2021): ids equal to OpenAI's and open_clip's `tokenize`.
+
+    Ids: 0..255 single bytes (in `clip_byte_order`), 256..511 the same bytes marked word-final (`</w>`),
+    512..49405 OpenAI's 48,894 merges in rank order, 49406 `<start_of_text>`, 49407 `<end_of_text>`.
+    The end token has the largest id, which is how CLIP's text tower finds it (argmax of the ids).
+
+    The BPE itself is chapter 7's: `self.bpe` is a `BPETokenizer` whose merges and vocabulary were read
+    from OpenAI's file instead of trained, so the merge loop (earliest merge first), the per-chunk cache
+    and decoding are the ones tested there. See the notes above `CLIP_SPLIT_PATTERN` for what differs.
+
+        tok = CLIPTokenizer()
+        tok("a photo of a cat")          # (1, 77) int64: 49406, ids..., 49407, then zeros
+        tok.decode(tok.encode("A cat!")) # "a cat ! "
+
+    `__call__` frames each text as [start, ids..., end] padded with 0 to `context_length` (77). A longer
+    text is truncated, keeping the first context_length - 1 ids and putting the end token last, as
+    open_clip does (OpenAI's own `clip.tokenize` raises unless truncate=True); with `truncate=False`
+    it raises a ValueError instead. The strings `<start_of_text>` and `<end_of_text>` inside a text are
+    read as the special tokens, as OpenAI's tokenizer reads them.
+    """
+
+    def __init__(self, merges_path: str | os.PathLike | None = None,
+                 context_length: int = CLIP_CONTEXT_LENGTH) -> None:
+        _check_context_length(context_length)
+        self.context_length = context_length
+        self.merges_path = Path(merges_path) if merges_path is not None else default_clip_merges_path()
+        merges = _read_clip_merges(self.merges_path)
+        self._split = _compile_pattern(CLIP_SPLIT_PATTERN)
+        order = clip_byte_order()
+        char_of = _char_of_byte()
+        # Inside `self.bpe` a single byte has its value as id (as in chapter 7); every other id is CLIP's.
+        self._to_clip = [0] * 256
+        for clip_id, b in enumerate(order):
+            self._to_clip[b] = clip_id
+        self._from_clip = order
+        bpe = BPETokenizer(pattern=None)  # one chunk at a time: the splitting is done here
+        ids = {c: b for b, c in char_of.items()}  # merge-file symbol → id inside self.bpe
+        space = ord(" ")
+        for clip_id, b in enumerate(order):  # word-final bytes: the merge (byte, space), ids 256..511
+            word_final = 256 + clip_id
+            bpe.merges[(b, space)] = word_final
+            bpe.vocab[word_final] = bytes([b, space])
+            ids[char_of[b] + "</w>"] = word_final
+        for rank, (first, second) in enumerate(merges):
+            new_id = 512 + rank
+            try:
+                pair = (ids[first], ids[second])
+            except KeyError as err:
+                raise ValueError(f"{self.merges_path}: merge {rank} {first!r} {second!r} uses {err.args[0]!r}, "
+                                 "which no earlier merge made") from None
+            bpe.merges[pair] = new_id
+            bpe.vocab[new_id] = bpe.vocab[pair[0]] + bpe.vocab[pair[1]]
+            ids[first + second] = new_id
+        bpe.register_special_tokens({CLIP_START: 512 + len(merges), CLIP_END: 513 + len(merges)})
+        self.bpe = bpe
+        self.sot_token_id, self.eot_token_id = bpe.special_tokens[CLIP_START], bpe.special_tokens[CLIP_END]
+
+    @property
+    def vocab_size(self) -> int:
+        """49,408: the rows of CLIP's token embedding."""
+        return self.bpe.vocab_size
+
+    def __repr__(self) -> str:
+        return (f"CLIPTokenizer(vocab_size={self.vocab_size}, context_length={self.context_length}, "
+                f"merges={self.merges_path.name})")
+
+    def encode(self, text: str) -> list[int]:
+        """CLIP ids of `text` after cleaning, without the start and end tokens."""
+        if not isinstance(text, str):
+            raise TypeError(f"CLIPTokenizer.encode needs a str, got {type(text).__name__}")
+        out: list[int] = []
+        for chunk in self._split.findall(clip_clean(text)):
+            if chunk in self.bpe.special_tokens:
+                out.append(self.bpe.special_tokens[chunk])
+            else:  # the trailing space marks the chunk's last byte word-final (merges 256..511)
+                out.extend(i if i >= 256 else self._to_clip[i] for i in self.bpe.encode_ordinary(chunk + " "))
+        return out
+
+    def decode(self, ids: Iterable[int] | torch.Tensor) -> str:
+        """The (cleaned) text of CLIP ids; a word-final token ends in a space, special tokens show as text."""
+        if isinstance(ids, torch.Tensor):
+            ids = ids.tolist()
+        inner = []
+        for i in ids:
+            i = operator.index(i)
+            if not 0 <= i < self.vocab_size:
+                raise IndexError(f"token id {i} is outside CLIP's vocabulary 0..{self.vocab_size - 1}")
+            inner.append(self._from_clip[i] if i < 256 else i)
+        return self.bpe.decode(inner)
+
+    def __call__(self, texts: str | Sequence[str], context_length: int | None = None,
+                 truncate: bool = True) -> torch.Tensor:
+        """(B, context_length) int64 ids: [<start_of_text>, ids..., <end_of_text>, 0, ...] per text.
+
+        A text needing more than `context_length` positions is truncated to the first context_length - 1
+        ids followed by <end_of_text> (open_clip's behaviour), or raises ValueError if `truncate=False`.
+        """
+        if isinstance(texts, str):
+            texts = [texts]
+        if not isinstance(texts, Sequence) or not all(isinstance(t, str) for t in texts):
+            raise TypeError("CLIPTokenizer takes a str or a sequence of str")
+        L = self.context_length if context_length is None else context_length
+        _check_context_length(L)
+        out = torch.zeros(len(texts), L, dtype=torch.long)  # 0 pads ("!"): never read, see CLIP.encode_text
+        for row, text in enumerate(texts):
+            ids = [self.sot_token_id, *self.encode(text), self.eot_token_id]
+            if len(ids) > L:
+                if not truncate:
+                    raise ValueError(f"text {row} ({text[:40]!r}{'...' if len(text) > 40 else ''}) needs {len(ids)} "
+                                     f"positions with its start and end tokens, more than context_length={L}; "
+                                     "shorten it, or pass truncate=True to keep the first tokens and end it there")
+                ids = ids[:L - 1] + [self.eot_token_id]
+            out[row, :len(ids)] = torch.tensor(ids)
+        return out
+
+
+def _check_context_length(L: int) -> None:
+    if isinstance(L, bool) or not isinstance(L, int) or L < 2:
+        raise ValueError(f"context_length must be an int ≥ 2 (room for the start and end tokens), got {L!r}")
