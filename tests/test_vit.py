@@ -201,14 +201,18 @@ def test_default_config_and_initialisation():
     assert {"conv1.weight", "conv1.bias", "class_embedding", "positional_embedding", "ln_post.weight", "head.weight",
             "transformer.resblocks.3.ln_1.weight", "transformer.resblocks.0.attn.in_proj.weight",
             "transformer.resblocks.0.mlp.c_fc.weight", "transformer.resblocks.0.mlp.c_proj.bias"} <= keys
-    assert model.positional_embedding.std().item() == pytest.approx(0.02, rel=0.1)
-    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
-    assert len(linears) == 4 * 4 + 1  # in_proj, out_proj, c_fc, c_proj per block, and the head
-    for m in linears:
-        assert (m.bias == 0).all() and m.weight.std().item() == pytest.approx(0.02, rel=0.25)
+    for p in (model.positional_embedding, model.class_embedding):  # OpenAI CLIP's scale C^-1/2
+        assert p.std().item() == pytest.approx(64 ** -0.5, rel=0.15)
     for m in model.modules():
         if isinstance(m, nn.LayerNorm):
             assert (m.weight == 1).all() and (m.bias == 0).all()
+    for block in model.transformer.resblocks:  # nn.MultiheadAttention's init: Xavier-uniform in_proj, zero biases
+        assert block.attn.in_proj.weight.std().item() == pytest.approx((2 / (64 + 3 * 64)) ** 0.5, rel=0.05)
+        assert (block.attn.in_proj.bias == 0).all() and (block.attn.out_proj.bias == 0).all()
+    torch.manual_seed(1)
+    again = V.VisionTransformer(V.ViTConfig(num_classes=10)).state_dict()
+    assert all(not torch.equal(v, again[k]) for k, v in model.state_dict().items()
+               if "ln_" not in k and "attn.in_proj.bias" not in k and "attn.out_proj.bias" not in k)  # all random
     clip = V.VisionTransformer(V.ViTConfig(output_dim=32, ln_pre=True, patch_bias=False))
     assert clip.proj.shape == (64, 32) and clip.conv1.bias is None and isinstance(clip.ln_pre, nn.LayerNorm)
     assert clip.proj.std().item() == pytest.approx(64 ** -0.5, rel=0.1)

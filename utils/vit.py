@@ -243,22 +243,19 @@ class VisionTransformer(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """timm's ViT initialisation: class token and positions N(0, 0.02²), every Linear weight truncated
-        N(0, 0.02²) and zero biases, LayerNorms (1, 0), the patch convolution as torch initialises it;
-        CLIP's `proj` N(0, 1/C) (OpenAI CLIP's scale C^-½)."""
-        nn.init.normal_(self.class_embedding, std=0.02)
-        nn.init.trunc_normal_(self.positional_embedding, std=0.02)
-        for m in self.modules():
-            if isinstance(m, nn.Linear):
-                nn.init.trunc_normal_(m.weight, std=0.02)
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, nn.LayerNorm):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
-        self.conv1.reset_parameters()
+        """OpenAI CLIP's initialisation of its image tower: class token, positions and `proj` N(0, 1/C)
+        (scale C^-½); the patch convolution, the blocks and the head as torch initialises them
+        (Linear: Kaiming-uniform; attention: Xavier-uniform in_proj, zero biases; LayerNorm (1, 0)).
+        Positions of the same scale as the patch embeddings let a small model tell patches apart from the
+        first step (timm's N(0, 0.02²), tuned for ImageNet-sized ViTs, trains a small one more slowly)."""
+        scale = self.config.width ** -0.5
+        nn.init.normal_(self.class_embedding, std=scale)
+        nn.init.normal_(self.positional_embedding, std=scale)
+        for m in reversed(list(self.modules())):  # children before parents: attention resets its in_proj last
+            if m is not self and hasattr(m, "reset_parameters"):
+                m.reset_parameters()
         if self.proj is not None:
-            nn.init.normal_(self.proj, std=self.config.width ** -0.5)
+            nn.init.normal_(self.proj, std=scale)
 
     # -- checks ------------------------------------------------------------------------------------
 
