@@ -2,10 +2,10 @@
 
 Both are trained with utils.gpt and utils.train on nanoGPT's split (first 90% train, last 10% validation),
 with AdamW (weight decay 0.1 on matrices only, betas 0.9/0.99), linear warm-up + cosine decay
-(`warmup_cosine`), gradient clipping at 1.0 and no dropout:
-- reference  nanoGPT's CPU command (README): 4 layers, 4 heads, 128 dims, block 64, batch 12,
+(`warmup_cosine`), gradient clipping at 1.0 and no dropout (`utils.gpt.train_gpt`):
+- reference  `utils.gpt.NANOGPT_CPU`, nanoGPT's CPU command (README): 4 layers, 4 heads, 128 dims, block 64, batch 12,
              lr 1e-3 → 1e-4, 100 warm-up steps, 2000 iterations
-- chapter    CHAPTER_RECIPE below (what chapter 7 trains)
+- chapter    `utils.gpt.SHAKESPEARE_CPU` (what chapter 7 trains)
 Every `eval_every` steps each model is scored on a fixed set of validation windows (the same start offsets
 for both; each model reads them with its own block size, as nanoGPT evaluates). Evaluation stops
 utils.train's clock, so the times are training time only. Prints, for each, the training time at the
@@ -28,7 +28,7 @@ import argparse
 import os
 import sys
 import time
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -36,99 +36,22 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 
 from utils.data import tiny_shakespeare, train_val_split  # noqa: E402
-from utils.gpt import GPT, GPTConfig  # noqa: E402
+from utils.gpt import NANOGPT_CPU, SHAKESPEARE_CPU, Recipe, train_gpt  # noqa: E402
 from utils.text import CharVocab  # noqa: E402
-from utils.train import History, TrainConfig, train, warmup_cosine  # noqa: E402
+from utils.train import History  # noqa: E402
 
 TARGET_LOSS = 1.88  # nanoGPT's published CPU result is 1.8857 after 2000 iterations
 TARGET_RATIO = 0.4
-VAL_WINDOWS = 256  # fixed validation windows, scored in batches of VAL_BATCH
-VAL_BATCH = 64
-
-
-@dataclass(frozen=True)
-class Recipe:
-    """Everything that defines a training run of a char-level GPT (vocab_size comes from the data)."""
-
-    n_layer: int
-    n_head: int
-    n_embd: int
-    block_size: int
-    batch_size: int
-    lr: float  # peak learning rate, reached after `warmup` steps
-    min_lr: float  # end of the cosine decay, at `max_steps`
-    warmup: int
-    max_steps: int
-    max_seconds: float | None = None  # training-time budget (evaluation excluded)
-    weight_decay: float = 0.1  # on 2-D parameters (matrices, embeddings) only
-    betas: tuple[float, float] = (0.9, 0.99)
-    grad_clip: float = 1.0
-    dropout: float = 0.0
-    eval_every: int = 50  # steps between validation-loss estimates
-
-    def gpt_config(self, vocab_size: int) -> GPTConfig:
-        return GPTConfig(vocab_size=vocab_size, block_size=self.block_size, n_layer=self.n_layer,
-                         n_head=self.n_head, n_embd=self.n_embd, dropout=self.dropout)
-
-
-# nanoGPT's README CPU command on config/train_shakespeare_char.py (0.8M parameters, 1.8857 after 2000 iters)
-REFERENCE_RECIPE = Recipe(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=12, lr=1e-3, min_lr=1e-4,
-                          warmup=100, max_steps=2000, eval_every=50)
-
-# The chapter's CPU recipe: nanoGPT's model (0.8M parameters, block 64), batch 32 instead of 12, peak lr 6e-3
-# instead of 1e-3 after 50 warm-up steps, and the cosine sized to end at 3 minutes on the book's 2-core CPU
-# (~90 ms per step with torch's default 2 threads; 1 thread is 1.5-1.7× slower per step).
-CHAPTER_RECIPE = Recipe(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=32, lr=6e-3, min_lr=6e-4,
-                        warmup=50, max_steps=2000, max_seconds=180.0, eval_every=50)
-
-
-def make_optimizer(model: torch.nn.Module, recipe: Recipe) -> torch.optim.AdamW:
-    """AdamW with weight decay on the matrices (and embeddings) only, not on biases and LayerNorm gains."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    decay = [p for p in params if p.dim() >= 2]
-    no_decay = [p for p in params if p.dim() < 2]
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    return torch.optim.AdamW(groups, lr=recipe.lr, betas=recipe.betas)
-
-
-def batch_sampler(data: torch.Tensor, block_size: int, batch_size: int, seed: int):
-    """get_batch(step) → (x, y), (B, T) each: random windows of `data` and the same shifted by one."""
-    gen = torch.Generator().manual_seed(seed)
-    offsets = torch.arange(block_size)
-
-    def get_batch(step: int) -> tuple[torch.Tensor, torch.Tensor]:
-        start = torch.randint(len(data) - block_size, (batch_size,), generator=gen)  # (B,)
-        idx = start[:, None] + offsets  # (B, T)
-        return data[idx], data[idx + 1]
-
-    return get_batch
-
-
-def val_batches(data: torch.Tensor, block_size: int, starts: torch.Tensor) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """The fixed validation windows starting at `starts`, as (x, y) batches of VAL_BATCH."""
-    idx = starts[:, None] + torch.arange(block_size)  # (N, T)
-    x, y = data[idx], data[idx + 1]
-    return [(x[i:i + VAL_BATCH], y[i:i + VAL_BATCH]) for i in range(0, len(x), VAL_BATCH)]
-
-
-def gpt_loss(model: GPT, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    x, y = batch
-    return model(x, y)[1]
+VAL_WINDOWS = 256  # fixed validation windows (the same start offsets for both recipes)
+REFERENCE_RECIPE = NANOGPT_CPU
+CHAPTER_RECIPE = SHAKESPEARE_CPU
 
 
 def run_recipe(recipe: Recipe, train_ids: torch.Tensor, val_ids: torch.Tensor, vocab_size: int,
                val_starts: torch.Tensor, seed: int = 0, target: float = TARGET_LOSS) -> tuple[History, float | None]:
     """Train `recipe` from scratch; returns its History and the training time (s) of the first evaluation
     with val_loss ≤ target (None if never reached)."""
-    torch.manual_seed(seed)
-    model = GPT(recipe.gpt_config(vocab_size))
-    optimizer = make_optimizer(model, recipe)
-    scheduler = warmup_cosine(optimizer, recipe.warmup, recipe.max_steps, min_lr_ratio=recipe.min_lr / recipe.lr)
-    val = val_batches(val_ids, recipe.block_size, val_starts)
-    config = TrainConfig(max_steps=recipe.max_steps, max_seconds=recipe.max_seconds, grad_clip=recipe.grad_clip,
-                         eval_every=recipe.eval_every, log_every=recipe.eval_every, progress=False)
-    history = train(model, batch_sampler(train_ids, recipe.block_size, recipe.batch_size, seed), gpt_loss,
-                    optimizer, config, scheduler=scheduler, val_batches=val)
+    _, history = train_gpt(recipe, train_ids, val_ids, vocab_size, val_starts=val_starts, seed=seed)
     reached = [r.seconds for r in history.eval if r.metrics["val_loss"] <= target]
     return history, (reached[0] if reached else None)
 

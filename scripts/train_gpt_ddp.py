@@ -64,7 +64,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from utils.data import tiny_shakespeare, train_val_split
 from utils.gpt import GPT, GPTConfig
 from utils.text import CharVocab
-from utils.train import TrainConfig, save_checkpoint, train, warmup_cosine
+from utils.train import TrainConfig, adamw, save_checkpoint, train, warmup_cosine
 
 TRAIN_STREAM, VAL_STREAM = 0, 1  # independent random streams for training and validation batches
 
@@ -309,7 +309,7 @@ def run(args: argparse.Namespace, rank: int, world: int, device: torch.device) -
     torch.manual_seed(args.seed + rank)  # dropout masks: different on each rank
     if world > 1:
         model = DDP(model, device_ids=[device.index] if device.type == "cuda" else None)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr)
+    optimizer = adamw(model, lr=args.lr, weight_decay=0.1, betas=(0.9, 0.99))  # decay on matrices only, as nanoGPT
     scheduler = warmup_cosine(optimizer, args.warmup_steps, args.steps)
 
     local_batch = args.batch_size // world

@@ -1,6 +1,7 @@
 import hashlib
 import os
 import http.server
+import socket
 import threading
 from pathlib import Path
 
@@ -115,3 +116,15 @@ def test_split_is_nanogpt_split():
         train_val_split("")
     with pytest.raises(ValueError, match="train_fraction"):
         train_val_split("abc", 1.5)
+
+
+def test_reachable_opens_a_connection_or_says_no(server):
+    _, base = server  # a loopback HTTP server that is listening
+    assert data.reachable(base, timeout=2.0)
+    with socket.socket() as s:  # a port nobody listens on: bind, read the port, close
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    assert not data.reachable(f"http://127.0.0.1:{port}/", timeout=2.0)
+    assert not data.reachable("https://no-such-host.invalid", timeout=2.0)  # .invalid never resolves (RFC 2606)
+    with pytest.raises(ValueError, match="no host name"):
+        data.reachable("https://")

@@ -7,6 +7,7 @@ import time
 
 import pytest
 import torch
+import torch.nn.functional as F
 import transformers
 from transformers import GPT2Config, GPT2LMHeadModel
 from transformers.generation.logits_process import TopKLogitsWarper, TopPLogitsWarper
@@ -299,9 +300,11 @@ def test_from_pretrained_through_transformers(monkeypatch):
     """The online path without the network: transformers' loader is replaced by one returning a tiny model."""
     hf = tiny_hf(seed=8)
     asked = []
-    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", lambda name, **kw: asked.append(name) or hf)
+    monkeypatch.setattr(G, "reachable", lambda url, timeout=3.0: True)  # pretend to be online
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained",
+                        lambda name, **kw: asked.append((name, kw["local_files_only"])) or hf)
     m = G.GPT.from_pretrained("gpt2-medium", dropout=0.1)
-    assert asked == ["gpt2-medium"] and m.config.dropout == 0.1 and m.config.block_size == BLOCK
+    assert asked == [("gpt2-medium", False)] and m.config.dropout == 0.1 and m.config.block_size == BLOCK
     x = ids(2, 8)
     with torch.no_grad():
         torch.testing.assert_close(m.eval()(x), hf(x).logits, **TOL[torch.float64])
@@ -312,6 +315,21 @@ def test_from_pretrained_through_transformers(monkeypatch):
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
     with pytest.raises(OSError, match="could not load 'gpt2': the Hugging Face Hub could not be reached"):
         G.GPT.from_pretrained("gpt2")
+
+
+def test_from_pretrained_unreachable_hub_reads_the_cache_only(monkeypatch):
+    """Offline without HF_HUB_OFFLINE: one quick connection test, then the cache only (no 30 s of retries)."""
+    asked = []
+
+    def cache_only(name, **kw):
+        asked.append(kw["local_files_only"])
+        raise OSError("Cannot find the requested files in the local cache")
+    monkeypatch.setattr(G, "reachable", lambda url, timeout=3.0: False)
+    monkeypatch.setattr(transformers.GPT2LMHeadModel, "from_pretrained", cache_only)
+    with pytest.raises(OSError, match=r"could not load 'gpt2': https://huggingface.co is not reachable from this "
+                                      r"machine and the weights are not in the local cache"):
+        G.GPT.from_pretrained("gpt2")
+    assert asked == [True]
 
 
 # ---------------------------------------------------------------------------------------------- bad input
@@ -376,3 +394,33 @@ def test_bad_generate_input():
         G.generate(torch.nn.Linear(2, 2), ids(1, 3), 2)
     m.train()
     assert G.generate(m, ids(1, 3), 0).shape == (1, 3) and m.training  # nothing to add; the mode is restored
+
+
+# ---------------------------------------------------------------------------------------------- training recipes
+
+def test_train_gpt_runs_a_recipe_reproducibly():
+    recipe = G.Recipe(n_layer=1, n_head=2, n_embd=16, block_size=8, batch_size=4, lr=3e-3, min_lr=3e-4, warmup=2,
+                      max_steps=6, eval_every=3)
+    data = torch.randint(0, 11, (300,), generator=torch.Generator().manual_seed(0))
+    runs = [G.train_gpt(recipe, data[:200], data[200:], vocab_size=11, val_windows=10) for _ in range(2)]
+    (m1, h1), (m2, h2) = runs
+    assert h1.steps == 6 and [r.step for r in h1.eval] == [0, 3, 6]
+    assert [r.metrics["val_loss"] for r in h1.eval] == [r.metrics["val_loss"] for r in h2.eval]
+    torch.testing.assert_close(m1.state_dict(), m2.state_dict(), rtol=0, atol=0)
+    assert m1.config.block_size == 8 and m1.config.vocab_size == 11 and recipe.tokens_per_step() == 32
+    with pytest.raises(ValueError, match=r"val_ids must be a 1-D int64 tensor of more than block_size=8"):
+        G.train_gpt(recipe, data, data[:5], vocab_size=11)
+    with pytest.raises(ValueError, match="a validation window starting at 95 does not fit 100"):
+        G.train_gpt(recipe, data, data[:100], vocab_size=11, val_starts=torch.tensor([0, 95]))
+    with pytest.raises(TypeError, match="train_gpt takes a Recipe"):
+        G.train_gpt(G.GPTConfig(), data, data, vocab_size=11)
+
+
+def test_evaluate_lm_reads_a_gpt():
+    from utils.rnn import evaluate_lm
+    model = G.GPT(tiny_config()).double().eval()
+    data = ids(1, 41)[0]  # 40 targets: 5 windows of 8
+    x, y = data[:40].view(5, 8), data[1:41].view(5, 8)
+    with torch.no_grad():
+        expected = F.cross_entropy(model(x).flatten(0, 1), y.flatten()).item()
+    assert abs(evaluate_lm(model, data, block_size=8, batch_size=2) - expected) < 1e-5  # it sums in float32

@@ -475,3 +475,19 @@ def test_mismatched_checkpoints_list_the_keys(tmp_path):
     (tmp_path / "bad.safetensors").write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="not a readable safetensors file"):
         load_checkpoint(tmp_path / "bad.safetensors", model)
+
+
+def test_adamw_decays_matrices_only_and_lists_tied_weights_once():
+    from utils.train import adamw
+    model = nn.Sequential(nn.Embedding(10, 4), nn.LayerNorm(4), nn.Linear(4, 10))
+    model[2].weight = model[0].weight  # tied, as a GPT's head and token embedding
+    model[1].bias.requires_grad_(False)  # frozen: left out
+    opt = adamw(model, lr=1e-3, weight_decay=0.1, betas=(0.9, 0.99))
+    decay, no_decay = opt.param_groups
+    assert [p.shape for p in decay["params"]] == [(10, 4)] and decay["weight_decay"] == 0.1
+    assert {id(p) for p in no_decay["params"]} == {id(model[1].weight), id(model[2].bias)}
+    assert no_decay["weight_decay"] == 0.0 and opt.defaults["betas"] == (0.9, 0.99)
+    with pytest.raises(ValueError, match="weight_decay must be >= 0"):
+        adamw(model, lr=1e-3, weight_decay=-1)
+    with pytest.raises(ValueError, match="has no trainable parameters"):
+        adamw(nn.ReLU(), lr=1e-3)

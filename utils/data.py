@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import socket
 import tempfile
 import urllib.error
 import urllib.request
+from urllib.parse import urlsplit
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -44,6 +46,24 @@ TINY_SHAKESPEARE = RemoteFile(
 
 class DataError(RuntimeError):
     """A dataset could not be found, fetched or verified."""
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to the host of `url` opens within `timeout` seconds (no data is sent).
+
+    A quick test before an online-only step (pretrained weights from a model hub): offline, name
+    resolution fails at once or the connection times out, instead of a library retrying for half a
+    minute. It says nothing about what the server will answer; the download still checks that.
+    """
+    parts = urlsplit(url if "//" in url else f"https://{url}")
+    if not parts.hostname:
+        raise ValueError(f"reachable: no host name in {url!r}; pass a URL such as 'https://huggingface.co'")
+    port = parts.port or (80 if parts.scheme == "http" else 443)
+    try:
+        with socket.create_connection((parts.hostname, port), timeout=timeout):
+            return True
+    except OSError:  # includes socket.gaierror (no name resolution) and TimeoutError
+        return False
 
 
 def cache_dir() -> Path:

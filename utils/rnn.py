@@ -599,10 +599,12 @@ def random_lm_batch(data: Tensor, batch_size: int, block_size: int,
 
 
 @torch.no_grad()
-def evaluate_lm(model: CharRNN, data: Tensor, block_size: int = 256, batch_size: int = 64) -> float:
-    """Mean loss in nats per character over all of `data` (N,), cut into consecutive windows of
-    `block_size` characters, each read from a zero state. Deterministic: every character counts once
-    (except a final remainder shorter than a window, which is dropped)."""
+def evaluate_lm(model: nn.Module, data: Tensor, block_size: int = 256, batch_size: int = 64) -> float:
+    """Mean loss in nats per token over all of `data` (N,), cut into consecutive windows of
+    `block_size` tokens, each read from a zero state (a recurrent model) or with no earlier context (a
+    Transformer: every window starts afresh). Deterministic: every token counts once (except a final
+    remainder shorter than a window, which is dropped). `model(ids)` may return the logits (B, T, V), as
+    a GPT does, or (logits, state), as a `CharRNN` does."""
     n_windows = (len(data) - 1) // block_size
     if n_windows < 1:
         raise ValueError(f"data of {len(data)} ids is too short for one window of {block_size}")
@@ -615,7 +617,8 @@ def evaluate_lm(model: CharRNN, data: Tensor, block_size: int = 256, batch_size:
     try:
         for s in range(0, n_windows, batch_size):
             xb, yb = x[s:s + batch_size].to(device), y[s:s + batch_size].to(device)  # (b, T)
-            logits, _ = model(xb)  # (b, T, V)
+            out = model(xb)
+            logits = out[0] if isinstance(out, tuple) else out  # (b, T, V)
             total += F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="sum").item()
     finally:
         model.train(was_training)

@@ -447,6 +447,28 @@ def train(model: nn.Module, batches: Iterable[Batch] | Callable[[int], Batch], l
 
 
 # ----------------------------------------------------------------------------------------------
+# optimizer
+
+def adamw(model: nn.Module, lr: float, weight_decay: float = 0.1, betas: tuple[float, float] = (0.9, 0.999),
+          **kwargs: Any) -> torch.optim.AdamW:
+    """AdamW (Loshchilov & Hutter 2019) with weight decay on the matrices only (GPT-2/3, nanoGPT).
+
+    Parameters with 2 or more dimensions (linear weights, embeddings, convolution kernels) decay; biases
+    and LayerNorm gains and shifts (1-D) do not: shrinking a gain towards 0 would fight the normalisation
+    rather than regularise. A tied weight (a GPT's token embedding and output head) is one parameter and
+    is listed once. Frozen parameters (requires_grad=False) are left out.
+    """
+    if not weight_decay >= 0:
+        raise ValueError(f"adamw: weight_decay must be >= 0, got {weight_decay!r}")
+    params = [p for p in model.parameters() if p.requires_grad]  # parameters() lists a tied weight once
+    if not params:
+        raise ValueError(f"adamw: {type(model).__name__} has no trainable parameters")
+    groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": weight_decay},
+              {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+    return torch.optim.AdamW([g for g in groups if g["params"]], lr=lr, betas=betas, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------
 # learning-rate schedule
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
