@@ -286,11 +286,11 @@ class Bottleneck(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         """x (B, inplanes, G, G) → (B, 4·planes, G/stride, G/stride)."""
-        out = F.relu(self.bn1(self.conv1(x)))  # (B, planes, G, G)
-        out = F.relu(self.bn2(self.conv2(out)))  # (B, planes, G, G)
+        out = F.relu(self.bn1(self.conv1(x)), inplace=True)  # (B, planes, G, G)
+        out = F.relu(self.bn2(self.conv2(out)), inplace=True)  # (B, planes, G, G)
         out = self.bn3(self.conv3(self.avgpool(out)))  # (B, 4·planes, G/s, G/s)
-        shortcut = x if self.downsample is None else self.downsample(x)  # (B, 4·planes, G/s, G/s)
-        return F.relu(out + shortcut)
+        out += x if self.downsample is None else self.downsample(x)  # the shortcut, (B, 4·planes, G/s, G/s)
+        return F.relu(out, inplace=True)  # in place, as torchvision: BatchNorm's backward does not need its output
 
 
 class AttentionPool2d(nn.Module):
@@ -383,9 +383,9 @@ class ModifiedResNet(nn.Module):
 
     def stem(self, x: Tensor) -> Tensor:
         """x (B, 3, S, S) → (B, width, S/4, S/4)."""
-        x = F.relu(self.bn1(self.conv1(x)))  # (B, width/2, S/2, S/2)
-        x = F.relu(self.bn2(self.conv2(x)))  # (B, width/2, S/2, S/2)
-        x = F.relu(self.bn3(self.conv3(x)))  # (B, width, S/2, S/2)
+        x = F.relu(self.bn1(self.conv1(x)), inplace=True)  # (B, width/2, S/2, S/2)
+        x = F.relu(self.bn2(self.conv2(x)), inplace=True)  # (B, width/2, S/2, S/2)
+        x = F.relu(self.bn3(self.conv3(x)), inplace=True)  # (B, width, S/2, S/2)
         return self.avgpool(x)  # (B, width, S/4, S/4)
 
     def forward_features(self, images: Tensor) -> Tensor:
