@@ -259,6 +259,43 @@ def test_decoding_explorer_shows_candidates_switches_method_and_reports_errors()
         viz.decoding_explorer(decode, default="a", width=11, max_width=10)
 
 
+# ---------------------------------------------------------------------------------------- sampling_explorer
+
+def test_sampling_explorer_passes_every_knob_shows_the_distribution_and_errors():
+    calls, dists = [], []
+
+    def sample(prompt, temperature, top_k, top_p, seed):
+        calls.append((prompt, temperature, top_k, top_p, seed))
+        if not prompt:
+            raise ValueError("the prompt is empty")
+        return f" <{seed}>"
+
+    def distribution(prompt, temperature, top_k, top_p):
+        dists.append((prompt, temperature, top_k, top_p))
+        return [("e", 0.625), (" ", 0.25), ("<", 0.125)]
+
+    box = viz.sampling_explorer(sample, distribution, default="ROMEO:", examples=["JULIET:"], temperature=0.8,
+                                vocab_size=65)
+    prompt, row1, row2, bars, text = box.children
+    temp, top_k = row1.children
+    top_p, seed = row2.children
+    assert calls[-1] == ("ROMEO:", 0.8, None, None, 0) and dists[-1] == ("ROMEO:", 0.8, None, None)
+    assert "<b>ROMEO:</b> &lt;0&gt;" in text.value and "62.5%" in bars.value and "&#x27;&lt;&#x27;" in bars.value
+    top_k.value, top_p.value, seed.value = 5, 0.9, 3
+    assert calls[-1] == ("ROMEO:", 0.8, 5, 0.9, 3) and "top-k 5, top-p 0.9" in text.value
+    temp.value = 0.0
+    assert calls[-1][1] == 0.0 and "(greedy)" in text.value and "top-k" not in text.value
+    prompt.value = ""
+    assert "cannot sample" in text.value and "the prompt is empty" in text.value
+    assert len(viz.sampling_explorer(sample, default="a").children) == 5  # without a distribution: no bars
+    with pytest.raises(ValueError, match=r"top_k must be None or an int in \[1, vocab_size=65\], got 70"):
+        viz.sampling_explorer(sample, default="a", top_k=70, vocab_size=65)
+    with pytest.raises(ValueError, match=r"temperature must be in \[0, 2\]"):
+        viz.sampling_explorer(sample, default="a", temperature=3.0)
+    with pytest.raises(ValueError, match=r"top_p must be None or in \(0, 1\]"):
+        viz.sampling_explorer(sample, default="a", top_p=0.0)
+
+
 # ---------------------------------------------------------------------------------------- gate_viewer
 
 def test_gate_viewer_draws_every_map_and_updates():

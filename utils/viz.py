@@ -547,6 +547,79 @@ def gate_viewer(compute: Callable[[str], Mapping[str, Any]], default: str, examp
     return widgets.VBox([box, note, picture])
 
 
+def sampling_explorer(sample: Callable[[str, float, int | None, float | None, int], str],
+                      distribution: Callable[[str, float, int | None, float | None], Sequence[tuple[str, float]]]
+                      | None = None, default: str = "", examples: Sequence[str] = (), temperature: float = 0.8,
+                      top_k: int | None = None, top_p: float | None = None, seed: int = 0, vocab_size: int = 256,
+                      title: str = "Sampling") -> Any:
+    """An explorer for sampling from a language model: a prompt, temperature, top-k and top-p, and a seed.
+
+    `sample(prompt, temperature, top_k, top_p, seed)` returns the continuation (text after the prompt);
+    top_k None (slider at 0) and top_p None (slider at 1) mean no filter. If `distribution(prompt,
+    temperature, top_k, top_p)` is given, it returns the next-token candidates after the prompt as
+    (token, probability) pairs once temperature and filters are applied, most likely first; the explorer
+    shows them as bars, so the reader sees what each knob does to the distribution before a token is
+    drawn. ValueError or KeyError from either (an unknown character, an empty prompt) is shown as a
+    message. Returns an ipywidgets VBox; on a static page it shows the default setting.
+    """
+    import html
+
+    import ipywidgets as widgets
+
+    if not isinstance(default, str):
+        raise TypeError(f"default must be a str (the first prompt), got {type(default).__name__}")
+    if not (isinstance(vocab_size, int) and vocab_size >= 1):
+        raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
+    if not 0.0 <= temperature <= 2.0:
+        raise ValueError(f"temperature must be in [0, 2] (0 = greedy), got {temperature}")
+    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab_size):
+        raise ValueError(f"top_k must be None or an int in [1, vocab_size={vocab_size}], got {top_k!r}")
+    if top_p is not None and not 0.0 < top_p <= 1.0:
+        raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
+    wide = widgets.Layout(width="420px")
+    style_ = {"description_width": "90px"}
+    box = widgets.Combobox(value=default, options=list(dict.fromkeys([default, *examples])), description="prompt",
+                           placeholder="type a prompt", ensure_option=False, continuous_update=False,
+                           layout=widgets.Layout(width="100%", max_width="700px"), style=style_)
+    temp = widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature",
+                               continuous_update=False, layout=wide, style=style_)
+    k = widgets.IntSlider(value=top_k or 0, min=0, max=vocab_size, description="top-k (0: off)",
+                          continuous_update=False, layout=wide, style=style_)
+    p = widgets.FloatSlider(value=top_p or 1.0, min=0.05, max=1.0, step=0.05, description="top-p (1: off)",
+                            continuous_update=False, layout=wide, style=style_)
+    s = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="200px"), style=style_)
+    bars, text = widgets.HTML(), widgets.HTML()
+
+    def show(*_: Any) -> None:
+        prompt, t = box.value, temp.value
+        kk, pp = (k.value or None), (p.value if p.value < 1.0 else None)
+        how = (f"temperature {t:g}" + ("" if t == 0 else "" if kk is None else f", top-k {kk}")
+               + ("" if t == 0 or pp is None else f", top-p {pp:g}") + (" (greedy)" if t == 0 else ""))
+        try:
+            if distribution is not None:
+                rows = "".join(
+                    f"<tr><td style='padding:1px 8px;font-family:monospace'>{html.escape(repr(tok))}</td>"
+                    f"<td style='padding:1px 8px;width:240px'><div style='background:{BASE};height:12px;"
+                    f"width:{max(1.0, 240 * prob):.0f}px'></div></td>"
+                    f"<td style='padding:1px 8px;text-align:right'>{prob:.1%}</td></tr>"
+                    for tok, prob in list(distribution(prompt, t, kk, pp))[:10])
+                bars.value = (f"<b>next token after the prompt</b> ({how}; the 10 most likely)"
+                              f"<table>{rows}</table>")
+            out = sample(prompt, t, kk, pp, s.value)
+        except (KeyError, ValueError) as err:
+            msg = err.args[0] if err.args else err
+            text.value = f"<div style='color:{HIGHLIGHT}'><b>cannot sample:</b> {html.escape(str(msg))}</div>"
+            return
+        text.value = (f"<div style='margin-top:6px'>{html.escape(title)}: {how}, seed {s.value}</div>"
+                      "<pre style='white-space:pre-wrap;font-size:13px;line-height:1.35;border:1px solid #ddd;"
+                      f"padding:8px'><b>{html.escape(prompt)}</b>{html.escape(out)}</pre>")
+
+    for control in (box, temp, k, p, s):
+        control.observe(show, names="value")
+    show()
+    return widgets.VBox([box, widgets.HBox([temp, k]), widgets.HBox([p, s]), bars, text])
+
+
 # ---------------------------------------------------------------------------------------------- attention
 
 def _attention_stack(attn: Any, name: str) -> np.ndarray:
