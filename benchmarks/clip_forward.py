@@ -139,7 +139,8 @@ def main() -> None:
         ]
     print(f"torch {torch.__version__}, open_clip {open_clip.__version__}, {torch.get_num_threads()} thread(s), "
           f"{os.cpu_count()} cores; float32, best of {rounds} interleaved rounds")
-    print(f"{'tower':<18} {'mode':<10} {'batch':>5} {'utils img/s':>12} {'open_clip img/s':>16} {'utils/open_clip':>16}")
+    print(f"{'tower':<18} {'mode':<10} {'batch':>5} {'utils img/s':>12} {'open_clip img/s':>16} "
+          f"{'utils/open_clip':>16}")
     ratios = []
     for name, mode, config, batch, calls in cases:
         fns = (inference_fns if mode == "inference" else train_fns)(config, batch)

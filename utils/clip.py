@@ -46,7 +46,6 @@ from __future__ import annotations
 
 import math
 import os
-import socket
 from collections import OrderedDict
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -59,6 +58,7 @@ from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention, scaled_dot_product_attention
+from .data import reachable
 from .text import CLIPTokenizer
 from .transformer import ACTIVATIONS, EncoderLayer
 from .vit import VisionTransformer, ViTConfig
@@ -153,7 +153,8 @@ class CLIPTextConfig:
         _check_int(who, context_length=self.context_length, vocab_size=self.vocab_size, width=self.width,
                    layers=self.layers, head_width=self.head_width)
         if self.context_length < 2:
-            raise ValueError(f"{who}: context_length must be ≥ 2 (the start and end tokens), got {self.context_length}")
+            raise ValueError(f"{who}: context_length must be ≥ 2 (the start and end tokens), "
+                             f"got {self.context_length}")
         _heads(who, self.width, self.head_width)
 
     @property
@@ -512,8 +513,8 @@ class CLIP(nn.Module):
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
-        """OpenAI's initialisation for the text tower and the ModifiedResNet (a ViT tower keeps chapter 8's):
-        token embeddings N(0, 0.02²), positions N(0, 0.01²); in each block std C^-½ for attn.in_proj,
+        """OpenAI's initialisation for the text tower and the ModifiedResNet (a ViT tower keeps utils.vit's,
+        OpenAI's too): token embeddings N(0, 0.02²), positions N(0, 0.01²); in each block std C^-½ for attn.in_proj,
         (2C)^-½ for mlp.c_fc, and C^-½ (2L)^-½ for the two projections that end a residual branch;
         text_projection std C^-½; the attention pool's projections std C^-½; every Bottleneck's bn3 scale
         zero, so each residual block starts as the identity; logit_scale = init_logit_scale."""
@@ -714,8 +715,8 @@ def config_from_state_dict(state_dict: Mapping[str, Tensor], head_width: int = 6
     else:
         grid = round((sd["visual.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
         layers = tuple(_count_blocks(sd, f"visual.layer{k}.") for k in (1, 2, 3, 4))
-        vision = CLIPVisionConfig(image_size=32 * grid, layers=layers, width=sd["visual.layer1.0.conv1.weight"].shape[0],
-                                  head_width=head_width)
+        vision = CLIPVisionConfig(image_size=32 * grid, layers=layers,
+                                  width=sd["visual.layer1.0.conv1.weight"].shape[0], head_width=head_width)
     text = CLIPTextConfig(context_length=sd["positional_embedding"].shape[0],
                           vocab_size=sd["token_embedding.weight"].shape[0], width=sd["ln_final.weight"].shape[0],
                           layers=_count_blocks(sd, "transformer.resblocks."),
@@ -726,9 +727,10 @@ def config_from_state_dict(state_dict: Mapping[str, Tensor], head_width: int = 6
 def build_model(state_dict: Mapping[str, Tensor], head_width: int = 64, text_head_width: int | None = None,
                 activation: str = "quick_gelu") -> CLIP:
     """A CLIP holding `state_dict` (OpenAI's key names, e.g. an OpenAI or open_clip "-quickgelu" checkpoint),
-    its config inferred by `config_from_state_dict` (heads: width / head_width); float32, eval mode. OpenAI's scalar entries
-    input_resolution, context_length and vocab_size are ignored. Raises KeyError for a state dict that is
-    not a CLIP's and RuntimeError naming the first mismatched keys when it does not fit the inferred model."""
+    its config inferred by `config_from_state_dict` (heads: width / head_width); float32, eval mode.
+    OpenAI's scalar entries input_resolution, context_length and vocab_size are ignored. Raises KeyError for a
+    state dict that is not a CLIP's, and RuntimeError naming the first mismatched keys when it does not fit the
+    inferred model."""
     sd = {k: v for k, v in state_dict.items() if k not in _OPENAI_EXTRAS}
     model = CLIP(config_from_state_dict(sd, head_width, text_head_width, activation))
     model.load_state_dict(sd, strict=True)
@@ -806,7 +808,7 @@ def from_hf_clip_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tenso
 
 
 def to_hf_clip_state_dict(state_dict: Mapping[str, Tensor]) -> dict[str, Tensor]:
-    """OpenAI-named CLIP state dict (ViT tower) → Hugging Face `CLIPModel`'s (inverse of `from_hf_clip_state_dict`)."""
+    """OpenAI-named CLIP state dict (ViT tower) → Hugging Face `CLIPModel`'s (inverse of from_hf_clip_state_dict)."""
     sd = {_openai_key(k): v for k, v in state_dict.items()}
     if "visual.proj" not in sd:
         raise KeyError("to_hf_clip_state_dict: Hugging Face's CLIPModel has a ViT image tower only; this state dict "
@@ -837,36 +839,24 @@ OPENAI_MODELS = {  # OpenAI's model name → the Hugging Face Hub repository of 
     "ViT-L/14@336px": "timm/vit_large_patch14_clip_336.openai",
 }
 _OPENAI_FILES = ("open_clip_model.safetensors", "open_clip_pytorch_model.bin")  # safetensors preferred
-_HUB_HOST = "huggingface.co"
-
-
-def _hub_reachable(timeout: float = 5.0) -> bool:
-    """One quick connection attempt, so that an offline machine fails in seconds, not after minutes of retries."""
-    try:
-        socket.create_connection((_HUB_HOST, 443), timeout=timeout).close()
-        return True
-    except OSError:
-        return False
 
 
 def _download_openai(name: str, cache_dir: str | os.PathLike | None, local_files_only: bool) -> Path:
     """The cached or downloaded weights file of OpenAI model `name`; OSError with the reason if there is none."""
     from huggingface_hub import hf_hub_download
     repo = OPENAI_MODELS[name]
+    hub = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
     offline = local_files_only or os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+    unreachable = not offline and not reachable(hub)  # seconds, not the Hub client's minute of retries
     errors = []
-    for attempt_offline in ((True,) if offline else (True, False)):
-        if not attempt_offline and not _hub_reachable():
-            errors.append(f"{_HUB_HOST} could not be reached")
-            break
-        for filename in _OPENAI_FILES:
-            try:
-                return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=attempt_offline))
-            except Exception as err:  # huggingface_hub raises several error types for "not there"
-                if not attempt_offline:
-                    errors.append(f"{filename}: {type(err).__name__}: {str(err)[:200]}")
-    how = ("offline mode is on (local_files_only=True or HF_HUB_OFFLINE=1) and the weights are not in the local cache"
-           if offline else "the Hugging Face Hub could not be reached or does not have the file")
+    for filename in _OPENAI_FILES:
+        try:
+            return Path(hf_hub_download(repo, filename, cache_dir=cache_dir, local_files_only=offline or unreachable))
+        except Exception as err:  # huggingface_hub raises several error types for "not there"
+            errors.append(f"{filename}: {type(err).__name__}")
+    how = (f"{hub} is not reachable from this machine and the weights are not in the local cache" if unreachable else
+           "offline mode is on (local_files_only=True or HF_HUB_OFFLINE=1) and the weights are not in the local cache"
+           if offline else "the Hugging Face Hub did not deliver the file")
     raise OSError(f"CLIP.from_pretrained could not load {name!r} ({repo}): {how}. Connect to the internet and run "
                   "again: the weights are downloaded once and cached. Everything else in the chapter works without "
-                  f"them. ({'; '.join(errors) or 'nothing cached'})")
+                  f"them. ({'; '.join(errors)})")

@@ -584,7 +584,7 @@ def clip_clean(text: str) -> str:
     try:
         import ftfy
     except ImportError:  # pragma: no cover - ftfy comes with open_clip_torch
-        raise ImportError("CLIP's text cleaning needs ftfy (installed with open_clip_torch): pip install ftfy") from None
+        raise ImportError("CLIP's text cleaning needs ftfy (it comes with open_clip_torch): pip install ftfy") from None
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     return " ".join(text.split()).lower()
 
