@@ -486,8 +486,10 @@ def test_bad_images_and_text():
         vit.encode_text(torch.zeros(2, CTX + 1, dtype=torch.long))
     with pytest.raises(ValueError, match=r"token ids must lie in \[0, 60\), got min 0, max 60"):
         vit.encode_text(torch.tensor([[0, V]]))
-    with pytest.raises(ValueError, match=r"text must be integer token ids of shape \(B, T\)"):
+    with pytest.raises(ValueError, match=r"text must be int64 \(or int32\) token ids of shape \(B, T\)"):
         vit.encode_text(torch.zeros(2, 5))
+    with torch.no_grad():  # int32 ids, as OpenAI's clip.tokenize returned them, work too
+        torch.testing.assert_close(vit.encode_text(token_ids(2, 0).int()), vit.encode_text(token_ids(2, 0)))
     with pytest.raises(ValueError, match=r"AttentionPool2d: expected a feature map \(B, 256, 2, 2\), got "
                                          r"\(1, 256, 3, 3\)"):
         resnet.visual.attnpool(torch.zeros(1, 256, 3, 3, dtype=torch.float64))

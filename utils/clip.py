@@ -29,8 +29,8 @@ Converter. Hugging Face's `CLIPModel` (ViT towers only) stores q, k, v as three 
 projections as bias-free Linears (weight (E, C), where OpenAI's Parameter is (C, E)); `_HF_TOP` and
 `_HF_BLOCK` are the whole table. HF's text pooling differs in one detail: with a config whose
 `eos_token_id` is not 2, it takes the *first* position holding `eos_token_id`, where OpenAI takes the
-argmax of the ids; the two agree whenever the end token is the largest id and occurs once, as the
-CLIP tokenizer guarantees (unless a text spells out "<end_of_text>").
+(first) argmax of the ids; the two agree whenever no id in a text is larger than the end token's, as
+with the CLIP tokenizer, whose end token is the largest id of the vocabulary.
 
 Two numerical details of OpenAI's model are kept and explained where they live: QuickGELU
 (x·σ(1.702x), `utils.transformer.quick_gelu`; OpenAI trained with it, so the exact GELU gives
@@ -140,7 +140,7 @@ class CLIPVisionConfig:
 
 @dataclass
 class CLIPTextConfig:
-    """The text tower. Defaults: OpenAI's (every released CLIP model has this text tower but RN50x4 and larger)."""
+    """The text tower. Defaults: OpenAI's RN50, RN101, ViT-B/32 and ViT-B/16 (larger models: wider towers)."""
 
     context_length: int = 77  # positions, the start and end tokens included
     vocab_size: int = 49408  # V: CLIPTokenizer's vocabulary
@@ -216,13 +216,14 @@ class LayerNorm(nn.LayerNorm):
     """nn.LayerNorm computed in float32 (or float64) whatever the input's dtype; returns the input's dtype.
 
     Why: in half precision LayerNorm is the fragile layer. Its variance squares the activations, and
-    float16 overflows at 65,504, i.e. as soon as one feature exceeds 256 in size: a LayerNorm written
-    out in float16 (mean, then mean of squares, as chapter 6 teaches it) then returns zeros or NaN for
-    that token. CLIP's residual stream does carry a few features of that size. torch's fused kernel
-    accumulates in float32 internally and is safe on current versions, but a model should not depend on
-    which kernel runs: with this class the statistics and the affine map are float32 everywhere, and
-    the parameters may stay float32 while the rest of the model is float16 (OpenAI's fp16 recipe). For
-    float32 and float64 inputs it is exactly nn.LayerNorm.
+    float16 overflows at 65,504, i.e. as soon as one feature lies more than 256 from the token's mean:
+    a LayerNorm written out in float16 (mean, then mean of squares, as chapter 6 teaches it) then
+    returns zeros (or NaN) for that token, and trained Transformers are known to carry a few outlier
+    features that large. torch's fused kernel accumulates in float32 internally and is safe (measured
+    on CPU, torch 2.14), but a model should not depend on which kernel runs: with this class the
+    statistics and the affine map are float32 everywhere, and the parameters may stay float32 while the
+    rest of the model is float16 (OpenAI's fp16 recipe). For float32 and float64 inputs it is exactly
+    nn.LayerNorm.
     """
 
     def forward(self, x: Tensor) -> Tensor:
@@ -257,8 +258,9 @@ class Bottleneck(nn.Module):
       strides neither, and pools *after* conv2, *before* conv3. Every convolution has stride 1.
     - The shortcut's pooling: a 1×1 convolution with stride 2 reads one pixel in four and throws the
       other three away (aliasing); averaging first keeps them all (ResNet-D; Zhang 2019's anti-aliasing).
-      Leaving the AvgPool2d out of `downsample` still runs, on a 2× larger map, and the residual sum
-      then fails on mismatched shapes only in the first block of a stage.
+      Dropping `downsample.-1` makes the shortcut's map twice the main path's and the sum fails at the
+      first block of layer2; striding the 1×1 convolution instead runs and loads OpenAI's weights
+      without complaint, but computes something else: only a comparison with a reference shows it.
     - The shortcut is a projection wherever the shape changes, including layer1's first block, which
       only changes channels (`downsample.-1` is then a 1×1 pool, the identity); `downsample` is absent
       otherwise.
@@ -562,10 +564,10 @@ class CLIP(nn.Module):
 
     def _check_text(self, text: Any) -> None:
         t = self.config.text
-        if not isinstance(text, Tensor) or text.dim() != 2 or text.dtype.is_floating_point or text.dtype == torch.bool:
+        if not isinstance(text, Tensor) or text.dim() != 2 or text.dtype not in (torch.int64, torch.int32):
             got = f"shape {tuple(text.shape)}, dtype {text.dtype}" if isinstance(text, Tensor) else type(text).__name__
-            raise ValueError(f"encode_text: text must be integer token ids of shape (B, T), as CLIPTokenizer returns "
-                             f"them, got {got}")
+            raise ValueError(f"encode_text: text must be int64 (or int32) token ids of shape (B, T), as CLIPTokenizer "
+                             f"returns them, got {got}")
         if text.shape[1] > t.context_length or text.shape[1] == 0:
             raise ValueError(f"encode_text: the ids have {text.shape[1]} positions, but this model reads 1 to "
                              f"context_length={t.context_length} (one position embedding each); tokenize with "
@@ -610,7 +612,8 @@ class CLIP(nn.Module):
             expected = list(self.state_dict())
             given = {_openai_key(k): k for k in state_dict}
             missing = [k for k in expected if k not in given]
-            unexpected = [given[k] for k in given if k not in set(expected)]
+            known = set(expected)
+            unexpected = [given[k] for k in given if k not in known]
             if missing or unexpected:
                 raise RuntimeError(_mismatch_message(self.config, missing, unexpected, set(given)))
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
@@ -621,8 +624,9 @@ class CLIP(nn.Module):
         """OpenAI's released weights (`OPENAI_MODELS`: "RN50", "ViT-B/32", ...) in float32, eval mode.
 
         The weights come from the Hugging Face Hub repositories where open_clip keeps OpenAI's checkpoints
-        (OpenAI's key names), downloaded once and cached (ViT-B/32 has 151 million parameters), then `build_model`.
-        Offline, or with `local_files_only=True` and nothing cached, raises OSError saying so.
+        (OpenAI's key names), downloaded once and cached (ViT-B/32 has 151 million parameters), and go
+        through `build_model`. Offline, or with `local_files_only=True` and nothing cached, raises OSError
+        saying so, within seconds.
         """
         if name not in OPENAI_MODELS:
             raise ValueError(f"CLIP.from_pretrained: unknown model {name!r}; OpenAI's CLIP models are "
