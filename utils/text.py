@@ -7,6 +7,9 @@ A `Vocab` maps tokens to ids and back; a token it does not know either maps to `
 Chapter 7 (GPT) adds `BPETokenizer`: byte-pair encoding over UTF-8 bytes, trained from scratch.
 Because its base vocabulary is the 256 byte values, it has no unknown tokens at all: any string,
 in any script, round-trips exactly.
+
+Chapter 9 (CLIP) adds `CLIPTokenizer`: OpenAI CLIP's real tokenizer (49,408 tokens, start and end of
+text, context 77), the same BPE machinery loaded with the merges file that open_clip ships.
 """
 from __future__ import annotations
 
