@@ -334,6 +334,94 @@ def test_gate_viewer_rejects_bad_input():
         gate_viewer(lambda t: {}, "abc", max_chars=0)
 
 
+# ---------------------------------------------------------------------------------------- patches
+
+def test_patch_sequence_rows_are_the_patches_row_by_row():
+    rgb = np.random.default_rng(0).uniform(0, 1, (8, 12, 3))
+    seq = viz.patch_sequence(rgb, 4)  # a 2×3 grid
+    assert seq.shape == (6, 16, 3)
+    for n in range(6):
+        r, c = divmod(n, 3)
+        np.testing.assert_array_equal(seq[n], rgb[4 * r:4 * r + 4, 4 * c:4 * c + 4].reshape(16, 3))
+    chw = torch.tensor(rgb).permute(2, 0, 1)  # channels first, as a model reads it
+    np.testing.assert_array_equal(viz.patch_sequence(chw, 4), seq)
+    from utils.vit import patchify  # the model's vectors are these rows with the channels flattened first
+    np.testing.assert_allclose(patchify(chw[None], 4)[0].numpy(), seq.transpose(0, 2, 1).reshape(6, 48))
+    assert viz.patch_sequence(np.zeros((6, 6), dtype=np.uint8), 3).shape == (4, 9, 1)
+
+
+def test_patch_grid_draws_the_grid_the_patch_and_the_sequence():
+    image = np.arange(16 * 16, dtype=float).reshape(16, 16)
+    fig = viz.patch_grid(image, 4, patch=6)  # a 4×4 grid; patch 6 is row 1, column 2
+    ax_img, ax_patch, ax_seq = fig.axes
+    assert len(ax_img.lines) == 3 + 3  # inner grid lines
+    assert sorted(t.get_text() for t in ax_img.texts) == sorted(str(n) for n in range(16))
+    (box,) = [p for p in ax_img.patches if isinstance(p, matplotlib.patches.Rectangle)]
+    assert box.get_xy() == (2 * 4 - 0.5, 1 * 4 - 0.5) and box.get_width() == 4
+    np.testing.assert_array_equal(ax_patch.images[0].get_array(), image[4:8, 8:12])
+    np.testing.assert_array_equal(ax_seq.images[0].get_array(), viz.patch_sequence(image, 4)[..., 0])
+    (row,) = [p for p in ax_seq.patches if isinstance(p, matplotlib.patches.Rectangle)]
+    assert row.get_xy() == (-0.5, 5.5) and row.get_width() == 16 and row.get_height() == 1
+    assert "patch 6" in ax_patch.get_title() and "16 patches" in ax_seq.get_title()
+    fig = viz.patch_grid(np.zeros((32, 32, 3)), 2)  # 256 patches: no numbers; default: the centre patch
+    assert not fig.axes[0].texts and "patch 136" in fig.axes[1].get_title()  # row 8, column 8
+
+
+def test_patch_grid_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"image is 10×16 pixels, not divisible by the patch size 4"):
+        viz.patch_grid(np.zeros((10, 16)), 4)
+    with pytest.raises(ValueError, match=r"patch must be an index in \[0, 16\) for a 4×4 grid"):
+        viz.patch_grid(np.zeros((16, 16)), 4, patch=16)
+    with pytest.raises(ValueError, match=r"one image of shape \(H, W\), \(H, W, 3\) or \(3, H, W\), got shape "
+                                         r"\(2, 3, 8, 8\); for a batch, pick one image first"):
+        viz.patch_grid(np.zeros((2, 3, 8, 8)), 4)
+    with pytest.raises(ValueError, match=r"RGB float image must lie in \[0, 1\]"):
+        viz.patch_grid(np.full((8, 8, 3), 255.0), 4)
+    with pytest.raises(ValueError, match="patch_size must be a positive int, got 0"):
+        viz.patch_sequence(np.zeros((8, 8)), 0)
+
+
+def patch_explorer_parts(box):
+    (size, which), stack = box.children[0].children, box.children[1]
+    pages = {value: page.children for (_, value), page in zip(size.options, stack.children)}
+    return size, which, stack, pages
+
+
+def test_patch_explorer_switches_size_in_the_browser_and_follows_the_chosen_patch():
+    import ipywidgets as widgets
+
+    image = np.random.default_rng(1).uniform(0, 1, (16, 16, 3))
+    box = viz.patch_explorer(image, [8, 2, 4], patch=3)  # default size: the middle one, 4; patch 3 = row 0, col 3
+    size, which, stack, pages = patch_explorer_parts(box)
+    assert size.value == 4 and which.value == 3 and which.max == 15
+    assert stack.selected_index == 1 and list(pages) == [2, 4, 8]
+    assert all(picture.value[:4] == b"\x89PNG" for _, picture in pages.values())  # every size drawn up front
+    assert "Patch 3 is row 0, column 3" in pages[4][0].value and "4×4 grid" in pages[4][0].value
+    assert "Patch 1 is row 0, column 1" in pages[8][0].value  # the 8-pixel patch holding the same pixel
+    assert isinstance(box.link, widgets.widget_link.Link)  # the page follows the slider in the browser alone
+    assert (box.link.source, box.link.target) == ((size, "index"), (stack, "selected_index"))
+
+    before = bytes(pages[2][1].value)
+    size.value = 2  # the chosen patch keeps its place: patch 3's centre pixel (2, 14) is in 2-pixel patch 15
+    assert stack.selected_index == 0 and which.max == 63 and which.value == 15
+    assert "Patch 15 is row 1, column 7" in pages[2][0].value and bytes(pages[2][1].value) == before  # drawn already
+    which.value = 63
+    assert "Patch 63 is row 7, column 7" in pages[2][0].value and bytes(pages[2][1].value) != before
+    size.value = 8
+    assert which.max == 3 and which.value == 3 and "Patch 3 is row 1, column 1" in pages[8][0].value
+
+
+def test_patch_explorer_rejects_bad_input():
+    with pytest.raises(ValueError, match="image is 12×12 pixels, not divisible by the patch size 8"):
+        viz.patch_explorer(np.zeros((12, 12)), [4, 8])
+    with pytest.raises(ValueError, match=r"default_patch_size 3 is not one of patch_sizes \[2, 4\]"):
+        viz.patch_explorer(np.zeros((8, 8)), [2, 4], default_patch_size=3)
+    with pytest.raises(ValueError, match="one or more distinct sizes"):
+        viz.patch_explorer(np.zeros((8, 8)), [2, 2])
+    with pytest.raises(ValueError, match=r"patch must be an index in \[0, 4\) for the 2×2 grid"):
+        viz.patch_explorer(np.zeros((8, 8)), [4], patch=4)
+
+
 # ---------------------------------------------------------------------------------------- attention
 
 def softmax_maps(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -4,7 +4,8 @@
 matrices), `attention_grid` draws the attention maps of several heads side by side, `loss_curves` compares
 training runs (`utils.train.History`), `scatter_2d` draws 2-D maps of embeddings with a readable subset of
 labels, and `figure_to_png` turns a figure into PNG bytes for an `ipywidgets.Image` in the chapters'
-explorers (`word_explorer`, `decoding_explorer`, `gate_viewer`, `attention_explorer`).
+explorers (`word_explorer`, `decoding_explorer`, `gate_viewer`, `attention_explorer`). `patch_grid` and
+`patch_explorer` show how a Vision Transformer cuts an image into a sequence of patches.
 
 Every function draws inside `style()` (the book's matplotlib rcParams, no seaborn), so figures look the
 same whatever the notebook's global settings; `use_style()` applies the same settings globally.
@@ -618,6 +619,228 @@ def sampling_explorer(sample: Callable[[str, float, int | None, float | None, in
         control.observe(show, names="value")
     show()
     return widgets.VBox([box, widgets.HBox([temp, k]), widgets.HBox([p, s]), bars, text])
+
+
+# ---------------------------------------------------------------------------------------------- patches
+
+def _image_hwc(image: Any, name: str = "image") -> np.ndarray:
+    """One image as an (H, W, C) float array, C = 1 or 3: from (H, W), (H, W, C) or (C, H, W), NumPy or torch.
+    uint8 images are scaled to [0, 1]; float images are drawn as they are (RGB must lie in [0, 1])."""
+    is_uint8 = getattr(image, "dtype", None) in (np.uint8, torch.uint8)
+    data = _to_numpy(image, name)
+    if data.ndim == 2:
+        data = data[..., None]  # (H, W) → (H, W, 1)
+    elif data.ndim == 3 and data.shape[0] in (1, 3) and data.shape[-1] not in (1, 3):
+        data = data.transpose(1, 2, 0)  # (C, H, W) → (H, W, C)
+    if data.ndim != 3 or data.shape[-1] not in (1, 3) or 0 in data.shape:
+        raise ValueError(f"{name} must be one image of shape (H, W), (H, W, 3) or (3, H, W), got shape "
+                         f"{tuple(_to_numpy(image, name).shape)}; for a batch, pick one image first, e.g. images[0]")
+    if is_uint8:
+        data = data / 255.0
+    elif data.shape[-1] == 3 and (data.min() < 0.0 or data.max() > 1.0):
+        raise ValueError(f"{name}: an RGB float image must lie in [0, 1], got values in [{data.min():.3g}, "
+                         f"{data.max():.3g}]; divide uint8 pixels by 255 or undo the normalisation")
+    return data
+
+
+def _patch_size_ok(data: np.ndarray, patch_size: Any, name: str) -> int:
+    H, W = data.shape[:2]
+    if not isinstance(patch_size, (int, np.integer)) or isinstance(patch_size, bool) or patch_size < 1:
+        raise ValueError(f"patch_size must be a positive int, got {patch_size!r}")
+    if H % patch_size or W % patch_size:
+        raise ValueError(f"{name} is {H}×{W} pixels, not divisible by the patch size {patch_size}; crop it to a "
+                         f"multiple of {patch_size} or choose a patch size dividing both sides")
+    return int(patch_size)
+
+
+def patch_sequence(image: Any, patch_size: int) -> np.ndarray:
+    """The image's P×P patches as the rows of a matrix, as a Vision Transformer reads them: (N, P·P, C), patches
+    numbered row by row, each patch's pixels row by row (C = 1 or 3 channels kept last, so a row can be drawn).
+    The model's input vector of a patch is this row with the channels flattened too (`utils.vit.patchify`
+    puts channel first: all of red, then green, then blue)."""
+    data = _image_hwc(image)
+    P = _patch_size_ok(data, patch_size, "image")
+    H, W, C = data.shape
+    grid = data.reshape(H // P, P, W // P, P, C)  # (rows, P, cols, P, C)
+    return grid.transpose(0, 2, 1, 3, 4).reshape((H // P) * (W // P), P * P, C)  # (N, P·P, C)
+
+
+def _show(ax: Axes, data: np.ndarray, cmap: str, vmin: float, vmax: float, **kw: Any) -> None:
+    if data.shape[-1] == 1:
+        ax.imshow(data[..., 0], cmap=cmap, vmin=vmin, vmax=vmax, interpolation="nearest", **kw)
+    else:
+        ax.imshow(data, interpolation="nearest", **kw)
+
+
+@_styled
+def patch_grid(image: Any, patch_size: int, patch: int | None = None, cmap: str = "gray",
+               title: str | None = None, numbers: bool | None = None, grid_color: str = "white",
+               figsize: tuple[float, float] = (11.0, 4.0)) -> Figure:
+    """An image cut into P×P patches, in three panels: the image with the patch grid drawn on it; the chosen
+    patch enlarged; and the sequence of flattened patches (one row per patch, its P·P pixels left to right),
+    which is what the Vision Transformer reads (Dosovitskiy et al. 2021, eq. 1). The chosen patch (`patch`,
+    its index in the sequence; default: the one at the image's centre) is outlined in both views.
+
+    image: (H, W) grey, (H, W, 3) or (3, H, W) RGB, NumPy or torch; H and W divisible by `patch_size`.
+    numbers: write each patch's index in its cell (default: when there are at most 64 patches).
+    grid_color: the colour of the grid lines (white suits photos; e.g. viz.BASE on white paper).
+    Returns the Figure; its axes are (image, patch, sequence).
+    """
+    data = _image_hwc(image)
+    P = _patch_size_ok(data, patch_size, "image")
+    H, W, C = data.shape
+    rows, cols = H // P, W // P
+    N = rows * cols
+    if patch is None:
+        patch = (rows // 2) * cols + cols // 2
+    if not isinstance(patch, (int, np.integer)) or isinstance(patch, bool) or not 0 <= patch < N:
+        raise ValueError(f"patch must be an index in [0, {N}) for a {rows}×{cols} grid of {P}-pixel patches, "
+                         f"got {patch!r}")
+    numbers = N <= 64 if numbers is None else numbers
+    r, c = divmod(int(patch), cols)
+    vmin, vmax = float(data.min()), float(data.max())
+    sequence = patch_sequence(data, P)  # (N, P·P, C)
+
+    fig = plt.figure(figsize=figsize)
+    grid = fig.add_gridspec(1, 3, width_ratios=[1.0, 0.55, 1.15])
+    ax_img, ax_patch, ax_seq = (fig.add_subplot(grid[0, i]) for i in range(3))
+    _show(ax_img, data, cmap, vmin, vmax)
+    line = dict(color=grid_color, lw=0.6 if max(rows, cols) > 16 else 0.9, alpha=0.85)
+    for k in range(1, cols):
+        ax_img.axvline(k * P - 0.5, **line)
+    for k in range(1, rows):
+        ax_img.axhline(k * P - 0.5, **line)
+    if numbers:
+        for n in range(N):
+            i, j = divmod(n, cols)
+            ax_img.text(j * P + 0.06 * P - 0.5, i * P + 0.06 * P - 0.5, str(n), fontsize=7, ha="left", va="top",
+                        color="white", bbox=dict(boxstyle="square,pad=0.1", fc="black", ec="none", alpha=0.45))
+    ax_img.add_patch(mpl.patches.Rectangle((c * P - 0.5, r * P - 0.5), P, P, fill=False, ec=HIGHLIGHT, lw=2.2))
+    ax_img.set_title(f"{H}×{W} image:\n{rows}×{cols} grid of {P}×{P} patches")
+
+    _show(ax_patch, data[r * P:(r + 1) * P, c * P:(c + 1) * P], cmap, vmin, vmax)
+    for spine in ax_patch.spines.values():
+        spine.set(visible=True, color=HIGHLIGHT, lw=2.2)
+    ax_patch.set_title(f"patch {patch}\n(row {r}, column {c})")
+
+    _show(ax_seq, sequence, cmap, vmin, vmax, aspect="auto")
+    ax_seq.add_patch(mpl.patches.Rectangle((-0.5, patch - 0.5), P * P, 1, fill=False, ec=HIGHLIGHT,
+                                           lw=2.2, clip_on=False))
+    ax_seq.annotate(f"patch {patch}", xy=(P * P - 0.5, patch), xytext=(1.03, patch),
+                    textcoords=("axes fraction", "data"), ha="left", va="center", color=HIGHLIGHT, fontsize=9,
+                    fontweight="bold", arrowprops=dict(arrowstyle="->", color=HIGHLIGHT, lw=1.2))
+    channels = f" × {C} channels" if C > 1 else ""
+    ax_seq.set_title(f"the sequence: {N} patches,\neach {P}·{P}{channels} = {P * P * C} numbers")
+    ax_seq.set_xlabel(f"pixel within the patch (row by row, {P * P})")
+    ax_seq.set_ylabel("patch = position in the sequence")
+    ax_seq.set_yticks(_thin(N, 12))
+    ax_seq.set_xticks(_thin(P * P, 6))
+    for ax in (ax_img, ax_patch):
+        ax.set_xticks([])
+        ax.set_yticks([])
+    for spine in ax_img.spines.values():
+        spine.set_visible(False)
+    for ax in (ax_img, ax_patch, ax_seq):
+        ax.grid(False)
+    if title:
+        fig.suptitle(title)
+    return fig
+
+
+def patch_explorer(image: Any, patch_sizes: Sequence[int], default_patch_size: int | None = None,
+                   patch: int | None = None, cmap: str = "gray", title: str | None = None,
+                   grid_color: str = "white") -> Any:
+    """An explorer of how a Vision Transformer cuts an image into patches (`patch_grid`): a patch-size slider
+    and a patch slider; the chosen patch is outlined on the image, enlarged, and marked in the sequence.
+
+    Embed-friendly: one picture per patch size is drawn up front and shown in a `Stack` whose page is linked
+    to the size slider in the browser (`jslink`), so on a static page (the website) the size slider works
+    without Python; picking another patch redraws with a running kernel. When the size changes, the chosen
+    patch becomes the one that holds the same pixel (the old patch's centre).
+    patch_sizes: the sizes offered; each must divide the image's height and width.
+    patch: the chosen patch's index at `default_patch_size` (default: the centre patch).
+    Returns an ipywidgets VBox.
+    """
+    import ipywidgets as widgets
+
+    data = _image_hwc(image)
+    sizes = [_patch_size_ok(data, p, "image") for p in patch_sizes]
+    if not sizes or len(set(sizes)) != len(sizes):
+        raise ValueError(f"patch_sizes must be one or more distinct sizes, got {list(patch_sizes)}")
+    sizes = sorted(sizes)
+    default_patch_size = sizes[len(sizes) // 2] if default_patch_size is None else default_patch_size
+    if default_patch_size not in sizes:
+        raise ValueError(f"default_patch_size {default_patch_size!r} is not one of patch_sizes {sizes}")
+    H, W = data.shape[:2]
+
+    def centre(P: int) -> int:
+        rows, cols = H // P, W // P
+        return (rows // 2) * cols + cols // 2
+
+    def relocate(n: int, P_old: int, P_new: int) -> int:
+        """The patch of size P_new that holds the centre pixel of patch n of size P_old."""
+        r, c = divmod(n, W // P_old)
+        y, x = r * P_old + P_old // 2, c * P_old + P_old // 2
+        return (y // P_new) * (W // P_new) + x // P_new
+
+    rows0, cols0 = H // default_patch_size, W // default_patch_size
+    first = centre(default_patch_size) if patch is None else patch
+    if not isinstance(first, (int, np.integer)) or isinstance(first, bool) or not 0 <= first < rows0 * cols0:
+        raise ValueError(f"patch must be an index in [0, {rows0 * cols0}) for the {rows0}×{cols0} grid of "
+                         f"{default_patch_size}-pixel patches, got {patch!r}")
+    chosen = {p: relocate(int(first), default_patch_size, p) for p in sizes}
+    size = widgets.SelectionSlider(options=[(f"{p} px", p) for p in sizes], value=default_patch_size,
+                                   description="patch size", continuous_update=False)
+    which = widgets.IntSlider(value=int(first), min=0, max=rows0 * cols0 - 1, description="patch",
+                              continuous_update=False)
+    captions = {p: widgets.HTML() for p in sizes}
+    pictures = {p: widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="1100px"))
+                for p in sizes}
+    drawn: dict[int, int] = {}
+
+    def draw(P: int) -> None:
+        """The page of patch size P (caption and picture), if its chosen patch changed."""
+        if drawn.get(P) == chosen[P]:
+            return
+        rows, cols = H // P, W // P
+        r, c = divmod(chosen[P], cols)
+        captions[P].value = (f"<b>{P}×{P} patches</b>: a {rows}×{cols} grid, a sequence of {rows * cols} tokens "
+                             f"(plus the class token the model puts in front). Patch {chosen[P]} is row {r}, "
+                             f"column {c}.")
+        pictures[P].value = figure_to_png(patch_grid(data, P, chosen[P], cmap=cmap, title=title,
+                                                              grid_color=grid_color))
+        drawn[P] = chosen[P]
+
+    for p in sizes:
+        draw(p)
+    stack = widgets.Stack(children=[widgets.VBox([captions[p], pictures[p]]) for p in sizes],
+                          selected_index=sizes.index(default_patch_size))
+    link = widgets.jslink((size, "index"), (stack, "selected_index"))  # switches pages in the browser alone
+    state = {"size": default_patch_size, "busy": False}
+
+    def on_size(change: Any) -> None:
+        P_old, P = state["size"], change["new"]
+        state["size"] = P
+        chosen[P] = relocate(chosen[P_old], P_old, P)
+        state["busy"] = True
+        try:
+            which.max = (H // P) * (W // P) - 1
+            which.value = chosen[P]
+        finally:
+            state["busy"] = False
+        stack.selected_index = sizes.index(P)  # (the browser link does this too; here for a kernel-only run)
+        draw(P)
+
+    def on_patch(change: Any) -> None:
+        if not state["busy"]:
+            chosen[size.value] = change["new"]
+            draw(size.value)
+
+    size.observe(on_size, names="value")
+    which.observe(on_patch, names="value")
+    box = widgets.VBox([widgets.HBox([size, which]), stack])
+    box.link = link  # keep the browser-side link with the explorer
+    return box
 
 
 # ---------------------------------------------------------------------------------------------- attention
