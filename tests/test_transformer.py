@@ -357,3 +357,24 @@ def test_bad_model_input(vocabs, pairs):
         m.attention_maps(src, torch.tensor([6, 6]), torch.tensor([[S.SOS]]))
     with pytest.raises(ValueError, match=r"teacher_forcing must be in \[0, 1\], got 1.5"):
         m(src, src_len, torch.tensor([[S.SOS]]), teacher_forcing=1.5)
+
+
+def test_transformer_stack_is_its_blocks_in_order_causal_or_not():
+    from utils.transformer import Transformer
+    torch.manual_seed(0)
+    stack = Transformer(16, 3, 4, mlp_width=24, activation="quick_gelu").double().eval()
+    assert [k for k in stack.state_dict() if k.endswith("mlp.c_fc.weight")] == \
+        [f"resblocks.{i}.mlp.c_fc.weight" for i in range(3)] and stack.resblocks[0].mlp.c_fc.out_features == 24
+    x = torch.randn(2, 5, 16, dtype=torch.float64)
+    for causal in (False, True):
+        stack.is_causal = causal
+        y = x
+        for block in stack.resblocks:
+            y = block(y, is_causal=causal)
+        out, attn = stack(x, return_attn=True)
+        torch.testing.assert_close(stack(x), y, rtol=0, atol=0)
+        torch.testing.assert_close(out, y)
+        assert attn.shape == (2, 3, 4, 5, 5)
+        assert (attn.triu(1) == 0).all() == causal  # causal: no weight on a later position
+    with pytest.raises(ValueError, match="layers"):
+        Transformer(16, 0, 4)

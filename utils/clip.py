@@ -60,12 +60,12 @@ from torch import Tensor, nn
 from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .data import reachable
 from .text import CLIPTokenizer
-from .transformer import ACTIVATIONS, EncoderLayer
+from .transformer import ACTIVATIONS, Transformer
 from .vit import VisionTransformer, ViTConfig
 
 __all__ = [
     "CLIPVisionConfig", "CLIPTextConfig", "CLIPConfig", "LayerNorm", "Bottleneck", "AttentionPool2d",
-    "ModifiedResNet", "Transformer", "CLIP", "clip_loss", "config_from_state_dict", "build_model",
+    "ModifiedResNet", "CLIP", "clip_loss", "config_from_state_dict", "build_model",
     "from_hf_clip_state_dict", "to_hf_clip_state_dict", "OPENAI_MODELS", "CLIPTokenizer",
 ]
 
@@ -418,30 +418,6 @@ class ModifiedResNet(nn.Module):
 # ----------------------------------------------------------------------------------------------
 # The text tower's blocks
 
-class Transformer(nn.Module):
-    """A stack of pre-norm blocks (`resblocks`, chapter 6's EncoderLayer), as OpenAI CLIP's `Transformer`."""
-
-    def __init__(self, width: int, layers: int, heads: int, activation: str = "quick_gelu", eps: float = 1e-5,
-                 is_causal: bool = True) -> None:
-        super().__init__()
-        self.is_causal = is_causal
-        self.resblocks = nn.ModuleList(EncoderLayer(width, heads, 4 * width, 0.0, activation, norm_first=True, eps=eps)
-                                       for _ in range(layers))
-
-    def forward(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """x (B, T, C) → (B, T, C); position t reads positions ≤ t only if `is_causal`. With `return_attn`
-        also every layer's weights (B, L, H, T, T)."""
-        attns = []
-        for block in self.resblocks:
-            out = block(x, is_causal=self.is_causal, return_attn=return_attn)
-            x, attn = out if return_attn else (out, None)  # (B, T, C), (B, H, T, T)
-            attns.append(attn)
-        return (x, torch.stack(attns, dim=1)) if return_attn else x
-
-    def extra_repr(self) -> str:
-        return f"is_causal={self.is_causal}"
-
-
 # ----------------------------------------------------------------------------------------------
 # OpenAI's names for the fused attention projection (hooks on every MultiHeadAttention inside CLIP)
 
@@ -501,7 +477,7 @@ class CLIP(nn.Module):
                 image_size=v.image_size, patch_size=v.patch_size, in_channels=3, width=v.width, layers=v.layers,
                 heads=v.heads, mlp_ratio=4.0, output_dim=c.embed_dim, patch_bias=False, ln_pre=True,
                 activation=c.activation, eps=c.eps))
-        self.transformer = Transformer(t.width, t.layers, t.heads, c.activation, c.eps, is_causal=True)
+        self.transformer = Transformer(t.width, t.layers, t.heads, activation=c.activation, eps=c.eps, is_causal=True)
         self.token_embedding = nn.Embedding(t.vocab_size, t.width)
         self.positional_embedding = nn.Parameter(torch.empty(t.context_length, t.width))
         self.ln_final = nn.LayerNorm(t.width, eps=c.eps)

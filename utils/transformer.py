@@ -49,7 +49,7 @@ from .attention import MultiHeadAttention, from_torch_mha_state_dict
 from .seq2seq import PAD, Decoder, Memory, Seq2Seq, eval_mode
 
 __all__ = [
-    "sinusoidal_positions", "quick_gelu", "ACTIVATIONS", "FeedForward", "EncoderLayer", "DecoderLayer",
+    "sinusoidal_positions", "quick_gelu", "ACTIVATIONS", "FeedForward", "EncoderLayer", "DecoderLayer", "Transformer",
     "from_torch_encoder_layer_state_dict", "from_torch_decoder_layer_state_dict",
     "TransformerConfig", "TransformerEmbedding", "TransformerEncoder", "TransformerDecoder", "TransformerSeq2Seq",
 ]
@@ -251,6 +251,34 @@ class DecoderLayer(_ResidualBlock):
         x = self._out(x, self.drop(a), self.ln_2)  # (B, T, C)
         x = self._out(x, self.mlp(self._in(x, self.ln_3)), self.ln_3)  # (B, T, C)
         return (x, self_attn, cross_attn) if return_attn else x
+
+
+class Transformer(nn.Module):
+    """A stack of L pre-norm `EncoderLayer`s named `resblocks`, as OpenAI CLIP's `Transformer`: the body of
+    the Vision Transformer (chapter 8, bidirectional) and of CLIP's text tower (chapter 9, `is_causal`).
+    No final LayerNorm: the towers add their own (`ln_post`, `ln_final`)."""
+
+    def __init__(self, width: int, layers: int, heads: int, mlp_width: int | None = None, dropout: float = 0.0,
+                 activation: str = "gelu", eps: float = 1e-5, is_causal: bool = False) -> None:
+        super().__init__()
+        _check_positive("Transformer", width=width, layers=layers, heads=heads)
+        self.is_causal = is_causal
+        F_ = 4 * width if mlp_width is None else mlp_width
+        self.resblocks = nn.ModuleList(EncoderLayer(width, heads, F_, dropout, activation, norm_first=True, eps=eps)
+                                       for _ in range(layers))
+
+    def forward(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, T, C) → (B, T, C); position t reads positions ≤ t only if `is_causal`. With `return_attn`
+        also every layer's attention weights (B, L, H, T, T)."""
+        attns = []
+        for block in self.resblocks:
+            out = block(x, is_causal=self.is_causal, return_attn=return_attn)
+            x, attn = out if return_attn else (out, None)  # (B, T, C), (B, H, T, T)
+            attns.append(attn)
+        return (x, torch.stack(attns, dim=1)) if return_attn else x  # (B, T, C), (B, L, H, T, T)
+
+    def extra_repr(self) -> str:
+        return f"is_causal={self.is_causal}"
 
 
 # ----------------------------------------------------------------------------------------------
