@@ -422,6 +422,35 @@ def test_patch_explorer_rejects_bad_input():
         viz.patch_explorer(np.zeros((8, 8)), [4], patch=4)
 
 
+def test_attention_on_images_draws_each_map_over_its_image():
+    images = np.zeros((2, 8, 8))
+    images[:, 2:6, 3:5] = 1.0  # a bar in each image
+    maps = np.arange(2 * 3 * 4 * 4, dtype=float).reshape(2, 3, 4, 4)  # 3 maps over a 4×4 grid per image
+    fig = viz.attention_on_images(images, maps, ["a", "b"], ["head 0", "head 1", "rollout"], title="t")
+    axes = np.array(fig.axes).reshape(2, 4)
+    assert [ax.get_title() for ax in axes[0]] == ["image", "head 0", "head 1", "rollout"]
+    assert [ax.get_ylabel() for ax in axes[:, 0]] == ["a", "b"]
+    np.testing.assert_array_equal(axes[1, 0].images[0].get_array(), images[1])
+    shown = axes[1, 3].images[0].get_array()  # image 1, map 2: each patch's weight over its 2×2 pixels, max 1
+    expected = maps[1, 2] / maps[1, 2].max()
+    assert shown.shape == (8, 8)
+    np.testing.assert_allclose(shown[::2, ::2], expected)
+    np.testing.assert_allclose(shown[1::2, 1::2], expected)
+    assert axes[1, 3].collections  # the image's outline drawn over the map
+    rgb = viz.attention_on_images(np.random.default_rng(0).uniform(0, 1, (1, 3, 8, 8)), np.ones((1, 2, 2)))
+    assert len(rgb.axes) == 2 and len(rgb.axes[1].images) == 2  # a colour image: faded image + map
+
+
+def test_attention_on_images_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"maps must have shape \(n, K, G_h, G_w\) with n=2 images, "
+                                         r"got \(3, 1, 4, 4\)"):
+        viz.attention_on_images(np.zeros((2, 8, 8)), np.zeros((3, 1, 4, 4)))
+    with pytest.raises(ValueError, match=r"a 3×3 map does not tile a 8×8 image"):
+        viz.attention_on_images(np.zeros((2, 8, 8)), np.zeros((2, 1, 3, 3)))
+    with pytest.raises(ValueError, match=r"col_titles has 1 labels but there are 2 maps"):
+        viz.attention_on_images(np.zeros((1, 8, 8)), np.zeros((1, 2, 4, 4)), col_titles=["x"])
+
+
 # ---------------------------------------------------------------------------------------- attention
 
 def softmax_maps(*shape: int, seed: int = 0) -> torch.Tensor:

@@ -5,7 +5,8 @@ matrices), `attention_grid` draws the attention maps of several heads side by si
 training runs (`utils.train.History`), `scatter_2d` draws 2-D maps of embeddings with a readable subset of
 labels, and `figure_to_png` turns a figure into PNG bytes for an `ipywidgets.Image` in the chapters'
 explorers (`word_explorer`, `decoding_explorer`, `gate_viewer`, `attention_explorer`). `patch_grid` and
-`patch_explorer` show how a Vision Transformer cuts an image into a sequence of patches.
+`patch_explorer` show how a Vision Transformer cuts an image into a sequence of patches, and
+`attention_on_images` draws its attention over the patches on the images themselves.
 
 Every function draws inside `style()` (the book's matplotlib rcParams, no seaborn), so figures look the
 same whatever the notebook's global settings; `use_style()` applies the same settings globally.
@@ -841,6 +842,78 @@ def patch_explorer(image: Any, patch_sizes: Sequence[int], default_patch_size: i
     box = widgets.VBox([widgets.HBox([size, which]), stack])
     box.link = link  # keep the browser-side link with the explorer
     return box
+
+
+@_styled
+def attention_on_images(images: Any, maps: Any, row_labels: Sequence[str] | None = None,
+                        col_titles: Sequence[str] | None = None, cmap: str = "inferno", image_cmap: str = "gray",
+                        alpha: float = 0.6, outline: str = "cyan", panel: float = 1.7,
+                        title: str | None = None) -> Figure:
+    """Attention over a grid of patches drawn on the images it came from (e.g. what a Vision Transformer's
+    class token attends to, per head, and its attention rollout): one row per image, its first panel the image
+    alone, then one panel per map, each (G_h, G_w) map stretched over the image, patch by patch: for a grey
+    image the map with the image's outline (contour at half its range, colour `outline`) on top, for a colour
+    image the map (opacity `alpha`) over a faded copy. Each map is scaled to its own maximum, so the panels
+    compare where the weight goes, not how much of it there is.
+
+    images: n images (n, H, W), (n, H, W, 3) or (n, 3, H, W); maps: (n, K, G_h, G_w) with H, W multiples of
+    G_h, G_w; row_labels: n (e.g. "label 3, predicted 3"); col_titles: K (e.g. "head 0", ..., "rollout").
+    Returns the Figure.
+    """
+    imgs = _to_numpy(images, "images")
+    if imgs.ndim == 4 and imgs.shape[1] in (1, 3) and imgs.shape[-1] not in (1, 3):
+        imgs = imgs.transpose(0, 2, 3, 1)  # (n, C, H, W) → (n, H, W, C)
+    if imgs.ndim == 3:
+        imgs = imgs[..., None]
+    if imgs.ndim != 4 or imgs.shape[-1] not in (1, 3) or 0 in imgs.shape:
+        raise ValueError(f"images must be n images (n, H, W), (n, H, W, 3) or (n, 3, H, W), got shape "
+                         f"{tuple(_to_numpy(images, 'images').shape)}")
+    data = _to_numpy(maps, "maps")
+    if data.ndim == 3:
+        data = data[:, None]
+    n, H, W = imgs.shape[:3]
+    if data.ndim != 4 or data.shape[0] != n or 0 in data.shape:
+        raise ValueError(f"maps must have shape (n, K, G_h, G_w) with n={n} images, got {tuple(data.shape)}")
+    K, Gh, Gw = data.shape[1:]
+    if H % Gh or W % Gw:
+        raise ValueError(f"a {Gh}×{Gw} map does not tile a {H}×{W} image (the sides must be multiples of the grid)")
+    row_labels = _check_labels(row_labels, n, "row_labels", "image")
+    col_titles = _check_labels(col_titles, K, "col_titles", "map")
+    if not 0.0 < alpha <= 1.0:
+        raise ValueError(f"alpha must be in (0, 1], got {alpha}")
+    fig, axes = plt.subplots(n, K + 1, figsize=(panel * (K + 1), panel * n + (0.4 if title else 0.0) + 0.3),
+                             squeeze=False)
+    for i in range(n):
+        image = imgs[i]
+        shown = image[..., 0] if image.shape[-1] == 1 else image
+        kw = dict(cmap=image_cmap) if image.shape[-1] == 1 else {}
+        axes[i, 0].imshow(shown, interpolation="nearest", **kw)
+        for k in range(K):
+            m = data[i, k]
+            m = m / m.max() if m.max() > 0 else m
+            big = np.kron(m, np.ones((H // Gh, W // Gw)))  # (H, W): each patch's weight over its pixels
+            ax = axes[i, k + 1]
+            if image.shape[-1] == 1:  # grey: the map, and the image's outline (half its range) over it
+                ax.imshow(big, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
+                ax.contour(shown, levels=[0.5 * (shown.min() + shown.max())], colors=[outline], linewidths=1.3)
+            else:  # colour: the map over a faded copy of the image
+                ax.imshow(shown, interpolation="nearest", alpha=0.45)
+                ax.imshow(big, cmap=cmap, vmin=0.0, vmax=1.0, alpha=alpha, interpolation="nearest")
+            if i == 0 and col_titles:
+                ax.set_title(col_titles[k], fontsize=10)
+        if row_labels:
+            axes[i, 0].set_ylabel(row_labels[i], fontsize=9)
+        if i == 0:
+            axes[i, 0].set_title("image", fontsize=10)
+    for ax in axes.ravel():
+        ax.set_xticks([])
+        ax.set_yticks([])
+        ax.grid(False)
+        for spine in ax.spines.values():
+            spine.set_visible(False)
+    if title:
+        fig.suptitle(title)
+    return fig
 
 
 # ---------------------------------------------------------------------------------------------- attention
