@@ -6,7 +6,8 @@
            learned matrix E, a learned class token in front, learned positions added
            →  `conv1` (E as a Conv2d with kernel = stride = P), `class_embedding`, `positional_embedding`;
   eq. (2)  z'_l = MSA(LN(z_{l-1})) + z_{l-1}   and   eq. (3)  z_l = MLP(LN(z'_l)) + z'_l
-           →  `transformer.resblocks`, chapter 6's `utils.transformer.EncoderLayer` (pre-norm, GELU);
+           →  `transformer.resblocks`: `utils.transformer.Transformer`, a stack of chapter 6's pre-norm
+           `EncoderLayer`s (GELU), the body CLIP's text tower shares;
   eq. (4)  y = LN(z_L^0), the class token after a final LayerNorm  →  `ln_post`, then a classifier `head`.
 - Radford et al. (2021), "Learning transferable visual models from natural language supervision"
   (CLIP): the same tower with a LayerNorm after the positions (`ln_pre`), no bias in the patch
@@ -48,7 +49,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .transformer import ACTIVATIONS, EncoderLayer
+from .transformer import ACTIVATIONS, Transformer
 
 __all__ = [
     "ViTConfig", "VisionTransformer", "patchify", "conv_to_linear_weight", "linear_to_conv_weight",
@@ -187,28 +188,6 @@ class ViTConfig:
         return int(self.mlp_ratio * self.width)
 
 
-class _Transformer(nn.Module):
-    """The stack of blocks, a module whose only child is `resblocks`, as in OpenAI CLIP's checkpoint."""
-
-    def __init__(self, c: ViTConfig) -> None:
-        super().__init__()
-        self.resblocks = nn.ModuleList(
-            EncoderLayer(c.width, c.heads, c.mlp_width, c.dropout, c.activation, norm_first=True, eps=c.eps)
-            for _ in range(c.layers))
-
-    def forward(self, x: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """x (B, T, C) → (B, T, C), and every layer's attention weights (B, L, H, T, T) if `return_attn`."""
-        if not return_attn:
-            for block in self.resblocks:
-                x = block(x)  # (B, T, C)
-            return x
-        attns = []
-        for block in self.resblocks:
-            x, attn = block(x, return_attn=True)  # (B, T, C), (B, H, T, T)
-            attns.append(attn)
-        return x, torch.stack(attns, dim=1)  # (B, L, H, T, T)
-
-
 class VisionTransformer(nn.Module):
     """A Vision Transformer (Dosovitskiy et al. 2021, eqs. 1-4) with OpenAI CLIP's module names.
 
@@ -233,7 +212,7 @@ class VisionTransformer(nn.Module):
         self.positional_embedding = nn.Parameter(torch.empty(c.num_patches + 1, C))  # E_pos, row 0: class token
         self.ln_pre = nn.LayerNorm(C, eps=c.eps) if c.ln_pre else nn.Identity()
         self.drop = nn.Dropout(c.dropout)
-        self.transformer = _Transformer(c)
+        self.transformer = Transformer(C, c.layers, c.heads, c.mlp_width, c.dropout, c.activation, c.eps)  # resblocks
         self.ln_post = nn.LayerNorm(C, eps=c.eps)
         if c.output_dim is not None:
             self.proj = nn.Parameter(torch.empty(C, c.output_dim))
