@@ -641,3 +641,113 @@ def test_attention_explorer_rejects_bad_views():
         viz.attention_explorer(np.eye(3))
     with pytest.raises(ValueError, match=r"compute\('abc'\)\['self'\] query_labels"):  # the first view is checked
         viz.attention_explorer(lambda t: {"self": (np.eye(len(t)), ["x"], None)}, default="abc")
+
+
+# ---------------------------------------------------------------------------------------- image-text similarity
+
+import re  # noqa: E402
+
+
+def toy_images(n: int, seed: int = 0) -> torch.Tensor:
+    """n distinct 6×6 RGB uint8 images, channels first."""
+    return torch.randint(0, 256, (n, 3, 6, 6), generator=torch.Generator().manual_seed(seed), dtype=torch.uint8)
+
+
+def test_similarity_matrix_draws_a_thumbnail_per_row_captions_and_the_best_caption():
+    sim = torch.tensor([[0.9, 0.1, 0.2], [0.3, 0.2, 0.8]])
+    images = toy_images(2)
+    ax = viz.similarity_matrix(sim, images, ["a red circle", "a blue square", "a very long caption " * 3],
+                               mark_best=True, max_chars=20, title="toy")
+    matrix, *thumbs = ax.images
+    np.testing.assert_allclose(matrix.get_array(), sim.numpy(), rtol=1e-6)
+    assert len(thumbs) == 2
+    np.testing.assert_allclose(thumbs[1].get_array(), images[1].permute(1, 2, 0).numpy() / 255)
+    assert thumbs[1].get_extent() == [-1.45, -0.55, 1.45, 0.55]  # left of row 1, inside its cell
+    labels = [t.get_text() for t in ax.get_xticklabels()]
+    assert labels[:2] == ["a red circle", "a blue square"] and labels[2] == "a very long caption…"
+    corners = sorted(p.get_xy() for p in ax.patches if isinstance(p, matplotlib.patches.Rectangle))
+    assert corners == [(-0.5, -0.5), (1.5, 0.5)]  # row 0 picks caption 0, row 1 caption 2
+    assert ax.get_xlim() == (-1.5, 2.5) and ax.get_ylim() == (1.5, -0.5) and ax.get_title() == "toy"
+
+
+def test_similarity_matrix_reads_channels_last_grey_and_float_images():
+    hwc = np.random.default_rng(0).uniform(-3, 5, (2, 5, 5, 3))  # floats outside [0, 1]: stretched per image
+    ax = viz.similarity_matrix(np.eye(2), hwc, ["a", "b"])
+    thumb = ax.images[1].get_array()
+    assert thumb.shape == (5, 5, 3) and thumb.min() == 0.0 and thumb.max() == 1.0
+    ax = viz.similarity_matrix(np.eye(2), np.full((2, 4, 4), 0.5), ["a", "b"])  # grey, already in [0, 1]
+    np.testing.assert_allclose(ax.images[2].get_array(), np.full((4, 4, 3), 0.5))
+
+
+def test_similarity_matrix_rejects_bad_input():
+    with pytest.raises(ValueError, match=r"shape \(2, 3\) but there are 2 images and 2 captions"):
+        viz.similarity_matrix(np.zeros((2, 3)), toy_images(2), ["a", "b"])
+    with pytest.raises(ValueError, match=r"similarity must be a non-empty \(N_images, N_captions\) matrix"):
+        viz.similarity_matrix(np.zeros(3), toy_images(3), ["a"])
+    with pytest.raises(ValueError, match=r"images must be a batch of images"):
+        viz.similarity_matrix(np.zeros((2, 2)), np.zeros((2, 5, 5, 4)), ["a", "b"])
+
+
+def similarity_parts(box):
+    matrix, _, text_box, note, gallery, _, slider, chosen_row = box.children
+    slots = [slot.children for slot in gallery.children]  # (image, score, button) per result
+    chosen, ranking = chosen_row.children
+    return matrix, text_box, note, slots, slider, chosen, ranking
+
+
+def shown_image(slot) -> int:
+    """The index of the image a result slot shows, read from its score line "#i: similarity"."""
+    return int(re.search(r"#(\d+):", slot[1].value).group(1))
+
+
+def test_similarity_explorer_ranks_images_for_a_caption_and_captions_for_an_image():
+    E = 4
+    image_features = torch.eye(E)[[0, 1, 2, 3, 0]] * torch.tensor([[1.0], [2.0], [3.0], [1.0], [0.5]])  # any length
+    captions = ["zero", "one", "two", "three"]
+    text_features = torch.eye(E) + 0.1 * torch.ones(E, E)  # caption k closest to images with feature k
+    calls = []
+
+    def encode_text(text):
+        calls.append(text)
+        if "?" in text:
+            raise ValueError("no question marks")
+        return text_features[captions.index(text)] if text in captions else torch.tensor([0.0, 0.0, 1.0, 1.0])
+
+    box = viz.similarity_explorer(toy_images(5), captions, image_features, text_features, encode_text=encode_text,
+                                  default_caption="one", default_image=4, top=3, grid=3)
+    matrix, text_box, note, slots, slider, chosen, ranking = similarity_parts(box)
+    assert matrix.value[:4] == b"\x89PNG" and calls == ["one"] and not text_box.ensure_option
+    assert len(slots) == 3 and shown_image(slots[0]) == 1  # image 1 is the one most like "one"
+    assert slider.value == 4 and chosen.value[:4] == b"\x89PNG"
+    assert ranking.value.index("zero") < ranking.value.index("one")  # image 4 is image 0's direction
+    assert "image #4" in ranking.value
+    text_box.value = "something new"  # typed: embedded by encode_text, between images 2 and 3
+    assert calls[-1] == "something new" and "“something new”" in note.value
+    assert {shown_image(slots[0]), shown_image(slots[1])} == {2, 3}
+    first = shown_image(slots[0])
+    slots[0][2].click()  # "captions ↓" under the best image: rank the captions for it
+    assert slider.value == first and f"image #{first}" in ranking.value
+    text_box.value = "why?"
+    assert "cannot embed" in note.value and "no question marks" in note.value
+    text_box.value = "  "
+    assert "type a caption" in note.value
+
+
+def test_similarity_explorer_without_an_encoder_offers_only_its_captions():
+    box = viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(3, 2), torch.randn(2, 2), top=10)
+    matrix, text_box, note, slots, slider, chosen, ranking = similarity_parts(box)
+    assert text_box.ensure_option and text_box.value == "a" and len(slots) == 3  # top is capped at N_images
+    assert ranking.value.count("<tr>") == 2  # and at N_captions
+    with pytest.raises(ValueError, match="not one of the captions"):
+        viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(3, 2), torch.randn(2, 2), default_caption="c")
+
+
+def test_similarity_explorer_rejects_mismatched_features():
+    with pytest.raises(ValueError, match=r"one feature row per image and per caption"):
+        viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(2, 4), torch.randn(2, 4))
+    with pytest.raises(ValueError, match=r"same width E"):
+        viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(3, 4), torch.randn(2, 5))
+    with pytest.raises(ValueError, match=r"default_image must be an index in \[0, 3\)"):
+        viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(3, 4), torch.randn(2, 4), default_image=3)
+    with pytest.raises(ValueError, match=r"top must be a positive int"):
+        viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(3, 4), torch.randn(2, 4), top=0)

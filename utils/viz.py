@@ -1209,3 +1209,216 @@ def attention_explorer(maps: Mapping[str, Mapping[str, tuple[Any, Any, Any]]] | 
         control.observe(draw, names="value")
     draw()
     return widgets.VBox([example, kind, widgets.HBox([layer, head]), caption, picture])
+
+
+# ---------------------------------------------------------------------------------------------- image-text similarity
+
+def _thumbnails(images: Any, name: str = "images") -> np.ndarray:
+    """Images as (N, h, w, 3) floats in [0, 1]: from (N, 3, h, w) or (N, h, w, 3), 1 channel or 3, uint8 (0..255)
+    or floats (kept if they lie in [0, 1], else each image is stretched to [0, 1] by its own min and max)."""
+    is_uint8 = (isinstance(images, torch.Tensor) and images.dtype == torch.uint8) or \
+        (isinstance(images, np.ndarray) and images.dtype == np.uint8)
+    data = _to_numpy(images, name)
+    if data.ndim == 3:
+        data = data[..., None]  # (N, h, w) grey → (N, h, w, 1)
+    elif data.ndim == 4 and data.shape[1] in (1, 3) and data.shape[-1] not in (1, 3):
+        data = data.transpose(0, 2, 3, 1)  # (N, C, h, w) → (N, h, w, C)
+    if data.ndim != 4 or data.shape[-1] not in (1, 3) or 0 in data.shape:
+        raise ValueError(f"{name} must be a batch of images (N, 3, h, w), (N, h, w, 3) or (N, h, w), got shape "
+                         f"{tuple(_to_numpy(images, name).shape)}")
+    if is_uint8:
+        data = data / 255.0
+    elif data.min() < 0.0 or data.max() > 1.0:
+        lo = data.min(axis=(1, 2, 3), keepdims=True)
+        data = (data - lo) / np.maximum(data.max(axis=(1, 2, 3), keepdims=True) - lo, 1e-12)
+    return np.repeat(data, 3, axis=-1) if data.shape[-1] == 1 else data
+
+
+def _shorten(text: str, max_chars: int) -> str:
+    return text if len(text) <= max_chars else text[:max_chars - 1] + "…"
+
+
+@_styled
+def similarity_matrix(similarity: Any, images: Any, captions: Sequence[str], ax: Axes | None = None,
+                      title: str | None = None, cmap: str = "viridis", vmin: float | None = None,
+                      vmax: float | None = None, colorbar: bool = True, mark_best: bool = False,
+                      max_chars: int = 40) -> Axes:
+    """An image-text similarity matrix (N_i, N_t), e.g. CLIP's cosine similarities: row i is image i, drawn as
+    a thumbnail left of its row; column j is caption j, written below (shortened to `max_chars`).
+
+    images: (N_i, 3, h, w) or (N_i, h, w, 3) (or grey), uint8 or float (see `_thumbnails`). mark_best=True
+    outlines each row's largest value: the caption that image would pick (Radford et al. 2021, figure 3's
+    logits_per_image, row by row). Returns the Axes.
+    """
+    data = _to_numpy(similarity, "similarity")
+    if data.ndim != 2 or 0 in data.shape:
+        raise ValueError(f"similarity must be a non-empty (N_images, N_captions) matrix, got shape {tuple(data.shape)}")
+    thumbs = _thumbnails(images)
+    captions = [str(c) for c in captions]
+    if len(thumbs) != data.shape[0] or len(captions) != data.shape[1]:
+        raise ValueError(f"similarity has shape {tuple(data.shape)} but there are {len(thumbs)} images and "
+                         f"{len(captions)} captions; row i is image i and column j caption j")
+    n_i, n_t = data.shape
+    if ax is None:  # cells of 0.4 inch; below them the captions, turned (about 0.07 inch per character)
+        longest = min(max_chars, max(len(c) for c in captions))
+        cell = min(0.4, 14.0 / (n_t + 1), 14.0 / n_i)
+        _, ax = plt.subplots(figsize=(cell * (n_t + 1) + (1.4 if colorbar else 0.4),
+                                      cell * n_i + 0.08 * longest + (0.8 if title else 0.4)))
+    labels = [_shorten(c, max_chars) for c in captions]
+    image = heatmap(data, None, labels, ax=ax, cmap=cmap, colorbar=False, vmin=vmin, vmax=vmax,
+                    max_ticks=10_000).images[0]
+    for i, thumb in enumerate(thumbs):  # in data coordinates: each thumbnail fills the cell left of its row
+        ax.imshow(thumb, extent=(-1.45, -0.55, i + 0.45, i - 0.45), interpolation="nearest")
+    if mark_best:
+        best = np.nanargmax(np.where(np.isnan(data), -np.inf, data), axis=1)
+        for i, j in enumerate(best):
+            ax.add_patch(mpl.patches.Rectangle((j - 0.5, i - 0.5), 1, 1, fill=False, edgecolor=HIGHLIGHT, lw=2))
+    ax.set_xlim(-1.5, n_t - 0.5)
+    ax.set_ylim(n_i - 0.5, -0.5)
+    ax.set_aspect("equal")
+    ax.set_anchor("N")  # the matrix at the top of its box: the turned captions below it stay inside the figure
+    ax.set_yticks([])
+    ax.tick_params(axis="x", labelsize=9)
+    ax.spines[["left", "bottom"]].set_visible(False)
+    if colorbar:
+        bar = ax.inset_axes([1.0 + 0.3 / (n_t + 1), 0.0, 0.3 / (n_t + 1), 1.0])  # as tall as the matrix
+        ax.figure.colorbar(image, cax=bar)
+    if title:
+        ax.set_title(title)
+    return ax
+
+
+def _png(image: np.ndarray, pixels: int) -> bytes:
+    """An (h, w, 3) image in [0, 1] as PNG bytes, enlarged by whole pixels to about `pixels` on its long side."""
+    k = max(1, pixels // max(image.shape[:2]))
+    big = np.repeat(np.repeat(image, k, axis=0), k, axis=1)  # crisp (nearest) enlargement
+    buffer = io.BytesIO()
+    plt.imsave(buffer, np.clip(big, 0.0, 1.0), format="png")
+    return buffer.getvalue()
+
+
+def _unit_rows(x: Any, name: str) -> np.ndarray:
+    data = _to_numpy(x, name)
+    if data.ndim != 2 or 0 in data.shape:
+        raise ValueError(f"{name} must be a non-empty (N, E) matrix of embeddings, got shape {tuple(data.shape)}")
+    return data / np.maximum(np.linalg.norm(data, axis=1, keepdims=True), 1e-12)
+
+
+def similarity_explorer(images: Any, captions: Sequence[str], image_features: Any, text_features: Any,
+                        encode_text: Callable[[str], Any] | None = None, default_caption: str | None = None,
+                        default_image: int = 0, grid: int = 8, top: int = 5, thumbnail: int = 96,
+                        title: str = "Cosine similarity of images and captions") -> Any:
+    """An explorer for a CLIP-style embedding: images and captions ranked by cosine similarity.
+
+    images (N_i, ...) as for `similarity_matrix`; captions (N_t strings); image_features (N_i, E) and
+    text_features (N_t, E) their embeddings (normalised here). Three parts:
+    - the similarity matrix of the first `grid` images × the first `grid` captions (`similarity_matrix`);
+    - caption → images: choose a caption, or type one if `encode_text(text) -> (E,)` is given, and see the
+      `top` most similar images; each has a button that ranks the captions for it;
+    - image → captions: choose an image (slider or button) and see the `top` most similar captions.
+    A ValueError or KeyError from `encode_text` is shown as a message. Returns an ipywidgets VBox; a static
+    page shows `default_caption` (default: the first caption) and image `default_image`.
+    """
+    import html
+
+    import ipywidgets as widgets
+
+    thumbs = _thumbnails(images)
+    captions = [str(c) for c in captions]
+    img, txt = _unit_rows(image_features, "image_features"), _unit_rows(text_features, "text_features")
+    if len(img) != len(thumbs) or len(txt) != len(captions) or img.shape[1] != txt.shape[1]:
+        raise ValueError(f"{len(thumbs)} images with image_features {img.shape} and {len(captions)} captions with "
+                         f"text_features {txt.shape}: need one feature row per image and per caption, same width E")
+    for name, value in (("grid", grid), ("top", top), ("thumbnail", thumbnail)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    if not (isinstance(default_image, int) and 0 <= default_image < len(thumbs)):
+        raise ValueError(f"default_image must be an index in [0, {len(thumbs)}), got {default_image!r}")
+    default_caption = captions[0] if default_caption is None else str(default_caption)
+    if encode_text is None and default_caption not in captions:
+        raise ValueError(f"default_caption {default_caption!r} is not one of the captions, and without encode_text "
+                         "no other caption can be embedded")
+    top_i, top_t = min(top, len(thumbs)), min(top, len(captions))
+    pngs: dict[int, bytes] = {}
+
+    def png(i: int) -> bytes:
+        if i not in pngs:
+            pngs[i] = _png(thumbs[i], thumbnail)
+        return pngs[i]
+
+    g_i, g_t = min(grid, len(thumbs)), min(grid, len(captions))
+    matrix = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"),
+                           value=figure_to_png(similarity_matrix(img[:g_i] @ txt[:g_t].T, thumbs[:g_i], captions[:g_t],
+                                                                 title=title, mark_best=True)))
+    text_box = widgets.Combobox(value=default_caption, options=list(dict.fromkeys(captions)),
+                                description="caption", placeholder="type a caption" if encode_text else "choose",
+                                ensure_option=encode_text is None, continuous_update=False,
+                                layout=widgets.Layout(width="100%", max_width="600px"))
+    text_note = widgets.HTML()
+    results = [widgets.Image(format="png", layout=widgets.Layout(width=f"{thumbnail}px")) for _ in range(top_i)]
+    scores = [widgets.HTML() for _ in range(top_i)]
+    buttons = [widgets.Button(description="captions ↓", layout=widgets.Layout(width=f"{thumbnail}px"))
+               for _ in range(top_i)]
+    shown = list(range(top_i))  # which image each result slot shows
+    image_slider = widgets.IntSlider(value=default_image, min=0, max=max(len(thumbs) - 1, 1), description="image",
+                                     continuous_update=False, disabled=len(thumbs) == 1)
+    chosen = widgets.Image(format="png", layout=widgets.Layout(width=f"{thumbnail}px"))
+    ranking = widgets.HTML()
+
+    def feature_of(text: str) -> np.ndarray:
+        if encode_text is None:
+            return txt[captions.index(text)]
+        vector = _to_numpy(encode_text(text), "encode_text(text)").reshape(-1)
+        if vector.shape != (txt.shape[1],):
+            raise ValueError(f"encode_text returned {vector.size} numbers, the text features have E = {txt.shape[1]}")
+        return vector / max(np.linalg.norm(vector), 1e-12)
+
+    def rank_images(*_: Any) -> None:
+        text = text_box.value
+        if not text.strip():
+            text_note.value = "<i>type a caption</i>"
+            return
+        try:
+            sims = img @ feature_of(text)  # (N_i,)
+        except (KeyError, ValueError) as err:
+            msg = err.args[0] if err.args else err
+            text_note.value = (f"<span style='color:{HIGHLIGHT}'><b>cannot embed “{html.escape(text)}”:</b> "
+                               f"{html.escape(str(msg))}</span>")
+            return
+        order = np.argsort(-sims, kind="stable")[:top_i]
+        for slot, i in enumerate(order):
+            shown[slot] = int(i)
+            results[slot].value = png(int(i))
+            scores[slot].value = f"<div style='text-align:center'>#{i}: {sims[i]:.3f}</div>"
+        text_note.value = (f"the {top_i} images (of {len(thumbs)}) most similar to <b>“{html.escape(text)}”</b> "
+                           "(cosine similarity)")
+
+    def rank_captions(*_: Any) -> None:
+        i = image_slider.value
+        chosen.value = png(i)
+        sims = txt @ img[i]  # (N_t,)
+        order = np.argsort(-sims, kind="stable")[:top_t]
+        lo = min(0.0, float(sims.min()))
+        span = max(float(sims.max()) - lo, 1e-12)
+        rows = "".join(
+            f"<tr><td style='padding:1px 8px'>{html.escape(captions[j])}</td>"
+            f"<td style='padding:1px 8px;width:160px'><div style='background:{BASE};height:12px;"
+            f"width:{max(1.0, 160 * (sims[j] - lo) / span):.0f}px'></div></td>"
+            f"<td style='padding:1px 8px;text-align:right'>{sims[j]:.3f}</td></tr>" for j in order)
+        ranking.value = (f"<b>image #{i}</b>: the {top_t} captions (of {len(captions)}) most similar to it"
+                         f"<table>{rows}</table>")
+
+    def pick(slot: int) -> Callable[[Any], None]:
+        def on_click(_: Any) -> None:
+            image_slider.value = shown[slot]
+        return on_click
+
+    text_box.observe(rank_images, names="value")
+    image_slider.observe(rank_captions, names="value")
+    for slot, button in enumerate(buttons):
+        button.on_click(pick(slot))
+    rank_images()
+    rank_captions()
+    gallery = widgets.HBox([widgets.VBox([r, s, b]) for r, s, b in zip(results, scores, buttons)])
+    return widgets.VBox([matrix, widgets.HTML("<b>caption → images</b>"), text_box, text_note, gallery,
+                         widgets.HTML("<b>image → captions</b>"), image_slider, widgets.HBox([chosen, ranking])])
