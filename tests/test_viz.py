@@ -382,9 +382,9 @@ def test_patch_grid_rejects_bad_input():
 
 
 def patch_explorer_parts(box):
-    (size, which), stack = box.children[0].children, box.children[1]
-    pages = {value: page.children for (_, value), page in zip(size.options, stack.children)}
-    return size, which, stack, pages
+    size, stack = box.children
+    pages = {value: page.children for (_, value), page in zip(size.options, stack.children)}  # (slider, caption, png)
+    return size, stack, pages
 
 
 def test_patch_explorer_switches_size_in_the_browser_and_follows_the_chosen_patch():
@@ -392,23 +392,24 @@ def test_patch_explorer_switches_size_in_the_browser_and_follows_the_chosen_patc
 
     image = np.random.default_rng(1).uniform(0, 1, (16, 16, 3))
     box = viz.patch_explorer(image, [8, 2, 4], patch=3)  # default size: the middle one, 4; patch 3 = row 0, col 3
-    size, which, stack, pages = patch_explorer_parts(box)
-    assert size.value == 4 and which.value == 3 and which.max == 15
-    assert stack.selected_index == 1 and list(pages) == [2, 4, 8]
-    assert all(picture.value[:4] == b"\x89PNG" for _, picture in pages.values())  # every size drawn up front
-    assert "Patch 3 is row 0, column 3" in pages[4][0].value and "4×4 grid" in pages[4][0].value
-    assert "Patch 1 is row 0, column 1" in pages[8][0].value  # the 8-pixel patch holding the same pixel
+    size, stack, pages = patch_explorer_parts(box)
+    assert size.value == 4 and stack.selected_index == 1 and list(pages) == [2, 4, 8]
+    assert [(pages[p][0].value, pages[p][0].max) for p in (2, 4, 8)] == [(15, 63), (3, 15), (1, 3)]
+    assert all(picture.value[:4] == b"\x89PNG" for _, _, picture in pages.values())  # every page drawn up front
+    assert "Patch 3 is row 0, column 3" in pages[4][1].value and "4×4 grid" in pages[4][1].value
+    assert "Patch 1 is row 0, column 1" in pages[8][1].value  # the 8-pixel patch holding the same pixel
     assert isinstance(box.link, widgets.widget_link.Link)  # the page follows the slider in the browser alone
     assert (box.link.source, box.link.target) == ((size, "index"), (stack, "selected_index"))
 
-    before = bytes(pages[2][1].value)
-    size.value = 2  # the chosen patch keeps its place: patch 3's centre pixel (2, 14) is in 2-pixel patch 15
-    assert stack.selected_index == 0 and which.max == 63 and which.value == 15
-    assert "Patch 15 is row 1, column 7" in pages[2][0].value and bytes(pages[2][1].value) == before  # drawn already
-    which.value = 63
-    assert "Patch 63 is row 7, column 7" in pages[2][0].value and bytes(pages[2][1].value) != before
-    size.value = 8
-    assert which.max == 3 and which.value == 3 and "Patch 3 is row 1, column 1" in pages[8][0].value
+    before = bytes(pages[2][2].value)
+    size.value = 2  # patch 3's centre pixel (2, 14) is in 2-pixel patch 15, as drawn up front
+    assert stack.selected_index == 0 and pages[2][0].value == 15 and bytes(pages[2][2].value) == before
+    pages[2][0].value = 63  # choose the last patch
+    assert "Patch 63 is row 7, column 7" in pages[2][1].value and bytes(pages[2][2].value) != before
+    size.value = 8  # its centre pixel (15, 15) is in 8-pixel patch 3
+    assert pages[8][0].value == 3 and "Patch 3 is row 1, column 1" in pages[8][1].value
+    size.value = 4
+    assert pages[4][0].value == 15 and "Patch 15 is row 3, column 3" in pages[4][1].value
 
 
 def test_patch_explorer_rejects_bad_input():

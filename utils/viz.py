@@ -754,10 +754,11 @@ def patch_explorer(image: Any, patch_sizes: Sequence[int], default_patch_size: i
     """An explorer of how a Vision Transformer cuts an image into patches (`patch_grid`): a patch-size slider
     and a patch slider; the chosen patch is outlined on the image, enlarged, and marked in the sequence.
 
-    Embed-friendly: one picture per patch size is drawn up front and shown in a `Stack` whose page is linked
-    to the size slider in the browser (`jslink`), so on a static page (the website) the size slider works
-    without Python; picking another patch redraws with a running kernel. When the size changes, the chosen
-    patch becomes the one that holds the same pixel (the old patch's centre).
+    Embed-friendly: one page per patch size (its patch slider, caption and picture) is drawn up front and
+    shown in a `Stack` whose page is linked to the size slider in the browser (`jslink`), so on a static page
+    (the website) the size slider works without Python, each page showing its own patch; picking another
+    patch redraws with a running kernel. When the size changes, the chosen patch becomes the one that holds
+    the same pixel (the old patch's centre).
     patch_sizes: the sizes offered; each must divide the image's height and width.
     patch: the chosen patch's index at `default_patch_size` (default: the centre patch).
     Returns an ipywidgets VBox.
@@ -792,8 +793,8 @@ def patch_explorer(image: Any, patch_sizes: Sequence[int], default_patch_size: i
     chosen = {p: relocate(int(first), default_patch_size, p) for p in sizes}
     size = widgets.SelectionSlider(options=[(f"{p} px", p) for p in sizes], value=default_patch_size,
                                    description="patch size", continuous_update=False)
-    which = widgets.IntSlider(value=int(first), min=0, max=rows0 * cols0 - 1, description="patch",
-                              continuous_update=False)
+    sliders = {p: widgets.IntSlider(value=chosen[p], min=0, max=(H // p) * (W // p) - 1, description="patch",
+                                    continuous_update=False) for p in sizes}  # one per page: right on a static page
     captions = {p: widgets.HTML() for p in sizes}
     pictures = {p: widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="1100px"))
                 for p in sizes}
@@ -809,37 +810,32 @@ def patch_explorer(image: Any, patch_sizes: Sequence[int], default_patch_size: i
                              f"(plus the class token the model puts in front). Patch {chosen[P]} is row {r}, "
                              f"column {c}.")
         pictures[P].value = figure_to_png(patch_grid(data, P, chosen[P], cmap=cmap, title=title,
-                                                              grid_color=grid_color))
+                                                     grid_color=grid_color))
         drawn[P] = chosen[P]
 
     for p in sizes:
         draw(p)
-    stack = widgets.Stack(children=[widgets.VBox([captions[p], pictures[p]]) for p in sizes],
+    stack = widgets.Stack(children=[widgets.VBox([sliders[p], captions[p], pictures[p]]) for p in sizes],
                           selected_index=sizes.index(default_patch_size))
     link = widgets.jslink((size, "index"), (stack, "selected_index"))  # switches pages in the browser alone
-    state = {"size": default_patch_size, "busy": False}
+    state = {"size": default_patch_size}
 
     def on_size(change: Any) -> None:
         P_old, P = state["size"], change["new"]
         state["size"] = P
-        chosen[P] = relocate(chosen[P_old], P_old, P)
-        state["busy"] = True
-        try:
-            which.max = (H // P) * (W // P) - 1
-            which.value = chosen[P]
-        finally:
-            state["busy"] = False
+        chosen[P] = relocate(chosen[P_old], P_old, P)  # the same place in the image
+        sliders[P].value = chosen[P]  # (draws, through on_patch, if it changed)
         stack.selected_index = sizes.index(P)  # (the browser link does this too; here for a kernel-only run)
         draw(P)
 
-    def on_patch(change: Any) -> None:
-        if not state["busy"]:
-            chosen[size.value] = change["new"]
-            draw(size.value)
+    def on_patch(P: int, change: Any) -> None:
+        chosen[P] = change["new"]
+        draw(P)
 
     size.observe(on_size, names="value")
-    which.observe(on_patch, names="value")
-    box = widgets.VBox([widgets.HBox([size, which]), stack])
+    for p in sizes:
+        sliders[p].observe(functools.partial(on_patch, p), names="value")
+    box = widgets.VBox([size, stack])
     box.link = link  # keep the browser-side link with the explorer
     return box
 
