@@ -408,9 +408,9 @@ def test_train_gpt_runs_a_recipe_reproducibly():
     assert [r.metrics["val_loss"] for r in h1.eval] == [r.metrics["val_loss"] for r in h2.eval]
     torch.testing.assert_close(m1.state_dict(), m2.state_dict(), rtol=0, atol=0)
     assert m1.config.block_size == 8 and m1.config.vocab_size == 11 and recipe.tokens_per_step() == 32
-    with pytest.raises(ValueError, match=r"val_ids must be a 1-D int64 tensor of more than block_size=8"):
+    with pytest.raises(ValueError, match=r"train_gpt: val_ids must be a 1-D int64 tensor of more than block_size=8"):
         G.train_gpt(recipe, data, data[:5], vocab_size=11)
-    with pytest.raises(ValueError, match="a validation window starting at 95 does not fit 100"):
+    with pytest.raises(ValueError, match="validation_windows: a window starting at 95 does not fit 100"):
         G.train_gpt(recipe, data, data[:100], vocab_size=11, val_starts=torch.tensor([0, 95]))
     with pytest.raises(TypeError, match="train_gpt takes a Recipe"):
         G.train_gpt(G.GPTConfig(), data, data, vocab_size=11)
