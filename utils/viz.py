@@ -1417,4 +1417,5 @@ def similarity_explorer(images: Any, captions: Sequence[str], image_features: An
     rank_captions()
     gallery = widgets.HBox([widgets.VBox([r, s, b]) for r, s, b in zip(results, scores, buttons)])
     return widgets.VBox([matrix, widgets.HTML("<b>caption → images</b>"), text_box, text_note, gallery,
-                         widgets.HTML("<b>image → captions</b>"), image_slider, widgets.HBox([chosen, ranking])])
+                         widgets.HTML("<b>image → captions</b>"), image_slider,
+                         widgets.HBox([chosen, ranking], layout=widgets.Layout(align_items="flex-start"))])
