@@ -378,6 +378,37 @@ def test_logit_scale_starts_at_one_over_0_07_and_is_capped_at_100():
         tiny_config("vit", init_logit_scale=5.0)
 
 
+def test_initialisation_follows_reset_parameters_docstring():
+    """OpenAI's initialisation, checked the way test_gpt checks GPT's: loading reference weights overwrites it,
+    so the reference-equivalence tests cannot see a mistake here (a bn3 that is not zeroed survived them)."""
+    torch.manual_seed(0)
+    width, layers = 64, 3
+    config = C.CLIPConfig(embed_dim=E, vision=dict(RESNET, width=16),
+                          text=dict(context_length=CTX, vocab_size=V, width=width, layers=layers, head_width=16))
+    model = C.CLIP(config).eval()
+    text_std = {"token_embedding.weight": 0.02, "positional_embedding": 0.01, "text_projection": width ** -0.5}
+    branch = width ** -0.5 * (2 * layers) ** -0.5
+    block_std = {"attn.in_proj.weight": width ** -0.5, "attn.out_proj.weight": branch,
+                 "mlp.c_fc.weight": (2 * width) ** -0.5, "mlp.c_proj.weight": branch}
+    for name, p in model.named_parameters():
+        if name in text_std:
+            assert p.std().item() == pytest.approx(text_std[name], rel=0.1), name
+        elif name.startswith("transformer.") and name.endswith(tuple(block_std)):
+            assert p.std().item() == pytest.approx(block_std[name.split(".", 3)[-1]], rel=0.1), name
+        elif name.startswith("transformer.") and name.endswith(("attn.in_proj.bias", "attn.out_proj.bias")):
+            assert (p == 0).all(), name
+    pool = model.visual.attnpool
+    for proj in (pool.q_proj, pool.k_proj, pool.v_proj, pool.c_proj):
+        assert proj.weight.std().item() == pytest.approx(pool.c_proj.in_features ** -0.5, rel=0.15)
+    blocks = [m for m in model.visual.modules() if isinstance(m, C.Bottleneck)]
+    assert blocks and all((b.bn3.weight == 0).all() for b in blocks)
+    identity = next(b for b in blocks if b.downsample is None)  # a block without a downsampling shortcut
+    x = torch.relu(torch.randn(2, identity.conv1.in_channels, 4, 4))  # a block's input comes out of a ReLU
+    with torch.no_grad():
+        torch.testing.assert_close(identity(x), x)  # each residual block starts as the identity
+    assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
+
+
 def test_layernorm_computes_in_float32():
     x = torch.randn(4, 64, generator=torch.Generator().manual_seed(0)) * 3
     x[:, 5] = 300.0  # one large feature: x² overflows float16 (max 65504)
