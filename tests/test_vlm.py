@@ -1,0 +1,243 @@
+"""utils.vlm: the image path (which layer, the class token dropped, the projector) and the merge of the visual
+tokens into the text equal Hugging Face's LlavaForConditionalGeneration; the loss counts answer tokens only;
+Flamingo's gates at 0 give exactly the language model; a frozen tower gets no gradient; generation with and
+without the KV cache agree; bad input fails clearly. All offline, tiny configs, scrambled weights."""
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import CLIPConfig as HFCLIPConfig
+from transformers import CLIPModel, LlamaConfig, LlavaConfig, LlavaForConditionalGeneration
+
+from utils import clip as C
+from utils.gpt import GPT, GPTConfig
+from utils.vlm import (IGNORE, GatedCrossAttention, VisionLanguageModel, VLMConfig, answer_targets, image_features,
+                       merge_image_tokens)
+from weights import scramble_
+
+TOL = {torch.float64: dict(atol=1e-10, rtol=0), torch.float32: dict(atol=1e-5, rtol=1e-5)}
+V, C_LM, IMAGE = 40, 32, 39  # vocabulary, LM width, the image token's id
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def tiny_tower(seed=0, dtype=torch.float64):
+    """CLIP's ViT tower: 32×32 images, patches of 8 (a 4×4 grid), 3 blocks, width 24, E = 16."""
+    vision = C.CLIPVisionConfig(image_size=32, layers=3, width=24, patch_size=8, head_width=8)
+    clip = C.CLIP(C.CLIPConfig(embed_dim=16, vision=vision,
+                               text=C.CLIPTextConfig(context_length=8, vocab_size=10, width=16, layers=1, head_width=8)))
+    return scramble_(clip, seed).to(dtype).visual.eval()
+
+
+def tiny_vlm(fusion="prefix", seed=0, dtype=torch.float64, strategy="default", block_size=32, **config):
+    torch.manual_seed(seed)
+    lm = GPT(GPTConfig(vocab_size=V, block_size=block_size, n_layer=2, n_head=4, n_embd=C_LM))
+    model = VisionLanguageModel(tiny_tower(seed, dtype), scramble_(lm, seed + 1).to(dtype),
+                                VLMConfig(fusion=fusion, image_token_id=IMAGE if fusion == "prefix" else None,
+                                          vision_feature_select_strategy=strategy, **config))
+    scramble_(model.multi_modal_projector, seed + 2)
+    if model.cross_attn is not None:
+        scramble_(model.cross_attn, seed + 3)  # gates included: non-zero
+    return model.to(dtype).eval()
+
+
+def images(B, seed=0, dtype=torch.float64):
+    return torch.randn(B, 3, 32, 32, generator=torch.Generator().manual_seed(seed), dtype=torch.float64).to(dtype)
+
+
+def prompt(B, N, text=5, seed=0, fusion="prefix"):
+    g = torch.Generator().manual_seed(seed)
+    words = torch.randint(0, IMAGE, (B, text), generator=g)  # (B, text) never the image id
+    return torch.cat([torch.full((B, N), IMAGE), words], dim=1) if fusion == "prefix" else words
+
+
+# ---------------------------------------------------------------------------------------------- equal to HF Llava
+
+def tiny_llava(dtype, layer, strategy):
+    """HF's Llava with a 3-block CLIP ViT (the weights of an HF CLIPModel's vision half) and a Llama text model."""
+    vision = dict(hidden_size=24, intermediate_size=96, num_hidden_layers=3, num_attention_heads=3, image_size=32,
+                  patch_size=8, hidden_act="quick_gelu", layer_norm_eps=1e-5, projection_dim=16)
+    text = dict(vocab_size=V, hidden_size=C_LM, intermediate_size=64, num_hidden_layers=1, num_attention_heads=4,
+                num_key_value_heads=4, max_position_embeddings=64, pad_token_id=0)
+    hf_clip = scramble_(CLIPModel(HFCLIPConfig(vision_config=vision, projection_dim=16, text_config=dict(
+        vocab_size=10, hidden_size=16, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
+        max_position_embeddings=8, hidden_act="quick_gelu", bos_token_id=7, eos_token_id=8))), 0).to(dtype).eval()
+    llava = LlavaForConditionalGeneration(LlavaConfig(
+        vision_config=vision, text_config=LlamaConfig(**text), image_token_id=IMAGE, projector_hidden_act="gelu",
+        vision_feature_layer=layer, vision_feature_select_strategy=strategy))
+    scramble_(llava, 1).to(dtype).eval()
+    llava.model.vision_tower.load_state_dict(hf_clip.vision_model.state_dict(), strict=True)
+    return hf_clip, llava
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("layer, strategy", [(-2, "default"), (-1, "full"), (1, "default")])
+def test_image_path_and_merge_equal_hf_llava(dtype, layer, strategy):
+    hf_clip, llava = tiny_llava(dtype, layer, strategy)
+    clip = C.build_model(C.from_hf_clip_state_dict(hf_clip.state_dict()), head_width=8).to(dtype).eval()
+    lm = GPT(GPTConfig(vocab_size=V, block_size=64, n_layer=1, n_head=4, n_embd=C_LM)).to(dtype)
+    with torch.no_grad():
+        lm.transformer.wte.weight.copy_(llava.model.language_model.embed_tokens.weight)
+    ours = VisionLanguageModel(clip.visual, lm, VLMConfig(image_token_id=IMAGE, vision_feature_layer=layer,
+                                                          vision_feature_select_strategy=strategy)).to(dtype).eval()
+    ours.multi_modal_projector.load_state_dict(llava.model.multi_modal_projector.state_dict(), strict=True)
+    x = images(2, seed=3, dtype=dtype)
+    N = ours.num_image_tokens
+    assert N == (17 if strategy == "full" else 16)
+    # the image tokens sit at different places in the two texts: after 2 words, and at the start
+    g = torch.Generator().manual_seed(4)
+    ids = torch.randint(1, IMAGE, (2, N + 6), generator=g)
+    ids[0, 2:2 + N] = IMAGE
+    ids[1, :N] = IMAGE
+    with torch.no_grad():
+        hf_features = llava.model.get_image_features(pixel_values=x).pooler_output  # list of (N, C)
+        torch.testing.assert_close(ours.encode_images(x), torch.stack(list(hf_features)), **TOL[dtype])
+        hf_embeds = llava.model(input_ids=ids, pixel_values=x, output_hidden_states=True).hidden_states[0]
+        merged = merge_image_tokens(lm.transformer.wte(ids), ids, IMAGE, ours.encode_images(x))
+        torch.testing.assert_close(merged, hf_embeds, **TOL[dtype])
+
+
+def test_hidden_state_indexing_and_pooled_strategy():
+    tower = tiny_tower()
+    x = images(2)
+    with torch.no_grad():
+        full, last = image_features(tower, x, -1, "full"), image_features(tower, x, 3, "full")
+        torch.testing.assert_close(full, last, atol=0, rtol=0)  # -1 is block 3 of 3
+        torch.testing.assert_close(image_features(tower, x, 0, "full"), tower.embed(x), atol=0, rtol=0)
+        torch.testing.assert_close(tower.ln_post(full)[:, 0] @ tower.proj, image_features(tower, x, -1, "pooled")[:, 0],
+                                   **TOL[torch.float64])
+    with pytest.raises(ValueError, match="layer must be an int in"):
+        image_features(tower, x, 4)
+    with pytest.raises(ValueError, match="strategy must be one of"):
+        image_features(tower, x, -2, "cls")
+
+
+# ---------------------------------------------------------------------------------------------- the loss, the gates
+
+def test_loss_counts_answer_tokens_only():
+    model = tiny_vlm()
+    N = model.num_image_tokens
+    ids = prompt(3, N, text=7, seed=1)  # image tokens, then 7 words: question and answer
+    start = [N + 4, N + 5, N + 6]  # where each answer begins
+    targets = answer_targets(ids, start)
+    assert (targets[:, : N + 3] == IGNORE).all() and (targets[:, -1] == IGNORE).all()
+    with torch.no_grad():
+        logits, loss = model(images(3), ids, targets)
+    # reference: sum of -log p(answer token | everything before it) over the answer tokens, over their count
+    nll, count = 0.0, 0
+    for b in range(3):
+        for t in range(start[b], ids.shape[1]):
+            nll -= F.log_softmax(logits[b, t - 1], dim=-1)[ids[b, t]]
+            count += 1
+    torch.testing.assert_close(loss, nll / count, **TOL[torch.float64])
+    # padding is skipped too
+    padded = answer_targets(torch.tensor([[IMAGE, 5, 6, 0, 0]]), [2], pad_id=0)
+    assert padded.tolist() == [[IGNORE, 6, IGNORE, IGNORE, IGNORE]]
+
+
+def test_gates_at_zero_give_exactly_the_language_model():
+    model = tiny_vlm("cross")
+    for layer in model.cross_attn:
+        with torch.no_grad():
+            layer.attn_gate.zero_()
+            layer.ff_gate.zero_()
+    ids = prompt(2, 0, text=9, fusion="cross")
+    with torch.no_grad():
+        alone = model.language_model(ids)
+        torch.testing.assert_close(model(images(2), ids), alone, atol=0, rtol=0)
+        torch.testing.assert_close(model(images(2, seed=7), ids), alone, atol=0, rtol=0)  # the image is ignored
+        model.cross_attn[0].attn_gate.fill_(0.5)
+        assert (model(images(2), ids) - alone).abs().max() > 1e-3  # an open gate lets the image in
+    assert isinstance(model.cross_attn[0], GatedCrossAttention)
+    fresh = VisionLanguageModel(tiny_tower(), GPT(GPTConfig(vocab_size=V, block_size=16, n_layer=2, n_head=4,
+                                                            n_embd=C_LM)), VLMConfig(fusion="cross"))
+    assert all(p.item() == 0.0 for n, p in fresh.named_parameters() if n.endswith("_gate"))  # α = β = 0 at init
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "cross"])
+def test_frozen_tower_gets_no_gradient(fusion):
+    model = tiny_vlm(fusion, dtype=torch.float32).train()
+    assert not model.vision_tower.training  # a frozen tower stays in eval mode
+    N = model.num_image_tokens if fusion == "prefix" else 0
+    ids = prompt(2, N, seed=2, fusion=fusion)
+    _, loss = model(images(2, dtype=torch.float32), ids, answer_targets(ids, [N + 3, N + 2]))
+    loss.backward()
+    assert all(p.grad is None and not p.requires_grad for p in model.vision_tower.parameters())
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.multi_modal_projector.parameters())
+    assert model.language_model.transformer.h[0].attn.in_proj.weight.grad.abs().sum() > 0
+    unfrozen = tiny_vlm(fusion, dtype=torch.float32, freeze_vision=False).train()
+    _, loss = unfrozen(images(2, dtype=torch.float32), ids, answer_targets(ids, [N + 3, N + 2]))
+    loss.backward()
+    assert unfrozen.vision_tower.conv1.weight.grad.abs().sum() > 0
+
+
+# ---------------------------------------------------------------------------------------------- generation
+
+@pytest.mark.parametrize("fusion, strategy", [("prefix", "default"), ("prefix", "pooled"), ("cross", "default")])
+def test_generation_with_and_without_cache_agree(fusion, strategy):
+    model = tiny_vlm(fusion, strategy=strategy)
+    N = model.num_image_tokens if fusion == "prefix" else 0
+    ids = prompt(3, N, text=4, seed=5, fusion=fusion)
+    x = images(3, seed=6)
+    cached = model.generate(x, ids, 8, use_cache=True)
+    plain = model.generate(x, ids, 8, use_cache=False)
+    assert cached.shape == (3, 8) and torch.equal(cached, plain)
+    # the cached logits equal the full forward's
+    with torch.no_grad():
+        full = model(x, torch.cat([ids, cached], dim=1))
+        visual = model.encode_images(x)
+        first, cache = model.forward_cached(ids, visual)
+        more, _ = model.forward_cached(cached[:, :3], visual, cache)
+    torch.testing.assert_close(torch.cat([first, more], dim=1), full[:, : ids.shape[1] + 3], **TOL[torch.float64])
+    # stopping at an end token: what follows it is the end token again
+    eos = int(cached[0, -1])
+    stopped = model.generate(x, ids, 8, eos_id=eos)
+    for row, full_row in zip(stopped.tolist(), cached.tolist()):
+        end = full_row.index(eos) + 1 if eos in full_row else len(full_row)
+        assert row[:end] == full_row[:end] and set(row[end:]) <= {eos}
+    assert stopped.shape[1] <= 8
+
+
+def test_return_attn_shapes():
+    for fusion in ("prefix", "cross"):
+        model = tiny_vlm(fusion)
+        N = model.num_image_tokens if fusion == "prefix" else 0
+        ids = prompt(2, N, text=3, fusion=fusion)
+        with torch.no_grad():
+            logits, maps = model(images(2), ids, return_attn=True)
+        T = ids.shape[1]
+        assert maps["self"].shape == (2, 2, 4, T, T)
+        if fusion == "cross":
+            assert maps["cross"].shape == (2, 2, 4, T, 16)
+            torch.testing.assert_close(maps["cross"].sum(-1), torch.ones(2, 2, 4, T, dtype=torch.float64))
+
+
+# ---------------------------------------------------------------------------------------------- bad input
+
+def test_bad_input_is_named():
+    model = tiny_vlm()
+    N = model.num_image_tokens
+    ids = prompt(2, N)
+    with pytest.raises(ValueError, match=r"32×32"):  # wrong image size: the tower says which and how to fix it
+        model(torch.zeros(2, 3, 24, 24, dtype=torch.float64), ids)
+    with pytest.raises(ValueError, match="image tokens .* per sequence"):  # image-token count does not match
+        model(images(2), ids[:, 1:])
+    with pytest.raises(ValueError, match="1 image.* for 2 text"):  # one image for two texts
+        model(images(1), ids)
+    with pytest.raises(ValueError, match="outside the vocabulary"):
+        model(images(2), torch.cat([ids, torch.full((2, 1), V)], dim=1))
+    with pytest.raises(ValueError, match="more than the context window"):  # a question longer than the context
+        model(images(2), prompt(2, N, text=40))
+    with pytest.raises(ValueError, match="does not fit the context window"):
+        model.generate(images(2), ids, 20)
+    with pytest.raises(ValueError, match="leave no room for text"):  # more image tokens than the context holds
+        tiny_vlm(block_size=16)
+    with pytest.raises(ValueError, match="image_token_id"):
+        VLMConfig(fusion="prefix")
+    with pytest.raises(ValueError, match="fusion must be"):
+        VLMConfig(fusion="early", image_token_id=3)
+    with pytest.raises(ValueError, match="outside the language model's vocabulary"):
+        VisionLanguageModel(tiny_tower(), GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=1, n_head=4,
+                                                        n_embd=C_LM)), VLMConfig(image_token_id=V))
+    with pytest.raises(TypeError, match="VisionTransformer"):
+        VisionLanguageModel(torch.nn.Linear(2, 2), model.language_model)

@@ -1,0 +1,386 @@
+"""A vision-language model: CLIP's image tower joined to a GPT, by a prefix of visual tokens or by gated
+cross-attention.
+
+- Liu et al. (2023), "Visual instruction tuning" (LLaVA), section 4.1 and figure 1: a frozen CLIP image
+  tower gives one feature per patch (the class token dropped, read from the second-to-last layer in
+  LLaVA-1.5); a projection W (LLaVA-1.5: two Linear layers with a GELU between them) maps them to the
+  language model's width, H_v = W · Z_v; these "visual tokens" stand in the text where the image goes,
+  and the language model is trained to predict the answer tokens only (eq. 2: the loss is taken over
+  the answer, the instruction is given)  →  `image_features`, `MultiModalProjector`,
+  `merge_image_tokens`, `VisionLanguageModel(fusion="prefix")`, `answer_targets`.
+- Alayrac et al. (2022), "Flamingo: a visual language model for few-shot learning", section 2.2 and
+  figure 4: the language model is left untouched (frozen) and new "gated xattn-dense" layers are put in
+  front of its blocks: y = y + tanh(α)·attn(y, x), then y = y + tanh(β)·ffw(y), where x are the visual
+  tokens and α, β start at 0, so that at initialisation the model is exactly the language model
+  →  `GatedCrossAttention`, `VisionLanguageModel(fusion="cross")`. Flamingo first resamples the
+  features into 64 latents with a Perceiver (Jaegle et al. 2021); here the projector's patch tokens
+  are attended directly (there are only a few).
+
+Names follow Hugging Face's `LlavaForConditionalGeneration` where it has them (`vision_tower`,
+`multi_modal_projector.linear_1/linear_2`, `language_model`, `vision_feature_layer`,
+`vision_feature_select_strategy` "default" = drop the class token / "full", `image_token_id`), and the
+tests prove the image path and the merge equal to it. The image tower is chapter 8's
+`utils.vit.VisionTransformer` (CLIP's `visual`), the language model chapter 7's `utils.gpt.GPT`.
+
+Letter legend (shape comments):
+    B  batch size           T  text positions (image tokens included in "prefix" fusion)
+    N  visual tokens per image (patches, patches + 1, or 1)     G  patch-grid side (N = G² by default)
+    C  language-model width  C_v  image-tower width  E  CLIP's embedding size ("pooled")
+    H  heads    L  language-model layers    V  vocabulary size    P  positions held in the KV cache
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from .attention import MultiHeadAttention
+from .gpt import GPT, KVCache, _block_step
+from .seq2seq import eval_mode
+from .transformer import FeedForward
+from .vit import VisionTransformer
+
+__all__ = ["VLMConfig", "MultiModalProjector", "GatedCrossAttention", "VisionLanguageModel", "image_features",
+           "merge_image_tokens", "answer_targets", "IGNORE"]
+
+IGNORE = -100  # a target F.cross_entropy skips: every position that is not an answer token
+STRATEGIES = ("default", "full", "pooled")
+
+
+# ----------------------------------------------------------------------------------------------
+# The image path: which layer, which tokens, the projector
+
+def _check_images(tower: VisionTransformer, images: Any, who: str) -> None:
+    c = tower.config
+    if not isinstance(images, Tensor) or not images.is_floating_point() or images.dim() != 4:
+        got = f"shape {tuple(images.shape)}, dtype {images.dtype}" if isinstance(images, Tensor) else \
+            type(images).__name__
+        raise ValueError(f"{who}: images must be a float tensor (B, {c.in_channels}, {c.image_size}, {c.image_size}), "
+                         f"got {got}")
+    tower._check_images(images)  # the image size, with the tower's own message (sizes and the fix)
+
+
+def image_features(tower: VisionTransformer, images: Tensor, layer: int = -2, strategy: str = "default") -> Tensor:
+    """The tower's features that become visual tokens: images (B, 3, S, S) → (B, N, C_v) (or (B, 1, E)).
+
+    `layer` counts as Hugging Face's `hidden_states`: 0 is the embedded patches (after `ln_pre`), l the
+    output of block l, -1 the last block's, -2 the one before (LLaVA-1.5's choice): no `ln_post`.
+    `strategy`: "default" drops the class token (N = G² patch tokens, LLaVA), "full" keeps it (G² + 1),
+    "pooled" ignores `layer` and gives CLIP's one image embedding (the class token after `ln_post` and
+    `proj`, (B, 1, E)): the ablation "one vector instead of every patch".
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"image_features: strategy must be one of {STRATEGIES}, got {strategy!r}")
+    _check_images(tower, images, "image_features")
+    if strategy == "pooled":
+        return tower(images)[:, None]  # (B, 1, E)
+    L = tower.config.layers
+    if not isinstance(layer, int) or not -(L + 1) <= layer <= L:
+        raise ValueError(f"image_features: layer must be an int in [{-(L + 1)}, {L}] for a {L}-block tower "
+                         f"(0 = the embedded patches, -1 = the last block), got {layer!r}")
+    x = tower.embed(images)  # (B, 1 + G², C_v), hidden state 0
+    for block in tower.transformer.resblocks[: layer % (L + 1)]:
+        x = block(x)  # (B, 1 + G², C_v)
+    return x[:, 1:] if strategy == "default" else x  # (B, N, C_v)
+
+
+class MultiModalProjector(nn.Module):
+    """LLaVA-1.5's projector: visual features (..., C_v) → Linear → GELU → Linear → (..., C), the LM's width."""
+
+    def __init__(self, in_features: int, out_features: int) -> None:
+        super().__init__()
+        self.linear_1 = nn.Linear(in_features, out_features)
+        self.act = nn.GELU()
+        self.linear_2 = nn.Linear(out_features, out_features)
+
+    def forward(self, features: Tensor) -> Tensor:
+        return self.linear_2(self.act(self.linear_1(features)))  # (..., C)
+
+
+def merge_image_tokens(embeds: Tensor, ids: Tensor, image_token_id: int, visual: Tensor) -> Tensor:
+    """The text embeddings with the visual tokens written where the ids hold `image_token_id` (LLaVA's merge).
+
+    embeds (B, T, C) the token embeddings of ids (B, T); visual (B_i, N, C) visual tokens, filled in order:
+    image 0's N tokens into the first N image positions (row by row), and so on. Every sequence must hold
+    N image tokens per image it is paired with (here one image per sequence: B_i = B). Returns (B, T, C);
+    `embeds` is not modified.
+    """
+    if visual.dim() != 3 or visual.shape[-1] != embeds.shape[-1]:
+        raise ValueError(f"merge_image_tokens: visual must be (B_i, N, C) with C={embeds.shape[-1]}, got "
+                         f"{tuple(visual.shape)}")
+    mask = ids == image_token_id  # (B, T)
+    per_row = mask.sum(dim=1)  # (B,)
+    B_i, N = visual.shape[:2]
+    if B_i != ids.shape[0] or bool((per_row != N).any()):
+        raise ValueError(f"merge_image_tokens: the ids hold {per_row.tolist()} image tokens (id {image_token_id}) "
+                         f"per sequence, but {B_i} image(s) of {N} visual tokens each were given for "
+                         f"{ids.shape[0]} sequence(s): each sequence needs exactly {N} image tokens, one per "
+                         f"visual token, and one image")
+    return embeds.masked_scatter(mask[..., None], visual.to(embeds.dtype))  # (B, T, C)
+
+
+def answer_targets(ids: Tensor, answer_start: Tensor | list[int], pad_id: int | None = None) -> Tensor:
+    """Next-token targets that score the answer only: ids (B, T) → (B, T), where position t predicts ids[t+1]
+    only if t + 1 ≥ answer_start[b] (the answer and its end token), and IGNORE (-100) elsewhere: the image
+    tokens and the question are given, not predicted (LLaVA eq. 2). Padding (`pad_id`) is ignored too."""
+    start = torch.as_tensor(answer_start, device=ids.device).reshape(-1, 1)  # (B, 1)
+    if ids.dim() != 2 or start.shape[0] != ids.shape[0]:
+        raise ValueError(f"answer_targets: ids must be (B, T) and answer_start have B entries, got "
+                         f"{tuple(ids.shape)} and {start.shape[0]}")
+    targets = torch.full_like(ids, IGNORE)  # (B, T)
+    targets[:, :-1] = ids[:, 1:]  # position t predicts token t + 1
+    predicts = torch.arange(ids.shape[1], device=ids.device)[None] + 1  # (1, T) the position each one predicts
+    keep = (predicts >= start) & (predicts < ids.shape[1])  # (B, T)
+    if pad_id is not None:
+        keep &= targets != pad_id
+    return targets.masked_fill(~keep, IGNORE)
+
+
+# ----------------------------------------------------------------------------------------------
+# Flamingo's gated cross-attention
+
+class GatedCrossAttention(nn.Module):
+    """Flamingo's gated xattn-dense layer (Alayrac et al. 2022, figure 4), put before a language-model block:
+
+        y = y + tanh(attn_gate) · attn(ln_1(y), visual)      text queries, visual keys and values
+        y = y + tanh(ff_gate)   · mlp(ln_2(y))
+
+    Both gates start at 0: the layer is then the identity, exactly, and the model the language model.
+    `attn` is chapter 6's MultiHeadAttention, `mlp` its FeedForward (GELU)."""
+
+    def __init__(self, C: int, H: int, F_: int | None = None) -> None:
+        super().__init__()
+        self.ln_1 = nn.LayerNorm(C)
+        self.attn = MultiHeadAttention(C, H)
+        self.ln_2 = nn.LayerNorm(C)
+        self.mlp = FeedForward(C, 4 * C if F_ is None else F_, activation="gelu")
+        self.attn_gate = nn.Parameter(torch.zeros(()))  # α
+        self.ff_gate = nn.Parameter(torch.zeros(()))  # β
+
+    def forward(self, x: Tensor, visual: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, T, C) text states, visual (B, N, C) → (B, T, C); with `return_attn` also (B, H, T, N)."""
+        a, attn = self.attn(self.ln_1(x), visual, return_attn=return_attn)  # (B, T, C), (B, H, T, N)
+        x = x + torch.tanh(self.attn_gate) * a  # (B, T, C)
+        x = x + torch.tanh(self.ff_gate) * self.mlp(self.ln_2(x))  # (B, T, C)
+        return (x, attn) if return_attn else x
+
+
+# ----------------------------------------------------------------------------------------------
+# The model
+
+@dataclass
+class VLMConfig:
+    """How the image joins the language model.
+
+    fusion: "prefix" (LLaVA: visual tokens in the text, at the `image_token_id` positions) or "cross"
+        (Flamingo: gated cross-attention before every block; the text holds no image tokens).
+    vision_feature_layer, vision_feature_select_strategy: as `image_features` (HF Llava's names).
+    image_token_id: the id that marks an image position ("prefix" only; the text must hold N of them).
+    freeze_vision: the image tower gets no gradient (LLaVA, Flamingo).
+    """
+
+    fusion: str = "prefix"
+    vision_feature_layer: int = -2
+    vision_feature_select_strategy: str = "default"
+    image_token_id: int | None = None
+    freeze_vision: bool = True
+
+    def __post_init__(self) -> None:
+        if self.fusion not in ("prefix", "cross"):
+            raise ValueError(f"VLMConfig: fusion must be 'prefix' (LLaVA) or 'cross' (Flamingo), got {self.fusion!r}")
+        if self.vision_feature_select_strategy not in STRATEGIES:
+            raise ValueError(f"VLMConfig: vision_feature_select_strategy must be one of {STRATEGIES}, got "
+                             f"{self.vision_feature_select_strategy!r}")
+        if self.fusion == "prefix" and not isinstance(self.image_token_id, int):
+            raise ValueError("VLMConfig: prefix fusion needs image_token_id, the vocabulary id that marks where the "
+                             "visual tokens go (e.g. the id of '<image>')")
+
+
+class VisionLanguageModel(nn.Module):
+    """An image tower, a projector and a decoder-only language model, joined by `config.fusion`:
+
+        prefix (LLaVA)   x = merge(wte(ids), projector(features(image))) + wpe;  x = block(x) for each block
+        cross (Flamingo) x = wte(ids) + wpe;  x = block(xattn_l(x, projector(features(image)))) for each block
+        logits = lm_head(ln_f(x))                                                   (B, T, V)
+
+    `vision_tower` is a `utils.vit.VisionTransformer` (CLIP's `visual`), `language_model` a `utils.gpt.GPT`;
+    both are used as they are, only read (their parameters are shared, not copied).
+    """
+
+    def __init__(self, vision_tower: VisionTransformer, language_model: GPT, config: VLMConfig | None = None) -> None:
+        super().__init__()
+        if not isinstance(vision_tower, VisionTransformer) or not isinstance(language_model, GPT):
+            raise TypeError("VisionLanguageModel takes a utils.vit.VisionTransformer (e.g. CLIP's .visual) and a "
+                            f"utils.gpt.GPT, got {type(vision_tower).__name__} and {type(language_model).__name__}")
+        c = self.config = config or VLMConfig()
+        self.vision_tower, self.language_model = vision_tower, language_model
+        lm = language_model.config
+        pooled = c.vision_feature_select_strategy == "pooled"
+        if pooled and vision_tower.proj is None:
+            raise ValueError("VisionLanguageModel: the 'pooled' strategy needs a tower with an output projection "
+                             "(CLIP's proj: ViTConfig(output_dim=E))")
+        in_features = vision_tower.proj.shape[1] if pooled else vision_tower.config.width
+        self.multi_modal_projector = MultiModalProjector(in_features, lm.n_embd)
+        self.cross_attn = (nn.ModuleList(GatedCrossAttention(lm.n_embd, lm.n_head) for _ in range(lm.n_layer))
+                           if c.fusion == "cross" else None)
+        if c.fusion == "prefix":
+            if not 0 <= c.image_token_id < lm.vocab_size:
+                raise ValueError(f"VLMConfig: image_token_id={c.image_token_id} is outside the language model's "
+                                 f"vocabulary [0, {lm.vocab_size})")
+            if self.num_image_tokens >= lm.block_size:
+                raise ValueError(f"VisionLanguageModel: {self.num_image_tokens} image tokens leave no room for text "
+                                 f"in the context window block_size={lm.block_size}; build the GPT with a larger "
+                                 "block_size, use larger patches, or the 'pooled' strategy (1 token)")
+        if c.freeze_vision:
+            vision_tower.requires_grad_(False)
+
+    @property
+    def num_image_tokens(self) -> int:
+        """N: visual tokens per image."""
+        strategy, G = self.config.vision_feature_select_strategy, self.vision_tower.config.grid_size
+        return {"default": G * G, "full": G * G + 1, "pooled": 1}[strategy]
+
+    def train(self, mode: bool = True) -> VisionLanguageModel:
+        """As nn.Module.train, but a frozen image tower stays in eval mode."""
+        super().train(mode)
+        if self.config.freeze_vision:
+            self.vision_tower.eval()
+        return self
+
+    # -- the image path ------------------------------------------------------------------------
+
+    def encode_images(self, images: Tensor) -> Tensor:
+        """images (B, 3, S, S) → visual tokens (B, N, C) in the language model's width."""
+        c = self.config
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not c.freeze_vision):
+            features = image_features(self.vision_tower, images, c.vision_feature_layer,
+                                      c.vision_feature_select_strategy)  # (B, N, C_v)
+        return self.multi_modal_projector(features)  # (B, N, C)
+
+    # -- checks ----------------------------------------------------------------------------------
+
+    def _check_text(self, ids: Any, start: int = 0, new: bool = False) -> None:
+        lm = self.language_model
+        lm._check_ids(ids, "ids", start=start)  # shape, dtype, vocabulary, context window
+        if self.config.fusion == "prefix":
+            n = (ids == self.config.image_token_id).sum(dim=1)  # (B,)
+            N = 0 if new else self.num_image_tokens
+            if bool((n != N).any()):
+                raise ValueError(f"ids hold {n.tolist()} image tokens (id {self.config.image_token_id}) per sequence; "
+                                 + (f"each sequence must hold exactly {N}, one per visual token of its image" if not new
+                                    else "tokens after the prompt must not be image tokens"))
+
+    def _visual(self, images: Tensor | None, visual: Tensor | None, B: int) -> Tensor:
+        if visual is None:
+            if images is None:
+                raise ValueError("give the images (B, 3, S, S) (or their visual tokens from encode_images)")
+            visual = self.encode_images(images)  # (B, N, C)
+        if visual.shape[0] != B:
+            raise ValueError(f"{visual.shape[0]} image(s) for {B} text(s): give one image per sequence")
+        return visual
+
+    # -- forward passes --------------------------------------------------------------------------
+
+    def _layers(self, x: Tensor, visual: Tensor, cache: KVCache | None, use_cache: bool,
+                return_attn: bool) -> tuple[Tensor, KVCache, list[Tensor], list[Tensor]]:
+        """The language model's blocks (each after its gated cross-attention in "cross" fusion), then ln_f and
+        the head: x (B, T, C) → logits (B, T, V), the extended cache, self- and cross-attention weights."""
+        lm = self.language_model
+        new_cache, self_attn, cross_attn = [], [], []
+        for i, block in enumerate(lm.transformer.h):
+            if self.cross_attn is not None:
+                out = self.cross_attn[i](x, visual, return_attn=return_attn)
+                x = out[0] if return_attn else out  # (B, T, C)
+                if return_attn:
+                    cross_attn.append(out[1])  # (B, H, T, N)
+            if use_cache:
+                x, kv = _block_step(block, x, None if cache is None else cache[i])  # (B, T, C), 2 × (B, H, P+T, D)
+                new_cache.append(kv)
+            elif return_attn:
+                x, a = block(x, is_causal=True, return_attn=True)  # (B, T, C), (B, H, T, T)
+                self_attn.append(a)
+            else:
+                x = block(x, is_causal=True)  # (B, T, C)
+        return lm.lm_head(lm.transformer.ln_f(x)), new_cache, self_attn, cross_attn  # (B, T, V)
+
+    def _embed(self, ids: Tensor, visual: Tensor, start: int, merge: bool) -> Tensor:
+        t = self.language_model.transformer
+        x = t.wte(ids)  # (B, T, C)
+        if merge:
+            x = merge_image_tokens(x, ids, self.config.image_token_id, visual)  # (B, T, C)
+        pos = torch.arange(start, start + ids.shape[1], device=ids.device)  # (T,)
+        return t.drop(x + t.wpe(pos))  # (B, T, C)
+
+    def forward(self, images: Tensor | None, ids: Tensor, targets: Tensor | None = None, return_attn: bool = False,
+                visual: Tensor | None = None) -> Tensor | tuple[Tensor, ...]:
+        """images (B, 3, S, S) and ids (B, T) → logits (B, T, V); position t has seen the image and ids[:, :t+1].
+
+        "prefix": ids hold N `image_token_id`s per sequence where the visual tokens go. With `targets` (B, T)
+        also the mean cross-entropy over the positions whose target is not -100 (`answer_targets`). With
+        `return_attn` also a dict: "self" (B, L, H, T, T) and, for "cross", "cross" (B, L, H, T, N).
+        `visual`: visual tokens from `encode_images`, instead of the images.
+        """
+        self._check_text(ids)
+        visual = self._visual(images, visual, ids.shape[0])  # (B, N, C)
+        x = self._embed(ids, visual, 0, merge=self.config.fusion == "prefix")  # (B, T, C)
+        logits, _, self_attn, cross_attn = self._layers(x, visual, None, False, return_attn)  # (B, T, V)
+        out: tuple[Any, ...] = (logits,)
+        if targets is not None:
+            out += (self.language_model.loss(logits, targets),)
+        if return_attn:
+            maps = {"self": torch.stack(self_attn, dim=1)}  # (B, L, H, T, T)
+            if cross_attn:
+                maps["cross"] = torch.stack(cross_attn, dim=1)  # (B, L, H, T, N)
+            out += (maps,)
+        return out[0] if len(out) == 1 else out
+
+    def forward_cached(self, ids: Tensor, visual: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
+        """Incremental forward for generation: ids (B, T) at positions P .. P+T-1, P the positions `cache` holds
+        (None: P = 0, and in "prefix" fusion ids is the prompt with its image tokens). visual (B, N, C) from
+        `encode_images`. Returns logits (B, T, V) = forward(all P + T ids)[:, P:] and the extended cache."""
+        P = 0 if cache is None else cache[0][0].shape[2]
+        self._check_text(ids, start=P, new=cache is not None)
+        visual = self._visual(None, visual, ids.shape[0])
+        x = self._embed(ids, visual, P, merge=cache is None and self.config.fusion == "prefix")  # (B, T, C)
+        logits, cache, _, _ = self._layers(x, visual, cache, True, False)
+        return logits, cache
+
+    @torch.no_grad()
+    def generate(self, images: Tensor, ids: Tensor, max_new_tokens: int, eos_id: int | None = None,
+                 use_cache: bool = True) -> Tensor:
+        """Greedy answers: images (B, 3, S, S), prompts ids (B, T0) (all of one length) → the new tokens
+        (B, ≤ max_new_tokens). Generation stops when every sequence has produced `eos_id`; after its end a
+        sequence is continued with `eos_id`. use_cache=True feeds one new token per step through
+        `forward_cached`; use_cache=False reruns the whole sequence: both give the same tokens."""
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+            raise ValueError(f"generate: max_new_tokens must be an int ≥ 1, got {max_new_tokens!r}")
+        self._check_text(ids)
+        bs = self.language_model.config.block_size
+        if ids.shape[1] + max_new_tokens > bs:
+            raise ValueError(f"generate: a prompt of {ids.shape[1]} tokens (image tokens included) plus "
+                             f"{max_new_tokens} new ones does not fit the context window block_size={bs}; shorten "
+                             "the question or ask for fewer tokens")
+        with eval_mode(self):
+            visual = self._visual(images, None, ids.shape[0])  # (B, N, C)
+            logits, cache = self.forward_cached(ids, visual) if use_cache else (self(None, ids, visual=visual), None)
+            out = ids
+            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)  # (B,)
+            for step in range(max_new_tokens):
+                nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
+                if eos_id is not None:
+                    nxt = nxt.masked_fill(done[:, None], eos_id)
+                    done |= nxt[:, 0] == eos_id
+                out = torch.cat([out, nxt], dim=1)  # (B, T0 + step + 1)
+                if step == max_new_tokens - 1 or bool(done.all()):
+                    break
+                if use_cache:
+                    logits, cache = self.forward_cached(nxt, visual, cache)  # (B, 1, V)
+                else:
+                    logits = self(None, out, visual=visual)  # (B, T, V)
+        return out[:, ids.shape[1]:]
+
+    def num_params(self, trainable: bool = False) -> int:
+        """Parameters (each tied tensor counted once); `trainable`: only those that get a gradient."""
+        return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable)
