@@ -1,8 +1,10 @@
-"""The book's pictures: static figures (`figures.py`) and interactive explorers (`explorers.py`).
+"""The book's pictures: static figures (`figures.py`), interactive explorers (`explorers.py`) and drawn
+diagrams of the models (`diagrams.py`, used as `viz.diagrams.gpt_stack()`).
 
 Chapters write `from utils import viz` and call `viz.heatmap(...)`, `viz.attention_explorer(...)`:
 every public name of both modules is available here.
 """
+from . import diagrams
 from .explorers import (attention_explorer, decoding_explorer, gate_viewer, patch_explorer, sampling_explorer,
                         similarity_explorer, word_explorer)
 from .figures import (BASE, HIGHLIGHT, STYLE, accuracy_by_length, attention_grid, attention_on_images,
@@ -10,6 +12,6 @@ from .figures import (BASE, HIGHLIGHT, STYLE, accuracy_by_length, attention_grid
                       similarity_matrix, style, use_style)
 
 __all__ = ["BASE", "HIGHLIGHT", "STYLE", "accuracy_by_length", "attention_explorer", "attention_grid",
-           "attention_on_images", "decoding_explorer", "figure_to_png", "gate_viewer", "heatmap", "loss_curves",
+           "attention_on_images", "decoding_explorer", "diagrams", "figure_to_png", "gate_viewer", "heatmap", "loss_curves",
            "patch_explorer", "patch_grid", "patch_sequence", "sampling_explorer", "scatter_2d", "similarity_explorer",
            "similarity_matrix", "style", "use_style", "word_explorer"]
