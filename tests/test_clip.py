@@ -365,18 +365,63 @@ def test_loss_is_symmetric_cross_entropy_and_log_b_when_uniform():
         C.clip_loss(torch.zeros(2, 2), torch.zeros(3, 3))
 
 
-def test_logit_scale_starts_at_one_over_0_07_and_is_capped_at_100():
+def test_logit_scale_starts_at_one_over_0_07_and_is_clamped_in_place():
     model = C.CLIP(tiny_config("vit")).double().eval()
     assert model.logit_scale.item() == pytest.approx(math.log(1 / 0.07))
     x, ids = images(2, "vit", seed=0), token_ids(2, seed=1)
     with torch.no_grad():
         cosine = model.encode_image(x, normalize=True) @ model.encode_text(ids, normalize=True).t()
         torch.testing.assert_close(model(x, ids)[0], cosine / 0.07, atol=0, rtol=1e-7)  # logit_scale is float32
-        model.logit_scale.fill_(10.0)  # exp(10) ≈ 22026, beyond the cap
-        torch.testing.assert_close(model(x, ids)[0], 100 * cosine, atol=1e-10, rtol=0)
-    with pytest.raises(ValueError, match=r"init_logit_scale must be finite and ≤ ln 100"):
+        model.logit_scale.fill_(10.0)  # the forward pass uses exp(logit_scale) as it is, as OpenAI's model does
+        torch.testing.assert_close(model(x, ids)[0], math.exp(10.0) * cosine, atol=0, rtol=1e-7)
+    model.clamp_logit_scale_()  # what training calls after every optimizer step: into [0, ln 100]
+    assert model.logit_scale.item() == pytest.approx(math.log(100))
+    with torch.no_grad():
+        model.logit_scale.fill_(-1.0)
+    model.clamp_logit_scale_()
+    assert model.logit_scale.item() == 0.0
+    with pytest.raises(ValueError, match=r"init_logit_scale must be finite and in \[0, ln 100"):
         tiny_config("vit", init_logit_scale=5.0)
+    with pytest.raises(ValueError, match=r"init_logit_scale must be finite and in \[0, ln 100"):
+        tiny_config("vit", init_logit_scale=-0.5)
 
+
+def test_training_steps_equal_open_clips_with_the_temperature_clamped_after_the_step():
+    """open_clip's training loop: loss on (image features, text features, exp(logit_scale)), optimizer step, then
+    logit_scale.clamp_(0, ln 100) in place. utils.train.train with after_step=clamp_logit_scale_ gives the same
+    parameters, step after step, also when a step takes the temperature out of range (random features make
+    the loss want a smaller scale: started just above 0, every step pushes it below and the clamp pulls it back)."""
+    from open_clip.loss import ClipLoss
+
+    from utils.train import TrainConfig, train
+    ref = tiny_open_clip("vit", torch.float64).train()
+    ours = C.CLIP(tiny_config("vit")).double().train()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    with torch.no_grad():
+        for model in (ref, ours):
+            model.logit_scale.fill_(0.01)  # just above the lower bound, so a step crosses it
+    x, ids = images(4, "vit", seed=1), token_ids(4, seed=2)
+    steps, lr = 3, 0.05
+    reference_loss = ClipLoss()
+    optimizer = torch.optim.AdamW(ref.parameters(), lr=lr)
+    crossed = []
+    for _ in range(steps):
+        image_features, text_features, scale = ref(x, ids)
+        loss = reference_loss(image_features, text_features, scale)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        crossed.append(ref.logit_scale.item() < 0)
+        with torch.no_grad():
+            ref.logit_scale.clamp_(0, math.log(100))
+    assert all(crossed)  # the temperature left [0, ln 100] at every step and was pulled back
+    history = train(ours, [(x, ids)], lambda m, batch: C.clip_loss(*m(*batch)),
+                    torch.optim.AdamW(ours.parameters(), lr=lr), TrainConfig(max_steps=steps, progress=False),
+                    after_step=ours.clamp_logit_scale_)
+    assert history.steps == steps
+    for (name, p), q in zip(ours.state_dict().items(), ref.state_dict().values()):
+        torch.testing.assert_close(p, q, atol=1e-10, rtol=0, msg=name)
+    assert ours.logit_scale.item() == 0.0
 
 def test_initialisation_follows_reset_parameters_docstring():
     """OpenAI's initialisation, checked the way test_gpt checks GPT's: loading reference weights overwrites it,

@@ -15,7 +15,9 @@
   blocks, `utils.transformer.EncoderLayer`), read at the end-of-text token, LayerNorm, linear
   projection  →  `CLIP.encode_text`; the tokenizer is `utils.text.CLIPTokenizer`;
   section 2.5, the temperature: initialised to 0.07 (logit_scale = ln(1/0.07)) and clipped so that
-  the logits are never scaled by more than 100  →  `CLIP.logit_scale`.
+  the logits are never scaled by more than 100  →  `CLIP.logit_scale`, used as exp(logit_scale) in the
+  forward pass (as OpenAI's model does) and clamped in place to [0, ln 100] after every optimizer step
+  by `CLIP.clamp_logit_scale_` (as open_clip's training loop does).
 
 Checkpoint names. Every parameter is named as in OpenAI's released CLIP models (and open_clip's
 "-quickgelu" models, which share them), so `CLIP.load_state_dict(openai_state_dict, strict=True)`
@@ -191,9 +193,9 @@ class CLIPConfig:
             raise ValueError(f"CLIPConfig: unknown activation {self.activation!r}; choose one of {sorted(ACTIVATIONS)}")
         if not self.eps > 0:
             raise ValueError(f"CLIPConfig: eps must be > 0, got {self.eps}")
-        if not math.isfinite(self.init_logit_scale) or self.init_logit_scale > LOGIT_SCALE_MAX:
-            raise ValueError(f"CLIPConfig: init_logit_scale must be finite and ≤ ln 100 = {LOGIT_SCALE_MAX:.4f}, "
-                             f"got {self.init_logit_scale}")
+        if not math.isfinite(self.init_logit_scale) or not 0 <= self.init_logit_scale <= LOGIT_SCALE_MAX:
+            raise ValueError(f"CLIPConfig: init_logit_scale must be finite and in [0, ln 100 = {LOGIT_SCALE_MAX:.4f}] "
+                             f"(the range clamp_logit_scale_ keeps it in), got {self.init_logit_scale}")
 
     @classmethod
     def small(cls, tower: str = "vit", **changes: Any) -> CLIPConfig:
@@ -459,7 +461,8 @@ class CLIP(nn.Module):
                           at each text's end-of-text token (the largest id), @ text_projection   (B_t, E)
         logits_per_image = exp(logit_scale) · normalise(image features) @ normalise(text features)^T
                                                                                    (B_i, B_t)
-    exp(logit_scale) is capped at 100 (the parameter is clamped at ln 100 when used). The text tower is
+    exp(logit_scale) is used as it is; training keeps it at most 100 by calling `clamp_logit_scale_` after
+    every optimizer step (open_clip's rule: the parameter is clamped in place to [0, ln 100]). The text tower is
     causal, so positions after the end token (padding) never influence the features; a batch of ids may
     be shorter than `context_length` (the first T position embeddings are used) but not longer.
     """
@@ -572,12 +575,20 @@ class CLIP(nn.Module):
 
     def forward(self, images: Tensor, text: Tensor) -> tuple[Tensor, Tensor]:
         """images (B_i, 3, S, S), text (B_t, T) → logits_per_image (B_i, B_t), logits_per_text (B_t, B_i):
-        cosine similarities times exp(logit_scale) (at most 100)."""
+        cosine similarities times exp(logit_scale)."""
         image_features = self.encode_image(images, normalize=True)  # (B_i, E)
         text_features = self.encode_text(text, normalize=True)  # (B_t, E)
-        scale = self.logit_scale.clamp(max=LOGIT_SCALE_MAX).exp()
+        scale = self.logit_scale.exp()
         logits_per_image = scale * image_features @ text_features.t()  # (B_i, B_t)
         return logits_per_image, logits_per_image.t()
+
+    @torch.no_grad()
+    def clamp_logit_scale_(self) -> None:
+        """Clamp logit_scale in place to [0, ln 100], so exp(logit_scale) stays in [1, 100]: call it after every
+        optimizer step (`utils.train.train(..., after_step=model.clamp_logit_scale_)`), as open_clip's training
+        loop does. Clamping the parameter, not its use in the forward pass, keeps the gradient: a scale that
+        overshoots the cap is pulled back to it and can still move down again."""
+        self.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
 
     # -- checkpoints ----------------------------------------------------------------------------
 

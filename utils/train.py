@@ -323,7 +323,8 @@ def train(model: nn.Module, batches: Iterable[Batch] | Callable[[int], Batch], l
           optimizer: torch.optim.Optimizer | None = None, config: TrainConfig | None = None,
           scheduler: torch.optim.lr_scheduler.LRScheduler | None = None, evaluate: Evaluate | None = None,
           val_batches: Iterable[Batch] | Callable[[int], Batch] | None = None,
-          device: str | torch.device | None = None, start_step: int = 0) -> History:
+          device: str | torch.device | None = None, start_step: int = 0,
+          after_step: Callable[[], None] | None = None) -> History:
     """Train `model` by minimising `loss_fn(model, batch)` and return the `History`.
 
     batches:     an iterable of batches (a list or DataLoader is re-iterated epoch after epoch; a
@@ -338,6 +339,8 @@ def train(model: nn.Module, batches: Iterable[Batch] | Callable[[int], Batch], l
                  `config.eval_batches` of them to every evaluation.
     start_step:  the number of steps already done (resuming from a checkpoint); training runs until
                  step `config.max_steps`.
+    after_step:  called with no arguments right after every optimizer step, before the scheduler's, e.g.
+                 `CLIP.clamp_logit_scale_` (open_clip clamps CLIP's temperature there).
     Raises NonFiniteLossError naming the step and the last finite loss as soon as the loss (or the
     gradient norm) is NaN or infinite, before that step changes the parameters.
     """
@@ -413,6 +416,8 @@ def train(model: nn.Module, batches: Iterable[Batch] | Callable[[int], Batch], l
                     "lower learning rate, or float32 instead of float16")
             lr = optimizer.param_groups[0]["lr"]
             optimizer.step()
+            if after_step is not None:
+                after_step()
             if scheduler is not None:
                 scheduler.step()
             if device.type == "cuda":
