@@ -130,7 +130,7 @@ def test_palette_reads_in_light_and_dark_mode():
         assert diagrams.contrast("white", fill) >= 4.5, f"white text on {role} is hard to read"
         assert diagrams.contrast(WHITE, fill) >= 3.0, f"{role} blocks fade on a white page"
         assert diagrams.contrast(diagrams.DARK_PAGE, fill) >= 2.0, f"{role} blocks fade on a dark page"
-    for colour in (diagrams.INK, diagrams.GRADIENT):
+    for colour in (diagrams.INK, diagrams.GRADIENT, diagrams.TIE):
         assert diagrams.contrast(WHITE, colour) >= 3.5 and diagrams.contrast(diagrams.DARK_PAGE, colour) >= 3.5
     assert diagrams.contrast("#000000", "#ffffff") == pytest.approx(21.0)
 

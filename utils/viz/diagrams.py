@@ -32,8 +32,8 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangl
 from matplotlib.path import Path
 from matplotlib.text import Text
 
-DRAWINGS = ("rnn_bptt",)  # the model diagrams, in chapter order
-__all__ = ["PALETTE", "INK", "GRADIENT", "DARK_PAGE", "DPI", "DRAWINGS", "contrast", "Box", "Diagram", *DRAWINGS]
+DRAWINGS = ("rnn_bptt", "transformer_encoder_decoder", "gpt_stack")  # the model diagrams, in chapter order
+__all__ = ["PALETTE", "INK", "GRADIENT", "TIE", "DARK_PAGE", "DPI", "DRAWINGS", "contrast", "Box", "Diagram", *DRAWINGS]
 
 DPI = 100
 # Mid-tone fills, one per kind of block. White text on each has contrast ≥ 4.5:1; each fill has ≥ 3:1
@@ -51,6 +51,7 @@ PALETTE: dict[str, str] = {
 }
 INK = "#7c7c7c"       # free text, arrows, outlines: ≈ 4.2:1 on white and on #14181e
 GRADIENT = "#e0452f"  # the backward pass (gradients)
+TIE = "#4f8bc9"       # shared (tied) weights: a lighter blue that reads on both pages
 DARK_PAGE = "#14181e"  # pydata-sphinx-theme's dark background, the reference for dark mode
 FONT = 10.5
 SMALL = 9.0
@@ -172,9 +173,9 @@ class Diagram:
         return Box(x, y, 2 * r, 2 * r)
 
     def frame(self, x0: float, y0: float, x1: float, y1: float, *, label: str = "", repeat: str = "",
-              label_side: str = "top") -> Box:
+              label_side: str = "top", label_corner: str = "right", repeat_side: str = "right") -> Box:
         """A dashed outline around what a layer repeats. `label` is written inside, at the top-left (or
-        bottom-left); `repeat` (e.g. "× L") outside the right edge, in bold."""
+        bottom-left); `repeat` (e.g. "× L") outside the right (or left) edge, in bold."""
         patch = FancyBboxPatch((x0, y0), x1 - x0, y1 - y0, boxstyle="round,pad=0,rounding_size=0.12",
                                facecolor=INK, alpha=0.10, edgecolor="none", zorder=1)
         outline = FancyBboxPatch((x0, y0), x1 - x0, y1 - y0, boxstyle="round,pad=0,rounding_size=0.12",
@@ -182,12 +183,36 @@ class Diagram:
         outline.set_gid(self._gid("frame"))
         self.ax.add_patch(patch)
         self.ax.add_patch(outline)
-        if label:
-            ty, va = (y1 - 0.08, "top") if label_side == "top" else (y0 + 0.08, "bottom")
-            self.text(x0 + 0.1, ty, label, ha="left", va=va, size=SMALL, italic=True)
+        if label:  # inside, in the top-right (or bottom-right) corner: leave room for it
+            ty, va = (y1 - 0.07, "top") if label_side == "top" else (y0 + 0.07, "bottom")
+            right = label_corner == "right"
+            self.text(x1 - 0.1 if right else x0 + 0.1, ty, label, ha="right" if right else "left", va=va,
+                      size=SMALL, italic=True)
         if repeat:
-            self.text(x1 + 0.08, (y0 + y1) / 2, repeat, ha="left", va="center", size=FONT + 2, bold=True)
+            right = repeat_side == "right"
+            self.text(x1 + 0.08 if right else x0 - 0.08, (y0 + y1) / 2, repeat, ha="left" if right else "right",
+                      va="center", size=FONT + 2, bold=True)
         return Box((x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0)
+
+    def residual_block(self, xs: float, y: float, sublayers: Sequence[tuple[str, str, str]], *, side: int = 1,
+                       dx: float = 1.3, w: float = 1.95, h: float = 0.36) -> tuple[float, list]:
+        """A pre-norm layer drawn on its residual stream, the vertical line x = xs, from height y upwards:
+        for each (norm name, sublayer name, role), x ← x + sublayer(norm(x)). The branch leaves the stream
+        to the norm, which sits `dx` to the right (side=1) or left (side=-1), passes the sublayer above
+        it and comes back into a ⊕ on the stream: the stream itself is never normalised.
+        Returns the stream's height above the last ⊕ and [(norm box, sublayer box, ⊕ node), ...]."""
+        out = []
+        for norm, name, role in sublayers:
+            ln = self.box(xs + side * dx, y + 0.35, norm, w=w, h=h, role="norm")
+            f = self.box(xs + side * dx, ln.y + 0.55, name, w=w, h=h, role=role)
+            plus = self.node(xs, f.y, "+")
+            self.arrow((xs, ln.y), ln.left if side > 0 else ln.right)
+            self.arrow(ln.top, f.bottom)
+            self.arrow(f.left if side > 0 else f.right, plus.right if side > 0 else plus.left)
+            self.arrow((xs, y), plus.bottom)
+            out.append((ln, f, plus))
+            y = plus.top[1]
+        return y, out
 
     # ------------------------------------------------------------------------------ lines
     def arrow(self, start: Point, end: Point, *, via: Sequence[Point] = (), color: str = INK, dashed: bool = False,
@@ -284,4 +309,93 @@ def rnn_bptt(steps: int = 4) -> Figure:
     d.shape(xs[0] - 0.1, (yh + yl) / 2 - 0.12, "(B, V)", ha="right")
     d.text(xs[-1] + 0.1, 4.3, "the same weights at every step", size=SMALL, ha="right", italic=True)
     d.legend(0.3, 0.2, [("forward", INK, False), (r"gradient $\partial\mathcal{L}/\partial\mathbf{h}$", GRADIENT, True)])
+    return d.fig
+
+
+# ================================================================================ chapters 6 and 7
+
+def transformer_encoder_decoder() -> Figure:
+    """Chapter 6: `TransformerSeq2Seq`, pre-norm. Encoder: embed → L × EncoderLayer (ln_1, attn; ln_2, mlp)
+    → ln_f → memory. Decoder: embed → L × DecoderLayer (ln_1, causal attn; ln_2, cross_attn reading the
+    memory; ln_3, mlp) → ln_f → head → logits. Each sublayer adds to the residual stream x ← x + f(LN(x))."""
+    d = Diagram(8.6, 7.2)
+    # encoder, stream at x = 1.5, branches to the right
+    xe, xd = 1.5, 7.2
+    src = d.box(xe, 0.4, "src ids", w=1.2, h=0.4, role="data")
+    d.shape(src.right[0] + 0.1, src.y, "(B, S)")
+    emb_e = d.box(xe, 1.15, r"embed: wte$\cdot\sqrt{C}$ + positions", w=2.6, h=0.4, role="embed")
+    d.arrow(src.top, emb_e.bottom)
+    y0 = emb_e.top[1] + 0.35
+    top_e, enc = d.residual_block(xe, y0, [("ln_1", "attn: self-attention", "attn"), ("ln_2", "mlp", "mlp")])
+    d.arrow(emb_e.top, (xe, y0), head="-")
+    d.frame(xe - 0.45, y0 + 0.05, xe + 2.5, top_e + 0.4, label="EncoderLayer", repeat="× L", repeat_side="left")
+    lnf_e = d.box(xe, top_e + 0.9, "ln_f", w=1.1, h=0.4, role="norm")
+    d.arrow((xe, top_e), lnf_e.bottom)
+    mem = d.box(xe, lnf_e.y + 0.8, "memory", w=1.2, h=0.4, role="data")
+    d.arrow(lnf_e.top, mem.bottom)
+    d.shape(mem.left[0] - 0.1, mem.y, "(B, S, C)", ha="right")
+    d.text(xe, mem.y + 0.55, "encoder", bold=True)
+    # decoder, stream at x = xd, branches to the left
+    tgt = d.box(xd, 0.4, "tgt_in ids", w=1.3, h=0.4, role="data")
+    d.shape(tgt.left[0] - 0.1, tgt.y, "(B, T)", ha="right")
+    emb_d = d.box(xd, 1.15, r"embed: wte$\cdot\sqrt{C}$ + positions", w=2.6, h=0.4, role="embed")
+    d.arrow(tgt.top, emb_d.bottom)
+    y1 = emb_d.top[1] + 0.35
+    top_d, dec = d.residual_block(xd, y1, [("ln_1", "attn: causal self-attn", "attn"),
+                                           ("ln_2", "cross_attn", "attn"), ("ln_3", "mlp", "mlp")], side=-1)
+    d.arrow(emb_d.top, (xd, y1), head="-")
+    d.frame(xd - 2.5, y1 + 0.05, xd + 0.45, top_d + 0.4, label="DecoderLayer", repeat="× L",
+            label_corner="left")
+    lnf_d = d.box(xd, top_d + 0.85, "ln_f", w=1.1, h=0.4, role="norm")
+    d.arrow((xd, top_d), lnf_d.bottom)
+    head = d.box(xd, lnf_d.y + 0.7, "head", w=1.1, h=0.4, role="embed")
+    d.arrow(lnf_d.top, head.bottom)
+    d.shape(head.left[0] - 0.1, head.y, "logits (B, T, V)", ha="right")
+    d.text(xd, head.y + 0.5, "decoder", bold=True)
+    # the memory feeds every decoder layer's cross-attention: keys and values
+    cross = dec[1][1]
+    xm = (xe + 2.5 + xd - 2.5) / 2
+    d.arrow(mem.right, cross.left, via=[(xm, mem.y), (xm, cross.y)])
+    d.text((mem.right[0] + xm) / 2 + 0.05, mem.y + 0.4, "keys and values of", size=SMALL)
+    d.text((mem.right[0] + xm) / 2 + 0.05, mem.y + 0.18, "every cross_attn", size=SMALL)
+    d.shape(xe + 0.1, y0 - 0.18, "(B, S, C)")
+    d.shape(xd - 0.1, y1 - 0.18, "(B, T, C)", ha="right")
+    return d.fig
+
+
+def gpt_stack() -> Figure:
+    """Chapter 7: `GPT`. Token plus position embeddings (wte, wpe), L pre-norm blocks with causal
+    self-attention (`transformer.h`), a final LayerNorm (ln_f) and the output head `lm_head`, whose
+    weight IS the token embedding wte's (tied): one (V, C) matrix reads tokens in and writes logits out."""
+    d = Diagram(6.6, 7.1)
+    xs = 2.3
+    idx = d.box(xs, 0.4, "idx", w=1.0, h=0.4, role="data")
+    d.shape(idx.left[0] - 0.1, idx.y, "(B, T)", ha="right")
+    wte = d.box(xs, 1.15, "wte", w=1.2, h=0.42, role="embed")
+    d.arrow(idx.top, wte.bottom)
+    wpe = d.box(xs + 2.0, 1.15, "wpe", w=1.2, h=0.42, role="embed")
+    d.text(wpe.x, 0.4, "positions 0 … T−1", size=SMALL)
+    d.arrow((wpe.x, 0.55), wpe.bottom)
+    plus = d.node(xs, 1.95, "+")
+    d.arrow(wte.top, plus.bottom)
+    d.arrow(wpe.top, plus.right, via=[(wpe.x, plus.y)])
+    d.shape(xs - 0.25, 2.3, "(B, T, C)", ha="right")
+    y0 = plus.top[1] + 0.25
+    top, blocks = d.residual_block(xs, y0, [("ln_1", "attn: causal", "attn"), ("ln_2", "mlp", "mlp")], w=1.6)
+    d.arrow(plus.top, (xs, y0), head="-")
+    d.frame(xs - 0.45, y0 + 0.05, xs + 2.35, top + 0.4, label="block transformer.h[ℓ]", repeat="× L")
+    lnf = d.box(xs, top + 0.85, "ln_f", w=1.1, h=0.4, role="norm")
+    d.arrow((xs, top), lnf.bottom)
+    head = d.box(xs, lnf.y + 0.75, "lm_head", w=1.2, h=0.42, role="embed")
+    d.arrow(lnf.top, head.bottom)
+    out = d.box(xs, head.y + 0.75, "logits", w=1.0, h=0.4, role="data")
+    d.arrow(head.top, out.bottom)
+    d.shape(out.right[0] + 0.1, out.y, "(B, T, V): next-token scores")
+    # the tie: one (V, C) matrix
+    xt = 0.35
+    d.arrow(wte.left, head.left, via=[(xt, wte.y), (xt, head.y)], color=TIE, dashed=True, head="<|-|>", lw=1.8)
+    d.text(xt + 0.12, (wte.y + head.y) / 2 + 0.35, "tied:", ha="left", size=SMALL, color=TIE, bold=True)
+    d.text(xt + 0.12, (wte.y + head.y) / 2 + 0.1, "lm_head.weight", ha="left", size=SMALL)
+    d.text(xt + 0.12, (wte.y + head.y) / 2 - 0.15, "is wte.weight", ha="left", size=SMALL)
+    d.shape(xt + 0.12, (wte.y + head.y) / 2 - 0.42, "(V, C)")
     return d.fig
