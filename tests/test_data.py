@@ -1,5 +1,6 @@
 import hashlib
 import os
+import re
 import http.server
 import socket
 import threading
@@ -128,3 +129,25 @@ def test_reachable_opens_a_connection_or_says_no(server):
     assert not data.reachable("https://no-such-host.invalid", timeout=2.0)  # .invalid never resolves (RFC 2606)
     with pytest.raises(ValueError, match="no host name"):
         data.reachable("https://")
+
+
+def test_speeches_keep_the_bodies_and_drop_the_headings():
+    text = "KING RICHARD II:\nOld John of Gaunt, time-honour'd Lancaster,\nHast thou...\n\nROMEO:\n\nJULIET:\nRomeo!\n"
+    assert data.speeches(text) == [("KING RICHARD II", "Old John of Gaunt, time-honour'd Lancaster,\nHast thou..."),
+                                   ("ROMEO", ""), ("JULIET", "Romeo!")]
+    from utils.text import words
+    body_words = [w for _, body in data.speeches(text) for w in words(body)]
+    assert "ii" not in body_words and "richard" not in body_words and body_words.count("romeo") == 1
+    with pytest.raises(ValueError, match="heading"):
+        data.speeches("ROMEO:\nhello\n\nthis block has no heading\nat all")
+
+
+def test_speeches_cover_tiny_shakespeare():
+    if not os.environ.get(data.DATA_DIR_ENV) and not os.environ.get("CI"):
+        pytest.skip(f"set {data.DATA_DIR_ENV} to a folder holding tinyshakespeare/input.txt")
+    text = data.tiny_shakespeare(allow_download=False)
+    parts = data.speeches(text)
+    assert len(parts) == 7222 and parts[0][0] == "First Citizen"
+    # heading + body, joined back, is the file again (up to the extra blank line between plays)
+    joined = "\n\n".join(f"{name}:\n{body}" if body else f"{name}:" for name, body in parts)
+    assert joined == re.sub(r"\n{3,}", "\n\n", text.strip("\n"))
