@@ -347,3 +347,65 @@ def test_bad_input_mha():
         mha(x, kv[:2], kv[:2])
     with pytest.raises(ValueError, match="may attend to no key"):
         mha(x, key_padding_mask=torch.ones(B, T, dtype=torch.bool))
+
+
+# ----------------------------------------------------------------------------------------------
+# The key/value cache (past_kv, use_cache): chunks of a causal pass equal the whole pass
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("return_attn", [False, True])  # the fused and the explicit attention path
+def test_mha_past_kv_equals_the_full_causal_pass(dtype, return_attn):
+    mha, _ = mha_pair(dtype, seed=7)
+    x, n = randn(B, 9, C, dtype=dtype, seed=8), 9
+    full, full_attn = mha(x, is_causal=True, return_attn=return_attn)
+    past, outs, start = None, [], 0
+    for size in (3, 1, 4, 1):  # a prompt, then single positions and chunks
+        out, attn, new = mha(x[:, start:start + size], is_causal=True, return_attn=return_attn, past_kv=past,
+                             use_cache=True)
+        if past is not None:
+            assert past[0].shape[2] == start  # the given cache is not modified
+        if return_attn:  # the new rows of the full map: queries start.., keys 0 .. start + size - 1
+            torch.testing.assert_close(attn, full_attn[:, :, start:start + size, :start + size], **TOL[dtype])
+        assert new[0].shape == new[1].shape == (B, H, start + size, C // H)
+        past, start = new, start + size
+        outs.append(out)
+    assert start == n
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, **TOL[dtype])
+    _, _, (k, v) = mha(x, use_cache=True)  # the cache holds the projected keys and values, head by head
+    w_k, w_v = mha.in_proj.weight.chunk(3)[1:]
+    b_k, b_v = mha.in_proj.bias.chunk(3)[1:]
+    torch.testing.assert_close(k, (x @ w_k.T + b_k).unflatten(-1, (H, C // H)).transpose(1, 2), **TOL[dtype])
+    torch.testing.assert_close(v, (x @ w_v.T + b_v).unflatten(-1, (H, C // H)).transpose(1, 2), **TOL[dtype])
+
+
+def test_mha_past_kv_with_masks_over_all_keys():
+    """With a past the masks cover S = P + T keys: padding a cached key removes it from the new queries too."""
+    mha, _ = mha_pair(torch.float64, seed=9)
+    x = randn(B, 6, C, seed=10)
+    pad = padding([6, 6, 6], 6)
+    pad[1, 1] = True  # sequence 1 ignores key 1 (a cached one, for the last two queries)
+    full, _ = mha(x, key_padding_mask=pad, is_causal=True)
+    _, _, past = mha(x[:, :4], key_padding_mask=pad[:, :4], is_causal=True, use_cache=True)
+    last, _ = mha(x[:, 4:], key_padding_mask=pad, is_causal=True, past_kv=past)
+    torch.testing.assert_close(last, full[:, 4:], **TOL[torch.float64])
+    float_mask = torch.zeros(2, 6, dtype=torch.float64).masked_fill(pad[1, None, :].expand(2, 6), float("-inf"))
+    got, _ = mha(x[1:2, 4:], attn_mask=float_mask, is_causal=True, past_kv=(past[0][1:2], past[1][1:2]))
+    torch.testing.assert_close(got, full[1:2, 4:], **TOL[torch.float64])
+
+
+def test_bad_past_kv():
+    mha = A.MultiHeadAttention(C, H)
+    x = torch.randn(B, T, C)
+    _, _, past = mha(x, use_cache=True)
+    with pytest.raises(ValueError, match="past_kv caches self-attention only"):
+        mha(x, torch.randn(B, S, C), past_kv=past)
+    with pytest.raises(ValueError, match=r"past_kv must be a \(keys, values\) pair"):
+        mha(x, past_kv=past[0])
+    with pytest.raises(ValueError, match=r"past_kv keys must have shape \(B, H, P, D\) = \(3, 3, P, 4\)"):
+        mha(x, past_kv=(past[0][:2], past[1][:2]))
+    with pytest.raises(ValueError, match=r"with one P for keys and values"):
+        mha(x, past_kv=(past[0], past[1][:, :, :2]))
+    with pytest.raises(ValueError, match="past_kv keys are torch.float64 .* keep the cache with the model"):
+        mha(x, past_kv=(past[0].double(), past[1]))
+    with pytest.raises(ValueError, match=r"key_padding_mask must have shape \(B, S\) = \(3, 10\), got \(3, 5\)"):
+        mha(x, past_kv=past, key_padding_mask=torch.zeros(B, T, dtype=torch.bool))

@@ -184,6 +184,38 @@ def test_kv_cache_gives_the_logits_of_the_full_pass(dtype):
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+def test_kv_cache_equals_hf_past_key_values(dtype):
+    """The cache forward_cached returns (EncoderLayer's past_kv path) holds exactly the keys and values Hugging
+    Face's GPT-2 caches (past_key_values), layer by layer, after a prompt and after one more token."""
+    hf = tiny_hf(dtype, seed=2)
+    m = G.GPT.from_hf(hf)
+    x = ids(2, 9, seed=5)
+    with torch.no_grad():
+        _, ours = m.forward_cached(x[:, :8])
+        logits, ours = m.forward_cached(x[:, 8:], ours)
+        out = hf(x[:, :8], use_cache=True)
+        out = hf(x[:, 8:], past_key_values=out.past_key_values, use_cache=True)
+    torch.testing.assert_close(logits, out.logits, **TOL[dtype])
+    for (k, v), layer in zip(ours, out.past_key_values.layers, strict=True):
+        assert k.shape == (2, H, 9, C // H)
+        torch.testing.assert_close(k, layer.keys, **TOL[dtype])
+        torch.testing.assert_close(v, layer.values, **TOL[dtype])
+
+
+def test_forward_cached_runs_the_blocks_own_attention(monkeypatch):
+    """No second copy of the attention flow: every cached step goes through MultiHeadAttention.forward with
+    the layer's past keys and values."""
+    m = tiny_gpt(seed=6)
+    calls = []
+    forward = G.MultiHeadAttention.forward
+    monkeypatch.setattr(G.MultiHeadAttention, "forward",
+                        lambda self, *a, **k: calls.append(k.get("past_kv") is not None) or forward(self, *a, **k))
+    _, cache = m.forward_cached(ids(1, 4))
+    m.forward_cached(ids(1, 1), cache)
+    assert calls == [False] * L + [True] * L
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_generation_with_and_without_cache_is_identical(dtype, monkeypatch):
     """Greedy and sampled (fixed seed), within the context window and past it (45 tokens > block_size 32),
     where the window slides and both modes rerun it. The spy proves the cache is used until then."""

@@ -378,3 +378,29 @@ def test_transformer_stack_is_its_blocks_in_order_causal_or_not():
         assert (attn.triu(1) == 0).all() == causal  # causal: no weight on a later position
     with pytest.raises(ValueError, match="layers"):
         Transformer(16, 0, 4)
+
+
+# ---------------------------------------------------------------------------------------------- KV cache
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("norm_first", [True, False])
+def test_encoder_layer_past_kv_equals_the_full_causal_pass(dtype, norm_first):
+    """A causal layer run chunk by chunk with its key/value cache gives the outputs (and attention rows)
+    of one causal pass over the whole sequence: the path GPT's generation takes (utils.gpt.forward_cached)."""
+    layer = scramble_(X.EncoderLayer(C, H, FF, activation="gelu_tanh", norm_first=norm_first), seed=6).to(dtype)
+    layer.eval()
+    x = randn(B, 8, C, dtype=dtype, seed=7)
+    full, full_attn = layer(x, is_causal=True, return_attn=True)
+    past, outs, start = None, [], 0
+    for size in (2, 1, 4, 1):
+        out, attn, past = layer(x[:, start:start + size], is_causal=True, return_attn=True, past_kv=past,
+                                use_cache=True)
+        torch.testing.assert_close(attn, full_attn[:, :, start:start + size, :start + size], **TOL[dtype])
+        start += size
+        assert past[0].shape == past[1].shape == (B, H, start, C // H)
+        outs.append(out)
+    torch.testing.assert_close(torch.cat(outs, dim=1), full, **TOL[dtype])
+    y, kv = layer(x[:, :3], is_causal=True, use_cache=True)  # without return_attn: (x, cache)
+    torch.testing.assert_close(y, full[:, :3], **TOL[dtype])
+    last = layer(x[:, 3:], is_causal=True, past_kv=kv)  # a past without use_cache: the output only
+    torch.testing.assert_close(last, full[:, 3:], **TOL[dtype])

@@ -7,6 +7,9 @@
 - Vaswani et al. (2017), "Attention is all you need", eq. (1): Attention(Q, K, V) = softmax(QK^T / sqrt(D)) V
   →  `scaled_dot_product_attention`; section 3.2.2, MultiHead(Q, K, V) = Concat(head_1..head_H) W^O with
   head_i = Attention(Q W_i^Q, K W_i^K, V W_i^V)  →  `MultiHeadAttention`.
+- The key/value cache of autoregressive decoding (Pope et al. 2022, "Efficiently scaling Transformer
+  inference", section 2): under a causal mask past keys and values never change, so new positions
+  compute only their own and attend to the stored ones  →  `MultiHeadAttention(..., past_kv=, use_cache=)`.
 
 `MultiHeadAttention` keeps nn.MultiheadAttention's parameter layout (a fused `in_proj` holding the
 q, k, v rows stacked, and `out_proj`), so `from_torch_mha_state_dict` / `to_torch_mha_state_dict` are
@@ -24,6 +27,7 @@ returns NaN there); with a float mask that is all -inf in a row we raise the sam
 Letter legend (shape comments):
     B  batch size            T  query length            S  key/value length
     C  model width           H  heads                   D  head dim (C = H * D)
+    P  past positions held in a key/value cache (`past_kv`), so S = P + T
     Q  query features        K  key features            A  hidden size of the additive score
 """
 from __future__ import annotations
@@ -297,7 +301,8 @@ class MultiHeadAttention(nn.Module):
         return F.linear(query, w[0], b[0]), F.linear(key, w[1], b[1]), F.linear(value, w[2], b[2])
 
     def _check(self, query: Tensor, key: Tensor, value: Tensor, key_padding_mask: Tensor | None,
-               attn_mask: Tensor | None) -> None:
+               attn_mask: Tensor | None, past: int = 0) -> None:
+        """`past`: the number of cached positions (past_kv) that come before `key`'s, so S = past + key length."""
         who, C = "MultiHeadAttention", self.embed_dim
         for name, x in (("query", query), ("key", key), ("value", value)):
             _check_tensor(x, name, who)
@@ -309,7 +314,7 @@ class MultiHeadAttention(nn.Module):
         if not query.shape[0] == key.shape[0] == value.shape[0]:
             raise ValueError(f"{who}: batch size mismatch, query/key/value have B = {query.shape[0]}, "
                              f"{key.shape[0]}, {value.shape[0]}")
-        B, T, S = query.shape[0], query.shape[1], key.shape[1]
+        B, T, S = query.shape[0], query.shape[1], past + key.shape[1]
         if key_padding_mask is not None:
             if not isinstance(key_padding_mask, Tensor) or key_padding_mask.dtype != torch.bool:
                 raise TypeError(f"{who}: key_padding_mask must be a bool tensor (True = padding), got "
@@ -327,9 +332,31 @@ class MultiHeadAttention(nn.Module):
                 raise TypeError(f"{who}: attn_mask must be bool (True = may attend) or float (additive), "
                                 f"got {attn_mask.dtype}")
 
+    def _check_past(self, past_kv: object, query: Tensor, key: Tensor) -> int:
+        """past_kv must be (keys, values), each (B, H, P, D) in the query's dtype and device, for
+        self-attention; returns P."""
+        who, B, H, D = "MultiHeadAttention", query.shape[0], self.num_heads, self.head_dim
+        if key is not query:
+            raise ValueError(f"{who}: past_kv caches self-attention only; call attn(x, past_kv=...) without key/value")
+        if (not isinstance(past_kv, (tuple, list)) or len(past_kv) != 2
+                or not all(isinstance(t, Tensor) for t in past_kv)):
+            raise ValueError(f"{who}: past_kv must be a (keys, values) pair of tensors, each (B, H, P, D), as "
+                             f"returned with use_cache=True; got {type(past_kv).__name__}")
+        k, v = past_kv
+        P = k.shape[2] if k.dim() == 4 else -1
+        for name, t in (("keys", k), ("values", v)):
+            if t.dim() != 4 or tuple(t.shape) != (B, H, P, D):
+                raise ValueError(f"{who}: past_kv {name} must have shape (B, H, P, D) = ({B}, {H}, P, {D}) with one "
+                                 f"P for keys and values, got keys {tuple(k.shape)}, values {tuple(v.shape)}")
+            if t.dtype != query.dtype or t.device != query.device:
+                raise ValueError(f"{who}: past_kv {name} are {t.dtype} on {t.device} but the input is {query.dtype} "
+                                 f"on {query.device}; keep the cache with the model (same dtype and device)")
+        return P
+
     def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
                 key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None, is_causal: bool = False,
-                return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+                return_attn: bool = False, past_kv: tuple[Tensor, Tensor] | None = None,
+                use_cache: bool = False) -> tuple[Tensor, ...]:
         """query (B, T, C), key (B, S, C) (default: query), value (B, S, C) (default: key).
 
         key_padding_mask (B, S) bool, True = padding (ignored), as nn.MultiheadAttention.
@@ -337,20 +364,33 @@ class MultiHeadAttention(nn.Module):
         the opposite of nn.MultiheadAttention's bool attn_mask), or float added to the scores.
         is_causal: query t attends to keys 0..t only. Combines with the masks.
         Returns out (B, T, C) and attn (B, H, T, S) if `return_attn` else None.
+
+        The key/value cache of autoregressive decoding (self-attention only): `past_kv` = (keys, values),
+        each (B, H, P, D), of P earlier positions. The T new positions are then P .. P+T-1: their keys and
+        values are appended (S = P + T, which the masks must cover), and with `is_causal` the new query i
+        attends to keys 0 .. P+i. `use_cache=True` also returns the keys and values of all S positions,
+        (out, attn, (keys, values)), to pass as `past_kv` next time; the given past_kv is not modified.
         """
         key = query if key is None else key
         value = key if value is None else value
-        self._check(query, key, value, key_padding_mask, attn_mask)
+        P = 0 if past_kv is None else self._check_past(past_kv, query, key)
+        self._check(query, key, value, key_padding_mask, attn_mask, past=P)
         q, k, v = self._project(query, key, value)  # (B, T, C), (B, S, C), (B, S, C)
         q = rearrange(q, "b t (h d) -> b h t d", h=self.num_heads)  # (B, H, T, D)
         k = rearrange(k, "b s (h d) -> b h s d", h=self.num_heads)  # (B, H, S, D)
         v = rearrange(v, "b s (h d) -> b h s d", h=self.num_heads)  # (B, H, S, D)
+        if past_kv is not None:
+            k = torch.cat([past_kv[0], k], dim=2)  # (B, H, P + T, D)
+            v = torch.cat([past_kv[1], v], dim=2)  # (B, H, P + T, D)
         mask = self._merge_masks(key_padding_mask, attn_mask, q)  # None or broadcastable to (B, H, T, S)
-        causal = is_causal and mask is None  # if there is a mask, the causal part is already in it
-        if is_causal and mask is not None:
-            T, S = q.shape[-2], k.shape[-2]
-            allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril()  # (T, S)
-            mask = mask & allowed if mask.dtype == torch.bool else mask.masked_fill(~allowed, float("-inf"))
+        T, S = q.shape[-2], k.shape[-2]
+        causal = is_causal and mask is None and P == 0  # SDPA's flag (top-left aligned: right without a past)
+        if is_causal and not causal and not (P > 0 and T == 1):  # (one new query after a past may see every key)
+            allowed = torch.ones(T, S, dtype=torch.bool, device=q.device).tril(P)  # (T, S) query i: keys 0 .. P+i
+            if mask is None:
+                mask = allowed
+            else:
+                mask = mask & allowed if mask.dtype == torch.bool else mask.masked_fill(~allowed, float("-inf"))
         if mask is not None:
             _raise_empty_rows(mask if mask.dtype == torch.bool else mask > float("-inf"), "MultiHeadAttention")
         dropout_p = self.dropout if self.training else 0.0
@@ -361,6 +401,8 @@ class MultiHeadAttention(nn.Module):
             out, attn = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
                                                        dropout_p=dropout_p), None  # (B, H, T, D)
         out = rearrange(out, "b h t d -> b t (h d)")  # (B, T, C)
+        if use_cache:
+            return self.out_proj(out), attn, (k, v)  # (B, T, C), (B, H, T, S) | None, 2 × (B, H, S, D)
         return self.out_proj(out), attn
 
     @staticmethod

@@ -34,7 +34,6 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from einops import rearrange
 from torch import Tensor, nn
 
 from .attention import MultiHeadAttention
@@ -99,28 +98,10 @@ def _remove_biases_(module: nn.Module) -> None:
 
 def _block_step(block: EncoderLayer, x: Tensor, past: tuple[Tensor, Tensor] | None
                 ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-    """`block(x, is_causal=True)` for T new positions P .. P+T-1, given the keys and values of positions
-    0 .. P-1 (`past`, each (B, H, P, D); None when P = 0). Uses the block's own parameters
-    (ln_1, attn.in_proj, attn.out_proj, ln_2, mlp). x (B, T, C) → (B, T, C), and the keys and values of
-    all P + T positions, each (B, H, S, D)."""
-    attn = block.attn
-    q, k, v = attn.in_proj(block.ln_1(x)).chunk(3, dim=-1)  # 3 × (B, T, C)
-    q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=attn.num_heads) for t in (q, k, v))  # 3 × (B, H, T, D)
-    if past is not None:
-        k = torch.cat([past[0], k], dim=2)  # (B, H, S, D)
-        v = torch.cat([past[1], v], dim=2)  # (B, H, S, D)
-    T, S = q.shape[2], k.shape[2]
-    mask, causal = None, False
-    if T == S:  # no past: the usual causal mask
-        causal = T > 1
-    elif T > 1:  # new query i sits at position P + i = S - T + i: it may attend to keys 0 .. S - T + i
-        mask = torch.ones(T, S, dtype=torch.bool, device=x.device).tril(S - T)  # (T, S)
-    # (one new query after a past may attend to every key: no mask)
-    a = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal,
-                                       dropout_p=attn.dropout if block.training else 0.0)  # (B, H, T, D)
-    x = x + block.drop(attn.out_proj(rearrange(a, "b h t d -> b t (h d)")))  # (B, T, C)
-    x = x + block.mlp(block.ln_2(x))  # (B, T, C)
-    return x, (k, v)
+    """One causal block for T new positions P .. P+T-1, given the keys and values of positions 0 .. P-1
+    (`past`, each (B, H, P, D); None when P = 0): x (B, T, C) → (B, T, C), and the keys and values of all
+    S = P + T positions, each (B, H, S, D). The block's own `past_kv` path (`EncoderLayer`, `MultiHeadAttention`)."""
+    return block(x, is_causal=True, past_kv=past, use_cache=True)  # (B, T, C), 2 × (B, H, S, D)
 
 
 class GPT(nn.Module):

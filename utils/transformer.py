@@ -199,19 +199,28 @@ class EncoderLayer(_ResidualBlock):
         self.mlp = FeedForward(C, F, dropout, activation)
 
     def forward(self, x: Tensor, key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None,
-                return_attn: bool = False, is_causal: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+                return_attn: bool = False, is_causal: bool = False, past_kv: tuple[Tensor, Tensor] | None = None,
+                use_cache: bool = False) -> Tensor | tuple[Tensor, ...]:
         """x (B, T, C) → (B, T, C), and the attention weights (B, H, T, T) if `return_attn`.
 
         Masks as `MultiHeadAttention`: key_padding_mask (B, T) bool True = padding; attn_mask (T, T)
         or (B, H, T, T), bool True = may attend, or float added to the scores. `is_causal` lets
         position t see positions ≤ t only (GPT, CLIP's text tower).
+
+        Key/value cache (GPT's generation): `past_kv` = the (keys, values) of P earlier positions, each
+        (B, H, P, D), makes x the positions P .. P+T-1 (masks then cover S = P + T keys); `use_cache=True`
+        also returns the keys and values of all S positions, to pass as `past_kv` next time:
+        (x, (keys, values)), or (x, attn, (keys, values)) with `return_attn`.
         """
         self._check_x(x)
-        a, attn = self.attn(self._in(x, self.ln_1), key_padding_mask=key_padding_mask, attn_mask=attn_mask,
-                            is_causal=is_causal, return_attn=return_attn)  # (B, T, C), (B, H, T, T)
+        cache = {"past_kv": past_kv, "use_cache": True} if use_cache or past_kv is not None else {}
+        a, attn, *kv = self.attn(self._in(x, self.ln_1), key_padding_mask=key_padding_mask, attn_mask=attn_mask,
+                                 is_causal=is_causal, return_attn=return_attn, **cache)  # (B, T, C), (B, H, T, S)
         x = self._out(x, self.drop(a), self.ln_1)  # (B, T, C)
         x = self._out(x, self.mlp(self._in(x, self.ln_2)), self.ln_2)  # (B, T, C)
-        return (x, attn) if return_attn else x
+        out = (x, attn) if return_attn else (x,)
+        out += tuple(kv) if use_cache else ()  # 2 × (B, H, S, D)
+        return out if len(out) > 1 else x
 
 
 class DecoderLayer(_ResidualBlock):
