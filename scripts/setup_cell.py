@@ -6,6 +6,7 @@ The repository URL is read from `_config.yml` (the only place it is written). Ru
 """
 from __future__ import annotations
 
+import string
 import sys
 from pathlib import Path
 
@@ -15,33 +16,56 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 SETUP_TAGS = ["setup-cell", "nbval-ignore-output", "hide-input"]  # hide-input: collapsed on the website
 
-# Packages a chapter needs beyond what Google Colab ships (module name -> PyPI name).
-COLAB_EXTRAS = {"einops": "einops", "gensim": "gensim", "open_clip": "open_clip_torch",
-                "timm": "timm", "safetensors": "safetensors"}
+# Which requirements.txt lines the Colab branch reads: "name==pin  # min X" (see requirements.txt).
+MIN_LINE = r"^([\w.-]+)==(\S+) +# min ([\d.]+)"
+# The environment variable that points the set-up cell at another repository (a fork, a local clone).
+REPO_URL_VARIABLE = "ONEHOT_REPO_URL"
 
-TEMPLATE = '''\
-# Set-up (the same in every chapter). Locally: make the repository root importable.
-# In Colab: fetch the book's repository and install only what Colab lacks. Then seed and pick the device.
-import importlib.util, pathlib, subprocess, sys
+TEMPLATE = string.Template('''\
+# Set-up (the same in every chapter). Locally: find the repository root and make it importable.
+# In Colab: fetch the repository, then install at its pinned version each package the book needs
+# that is missing or older than its minimum ("# min" in requirements.txt). Then seed, pick a device.
+import importlib.metadata as md, os, pathlib, re, subprocess, sys
 
-REPO_URL, BRANCH = "{url}", "{branch}"
+# $variable may point at a fork or a local clone.
+REPO_URL = os.environ.get("$variable", "$url")
+here, name = pathlib.Path.cwd(), "$name"
+candidates = [here, *here.parents, here / name]  # the repository: here, above, or in here/name
+ROOT = next((p for p in candidates if (p / "utils" / "runtime.py").is_file()), None)
 if "google.colab" in sys.modules:
-    ROOT = pathlib.Path("/content/{name}")
-    if not ROOT.exists():
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "-b", BRANCH, REPO_URL, str(ROOT)], check=True)
-    pins = dict(l.split("#")[0].strip().split("==") for l in (ROOT / "requirements.txt").open() if "==" in l.split("#")[0])
-    missing = [pkg for mod, pkg in {extras!r}.items() if importlib.util.find_spec(mod) is None]
-    if missing:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *(f"{{p}}=={{pins[p]}}" for p in missing)], check=True)
-else:
-    ROOT = next((p for p in [pathlib.Path.cwd(), *pathlib.Path.cwd().parents] if (p / "utils" / "runtime.py").is_file()), None)
     if ROOT is None:
-        raise RuntimeError("Run this notebook from inside the book's repository (utils/ was not found above " + str(pathlib.Path.cwd()) + ").")
+        ROOT = here / name
+        subprocess.run(["git", "clone", "-q", "--depth", "1", "-b", "$branch", REPO_URL, str(ROOT)],
+                       check=True)
+
+    def release(version):  # "2.8.0+cu126" -> (2, 8, 0)
+        return tuple(int(x) for x in re.match(r"\\d+(\\.\\d+)*", version)[0].split("."))
+
+    def too_old(dist, low):  # missing, or older than the book's minimum
+        try:
+            return release(md.version(dist)) < release(low)
+        except md.PackageNotFoundError:
+            return True
+
+    requirements = (ROOT / "requirements.txt").read_text()
+    needs = re.findall(r"$min_line", requirements, re.M)  # (name, pin, min)
+    todo = [f"{dist}=={pin}" for dist, pin, low in needs if too_old(dist, low)]
+    if todo:
+        print("Installing", *todo)
+        subprocess.run([sys.executable, "-m", "pip", "install", "-q", *todo], check=True)
+        norm = lambda d: d.lower().replace("-", "_")  # noqa: E731
+        names = {norm(t.split("==")[0]) for t in todo}
+        loaded = [m for m, ds in md.packages_distributions().items()
+                  if m in sys.modules and names & set(map(norm, ds))]
+        if loaded:  # the old version stays in memory until the session restarts
+            print("Already imported:", *loaded, "- Runtime > Restart session, then run all again.")
+elif ROOT is None:
+    raise RuntimeError(f"Run this notebook inside the book's repository (no utils/ above {here}).")
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from utils.runtime import setup
-device = setup(seed=0)'''
+device = setup(seed=0)''')
 
 
 def repository() -> tuple[str, str]:
@@ -53,7 +77,8 @@ def repository() -> tuple[str, str]:
 
 def render() -> str:
     url, branch = repository()
-    return TEMPLATE.format(url=url, branch=branch, name=url.rsplit("/", 1)[-1], extras=COLAB_EXTRAS)
+    return TEMPLATE.substitute(url=url, branch=branch, name=url.rsplit("/", 1)[-1], variable=REPO_URL_VARIABLE,
+                               min_line=MIN_LINE)
 
 
 def chapter_paths() -> list[Path]:

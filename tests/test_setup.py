@@ -11,9 +11,15 @@
 """
 from __future__ import annotations
 
+import ast
+import importlib.metadata
+import json
 import os
+import re
+import shutil
 import subprocess
 import sys
+import sysconfig
 from pathlib import Path
 
 import pytest
@@ -71,3 +77,156 @@ def test_without_the_patterns_the_build_fails(tmp_path):
     run = build_minimal_book(tmp_path, [p for p in patterns if p not in env_patterns])
     assert run.returncode != 0, "a build that reads .venv/.../README.md should fail"
     assert "card_data" in run.stdout + run.stderr
+
+
+# --- pins and minimums -------------------------------------------------------------------------------
+
+def pins_and_minimums() -> dict[str, tuple[str, str]]:
+    """{distribution: (pin, min)} from requirements.txt lines `name==pin  # min X`, as the set-up cell reads them."""
+    from scripts.setup_cell import MIN_LINE
+    found = re.findall(MIN_LINE, (ROOT / "requirements.txt").read_text(), re.M)
+    return {name: (pin, low) for name, pin, low in found}
+
+
+def imported_modules() -> dict[str, set[str]]:
+    """Top-level modules imported by utils/ and the chapters, outside the standard library and this repository."""
+    local = {p.name for p in ROOT.iterdir() if p.is_dir()} | {p.stem for p in ROOT.glob("*.py")}
+    found: dict[str, set[str]] = {}
+
+    def scan(source: str, where: str) -> None:
+        source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
+        for node in ast.walk(ast.parse(source)):
+            names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
+                     [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
+            for name in names:
+                top = name.split(".")[0]
+                if top not in sys.stdlib_module_names and top not in local:
+                    found.setdefault(top, set()).add(where)
+
+    for path in sorted((ROOT / "utils").rglob("*.py")):
+        scan(path.read_text(), str(path.relative_to(ROOT)))
+    for path in sorted((ROOT / "chapters").glob("*.ipynb")):
+        for cell in json.loads(path.read_text())["cells"]:
+            if cell["cell_type"] == "code":
+                scan("".join(cell["source"]), path.name)
+    return found
+
+
+def release(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in re.match(r"\d+(\.\d+)*", version)[0].split("."))
+
+
+def test_every_imported_package_has_a_pin_and_a_minimum():
+    """The Colab set-up cell installs only packages with a `# min` note, so every third-party import needs one."""
+    table = {canonical(name): v for name, v in pins_and_minimums().items()}
+    assert {"transformers", "einops", "torch", "ipywidgets"} <= set(table), sorted(table)
+    owners = importlib.metadata.packages_distributions()
+    missing = []
+    for module, where in sorted(imported_modules().items()):
+        dists = owners.get(module)
+        assert dists, f"{module} (imported in {sorted(where)}) is not installed: pin it in requirements.txt"
+        if not any(canonical(d) in table for d in dists):
+            missing.append(f"{module} ({dists[0]}, imported in {', '.join(sorted(where))})")
+    assert not missing, "no '==pin  # min X' line in requirements.txt for: " + "; ".join(missing)
+    for name, (pin, low) in table.items():
+        assert release(low) <= release(pin), f"{name}: min {low} is above the pin {pin}"
+        assert canonical(name) != "transformers" or release(low) >= (5,), "transformers 4.x has other key names"
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+# --- the Colab set-up cell, in a Colab-like environment -----------------------------------------------
+# Colab has torch, numpy, transformers... preinstalled but not the book. The stand-in: a fresh virtual
+# environment that sees this environment's packages (pip included; read-only, through a .pth file)
+# except `ftfy` (missing) and `einops` (installed there at an old version), with `google.colab` faked
+# so the cell's Colab branch runs, and ONEHOT_REPO_URL pointing at a repository made from this checkout.
+
+MISSING, OLD = "ftfy", ("einops", "0.6.1")  # small, pure-Python packages: a quick install
+
+
+def make_origin(path: Path) -> str:
+    """A git repository (branch main) holding this checkout's requirements.txt and utils/; its file:// URL."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "requirements.txt", "utils"],
+                            cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
+    for name in listed:
+        if (ROOT / name).is_file() and "__pycache__" not in name:
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(ROOT / name, path / name)
+    git = ["git", "-c", "user.name=test", "-c", "user.email=test@localhost", "-c", "init.defaultBranch=main"]
+    for args in (["init", "-q"], ["add", "."], ["commit", "-q", "-m", "book"]):
+        subprocess.run(git + args, cwd=path, check=True, capture_output=True)
+    return path.as_uri()
+
+
+def make_colab_python(path: Path) -> Path:
+    """A fresh venv whose 'preinstalled' packages are this environment's, less MISSING and OLD's package."""
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(path)], check=True, capture_output=True)
+    python = path / "bin" / "python"
+    own = Path(subprocess.run([python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                              capture_output=True, text=True, check=True).stdout.strip())
+    hidden = {MISSING, OLD[0]}
+    for dist in (MISSING, OLD[0]):
+        hidden |= {f.parts[0] for f in importlib.metadata.distribution(dist).files}
+    view = path / "preinstalled"
+    view.mkdir()
+    for entry in Path(sysconfig.get_paths()["purelib"]).iterdir():
+        top = entry.name.split("-")[0].lower()
+        if entry.name not in hidden and top not in {h.lower() for h in hidden} and entry.name != "__pycache__":
+            (view / entry.name).symlink_to(entry)
+    # addsitedir also runs the view's own .pth files, as the packages expect
+    (own / "preinstalled.pth").write_text(f"import site; site.addsitedir({str(view)!r})\n")
+    subprocess.run([python, "-m", "pip", "install", "-q", f"{OLD[0]}=={OLD[1]}"], check=True, capture_output=True)
+    return python
+
+
+RUN_CELL = """
+import sys, types
+sys.modules["google.colab"] = types.ModuleType("google.colab")  # what Colab's kernel has imported
+exec(compile(open(sys.argv[1]).read(), "setup-cell", "exec"))
+import importlib.metadata, utils
+print("ROOT", ROOT)
+print("UTILS", pathlib.Path(utils.__file__).parent)
+print("VERSIONS", importlib.metadata.version("ftfy"), importlib.metadata.version("einops"))
+"""
+
+
+def test_colab_setup_cell(tmp_path):
+    from scripts.setup_cell import render
+    pins = {canonical(n): pin for n, (pin, _) in pins_and_minimums().items()}
+    origin = tmp_path / "origin"
+    origin.mkdir()
+    url = make_origin(origin)
+    python = make_colab_python(tmp_path / "venv")
+    check = subprocess.run([python, "-c", f"import {MISSING}"], capture_output=True)
+    assert check.returncode != 0, f"{MISSING} should be missing from the Colab stand-in"
+    cell, runner = tmp_path / "cell.py", tmp_path / "run.py"
+    cell.write_text(render())
+    runner.write_text(RUN_CELL)
+    content = tmp_path / "content"  # Colab's working directory
+    content.mkdir()
+    env = {**os.environ, "ONEHOT_REPO_URL": url, "PYTHONDONTWRITEBYTECODE": "1"}
+    env.pop("PYTHONPATH", None)
+
+    def run() -> str:
+        done = subprocess.run([python, str(runner), str(cell)], cwd=content, env=env, capture_output=True,
+                              text=True, timeout=600)
+        assert done.returncode == 0, done.stdout + done.stderr
+        return done.stdout
+
+    first = run()
+    clone = content / "onehot-to-clip"
+    assert (clone / ".git").is_dir() and (clone / "utils" / "runtime.py").is_file(), first
+    assert f"ROOT {clone}" in first and f"UTILS {clone / 'utils'}" in first, first
+    installing = next(line for line in first.splitlines() if line.startswith("Installing"))
+    assert set(installing.split()[1:]) == {f"{MISSING}=={pins[MISSING]}", f"{OLD[0]}=={pins[OLD[0]]}"}, (
+        f"installs only what is missing or too old, at the pins: {installing}")
+    assert f"VERSIONS {pins[MISSING]} {pins[OLD[0]]}" in first, first
+    assert "device: cpu" in first or "device:" in first, first
+
+    head = (clone / ".git" / "HEAD").stat().st_mtime_ns
+    second = run()
+    assert "Installing" not in second, f"the second run installed again:\n{second}"
+    assert (clone / ".git" / "HEAD").stat().st_mtime_ns == head, "the second run cloned again"
+    assert f"UTILS {clone / 'utils'}" in second and f"VERSIONS {pins[MISSING]} {pins[OLD[0]]}" in second, second
