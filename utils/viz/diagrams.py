@@ -32,7 +32,8 @@ from matplotlib.patches import Circle, FancyArrowPatch, FancyBboxPatch, Rectangl
 from matplotlib.path import Path
 from matplotlib.text import Text
 
-DRAWINGS = ("rnn_bptt", "transformer_encoder_decoder", "gpt_stack")  # the model diagrams, in chapter order
+DRAWINGS = ("rnn_bptt", "lstm_cell", "gru_cell", "seq2seq_training", "attention_decoder_step", "transformer_encoder_decoder", "gpt_stack", "vit_pipeline",
+            "clip_contrastive")  # the model diagrams, in chapter order
 __all__ = ["PALETTE", "INK", "GRADIENT", "TIE", "DARK_PAGE", "DPI", "DRAWINGS", "contrast", "Box", "Diagram", *DRAWINGS]
 
 DPI = 100
@@ -398,4 +399,331 @@ def gpt_stack() -> Figure:
     d.text(xt + 0.12, (wte.y + head.y) / 2 + 0.1, "lm_head.weight", ha="left", size=SMALL)
     d.text(xt + 0.12, (wte.y + head.y) / 2 - 0.15, "is wte.weight", ha="left", size=SMALL)
     d.shape(xt + 0.12, (wte.y + head.y) / 2 - 0.42, "(V, C)")
+    return d.fig
+
+
+# ================================================================================ chapter 3
+
+def lstm_cell() -> Figure:
+    """Chapter 3: one LSTM step as `lstm_cell` computes it. One matrix product gives the four
+    pre-activations (B, 4H), rows i, f, g, o; the cell state c runs along the top, multiplied by the forget
+    gate and added to (i ⊙ g); h_t = o ⊙ tanh(c_t)."""
+    d = Diagram(8.4, 4.75)
+    yc, yg, yz = 3.9, 2.45, 1.3
+    c_prev = d.box(0.55, yc, r"$\mathbf{c}_{t-1}$", w=0.75, h=0.44, role="data")
+    h_prev = d.box(0.55, yz, r"$\mathbf{h}_{t-1}$", w=0.75, h=0.44, role="data")
+    z = d.box(3.95, yz, r"$W_{ih}\mathbf{x}_t + \mathbf{b}_{ih} + W_{hh}\mathbf{h}_{t-1} + \mathbf{b}_{hh}$",
+              w=4.3, h=0.46, role="embed")
+    x_t = d.box(z.x, 0.35, r"$\mathbf{x}_t$", w=0.6, h=0.4, role="data")
+    d.arrow(h_prev.right, z.left)
+    d.arrow(x_t.top, z.bottom)
+    d.shape(x_t.right[0] + 0.1, x_t.y, "(B, C)")
+    d.shape(z.right[0] + 0.1, z.y + 0.11, "(B, 4H)")
+    d.text(z.right[0] + 0.1, z.y - 0.13, "rows i, f, g, o", ha="left", size=SMALL)
+    gates = {}
+    for name, x, fn, w in [("f", 2.2, r"\sigma", 0.95), ("i", 3.3, r"\sigma", 0.95), ("g", 4.5, r"\tanh", 1.15),
+                           ("o", 5.75, r"\sigma", 0.95)]:
+        gates[name] = d.box(x, yg, rf"${name} = {fn}$", w=w, h=0.44, role="gate")
+        d.arrow((x, z.top[1]), gates[name].bottom)
+    forget = d.node(gates["f"].x, yc, r"$\odot$")
+    add = d.node(3.9, yc, "+")
+    write = d.node(3.9, 3.2, r"$\odot$")
+    d.arrow(c_prev.right, forget.left)
+    d.arrow(gates["f"].top, forget.bottom)
+    d.arrow(forget.right, add.left)
+    d.arrow(gates["i"].top, write.left, via=[(gates["i"].x, write.y)])
+    d.arrow(gates["g"].top, write.right, via=[(gates["g"].x, write.y)])
+    d.arrow(write.top, add.bottom)
+    squash = d.box(6.85, 3.2, r"$\tanh$", w=0.7, h=0.38, role="rnn")
+    show = d.node(6.85, yg, r"$\odot$")
+    c_t = d.box(7.85, yc, r"$\mathbf{c}_t$", w=0.6, h=0.44, role="data")
+    h_t = d.box(7.85, yg, r"$\mathbf{h}_t$", w=0.6, h=0.44, role="data")
+    d.arrow(add.right, c_t.left)
+    d.arrow((squash.x, yc), squash.top)
+    d.arrow(squash.bottom, show.top)
+    d.arrow(gates["o"].right, show.left)
+    d.arrow(show.right, h_t.left)
+    d.shape(c_prev.right[0] + 0.1, yc + 0.22, "(B, H)")
+    d.text(4.9, 4.45, r"$\mathbf{c}_t = f \odot \mathbf{c}_{t-1} + i \odot g$: added to, not squashed;"
+           r"  $\partial\mathbf{c}_t/\partial\mathbf{c}_{t-1} = \mathrm{diag}(f)$", size=SMALL)
+    d.text(6.85, 1.85, r"$\mathbf{h}_t = o \odot \tanh(\mathbf{c}_t)$", size=SMALL)
+    return d.fig
+
+
+def gru_cell() -> Figure:
+    """Chapter 3: one GRU step as `gru_cell` computes it (torch.nn's form): a = W_ih x + b_ih and
+    b = W_hh h + b_hh, (B, 3H) each, rows r, z, n; r = σ(a_r + b_r), z = σ(a_z + b_z),
+    n = tanh(a_n + r ⊙ b_n), h_t = (1 - z) ⊙ n + z ⊙ h_{t-1}."""
+    d = Diagram(8.4, 4.75)
+    yh, yg, yz = 3.9, 2.3, 1.15
+    h_prev = d.box(0.55, yh, r"$\mathbf{h}_{t-1}$", w=0.75, h=0.44, role="data")
+    pre = d.box(4.2, yz, r"$\mathbf{a} = W_{ih}\mathbf{x}_t + \mathbf{b}_{ih}$,    "
+                r"$\mathbf{b} = W_{hh}\mathbf{h}_{t-1} + \mathbf{b}_{hh}$", w=5.4, h=0.46, role="embed")
+    x_t = d.box(pre.x, 0.3, r"$\mathbf{x}_t$", w=0.6, h=0.38, role="data")
+    d.arrow(x_t.top, pre.bottom)
+    d.arrow(h_prev.bottom, pre.left, via=[(h_prev.x, pre.y)])
+    d.shape(x_t.right[0] + 0.1, x_t.y, "(B, C)")
+    d.shape(pre.x + 0.9, pre.bottom[1] - 0.2, "(B, 3H) each, rows r, z, n", ha="left")
+    z = d.box(2.2, yg, r"$z = \sigma(a_z + b_z)$", w=1.55, h=0.44, role="gate")
+    r = d.box(3.95, yg, r"$r = \sigma(a_r + b_r)$", w=1.55, h=0.44, role="gate")
+    n = d.box(6.2, yg, r"$n = \tanh(a_n + r \odot b_n)$", w=2.15, h=0.44, role="rnn")
+    for g in (z, r, n):
+        d.arrow((g.x, pre.top[1]), g.bottom)
+    d.arrow(r.right, n.left)
+    keep = d.node(z.x, yh, r"$\odot$")
+    one_minus = d.node(3.95, 3.2, r"$1-$", r=0.2)
+    take = d.node(n.x, 3.2, r"$\odot$")
+    add = d.node(n.x, yh, "+")
+    h_t = d.box(7.8, yh, r"$\mathbf{h}_t$", w=0.6, h=0.44, role="data")
+    d.arrow(h_prev.right, keep.left)
+    d.arrow(z.top, keep.bottom)
+    d.arrow((z.x, one_minus.y), one_minus.left)
+    d.arrow(one_minus.right, take.left)
+    d.arrow(n.top, take.bottom)
+    d.arrow(take.top, add.bottom)
+    d.arrow(keep.right, add.left)
+    d.arrow(add.right, h_t.left)
+    d.shape(h_prev.right[0] + 0.1, yh + 0.22, "(B, H)")
+    d.text(4.2, 4.45, r"$\mathbf{h}_t = (1 - z) \odot n + z \odot \mathbf{h}_{t-1}$: with $z \approx 1$ the state "
+           "is copied forward", size=SMALL)
+    return d.fig
+
+
+# ================================================================================ chapter 4
+
+def seq2seq_training() -> Figure:
+    """Chapter 4: the encoder reads the source ("03/03/98") and hands its final state (h_S, c_S) to the
+    decoder, the only thing the decoder learns about the input. Teacher forcing feeds the decoder the true
+    previous character; free running feeds it its own prediction (argmax, no gradient through the choice),
+    so a mistake becomes the next input. Both are trained with cross-entropy against the target."""
+    d = Diagram(10.2, 5.9)
+    # encoder
+    ye = 2.95
+    xs_enc = [0.65, 1.55, 2.45, 3.95]
+    prev = None
+    for x, ch in zip(xs_enc, ["0", "3", "/", "8"]):
+        c = d.box(x, ye, "LSTM", w=0.72, h=0.42, role="rnn")
+        s = d.box(x, ye - 0.8, ch, w=0.42, h=0.38, role="data")
+        d.arrow(s.top, c.bottom)
+        if prev is not None:
+            d.arrow(prev.right, c.left)
+        prev = c
+    d.text((xs_enc[2] + xs_enc[3]) / 2, ye + 0.22, "⋯", size=FONT)
+    d.text(2.3, ye + 0.75, "encoder reads the source", bold=True)
+    d.text(2.3, ye - 1.35, "src = “03/03/98”, target = “1998-03-03”", size=SMALL)
+    last = prev
+    # two decoders, the same weights
+    xs_dec = [6.0, 7.1, 8.2, 9.3]
+    xr = 5.0
+    rows = {"tf": 4.35, "fr": 1.8}
+    d.text(7.65, rows["tf"] + 1.3, "teacher forcing: the input is the true previous character", bold=True, size=SMALL)
+    d.text(7.65, rows["fr"] - 1.35, "free running: the input is the model's own last prediction", bold=True,
+           size=SMALL)
+    inputs = {"tf": ["<sos>", "1", "9", "9"], "fr": ["<sos>", "1", "9", "8"]}
+    outputs = {"tf": ["1", "9", "8", "8"], "fr": ["1", "9", "8", "8"]}
+    target = ["1", "9", "9", "8"]
+    for key, yc in rows.items():
+        prev = None
+        cells, outs, ins = [], [], []
+        for i, x in enumerate(xs_dec):
+            c = d.box(x, yc, "LSTM", w=0.72, h=0.42, role="rnn")
+            wrong = outputs[key][i] != target[i]
+            o = d.box(x, yc + 0.8, outputs[key][i], w=0.42, h=0.38, role="loss" if wrong else "data")
+            fed_wrong = i > 0 and inputs[key][i] != target[i - 1]
+            s = d.box(x, yc - 0.8, inputs[key][i], w=0.62 if i == 0 else 0.42, h=0.38,
+                      role="loss" if fed_wrong else "data")
+            d.arrow(s.top, c.bottom)
+            d.arrow(c.top, o.bottom)
+            if prev is not None:
+                d.arrow(prev.right, c.left)
+            prev = c
+            cells.append(c)
+            outs.append(o)
+            ins.append(s)
+        if key == "fr":
+            for o, s in zip(outs, ins[1:]):
+                xm = o.x + 0.55
+                d.arrow(o.right, s.left, via=[(xm, o.y), (xm, s.y)], dashed=True)
+        d.arrow(last.right, cells[0].left, via=[(xr, last.y), (xr, yc)])
+    d.text(xr - 0.1, ye + 0.38, r"$(\mathbf{h}_S, \mathbf{c}_S)$", ha="right", size=SMALL)
+    key = d.box(5.55, 0.15, "", w=0.3, h=0.2, role="loss")
+    d.text(key.right[0] + 0.1, key.y, "a wrong character", ha="left", size=SMALL)
+    d.legend(8.0, 0.15, [("own prediction fed back", INK, True)])
+    return d.fig
+
+
+# ================================================================================ chapter 5
+
+def attention_decoder_step() -> Figure:
+    """Chapter 5: one step of `AttentionDecoder` (Bahdanau et al.). The previous top-layer state s_{t-1}
+    queries every encoder output h_s (`decoder.attn`), the softmax gives α_t (B, S), the context
+    ctx_t = Σ_s α_s h_s (B, H); the LSTM (`decoder.rnn`) reads [embed(y_{t-1}); ctx_t] and the head reads
+    [s_t; ctx_t] to give the logits (B, V)."""
+    d = Diagram(9.6, 5.5)
+    xs = [1.2, 2.1, 3.0, 3.9, 4.8]
+    alpha = [0.06, 0.12, 0.62, 0.15, 0.05]  # an illustrative distribution (sums to 1)
+    y_h, y_att, y_bar, y_ctx, y_head = 0.55, 1.6, 2.05, 3.5, 4.65
+    hs = [d.box(x, y_h, rf"$\mathbf{{h}}_{{{i}}}$", w=0.7, h=0.42, role="rnn") for i, x in enumerate(xs[:-1], 1)]
+    hs.append(d.box(xs[-1], y_h, r"$\mathbf{h}_S$", w=0.7, h=0.42, role="rnn"))
+    d.shape(xs[-1] + 0.45, y_h + 0.1, "memory.outputs", ha="left")
+    d.shape(xs[-1] + 0.45, y_h - 0.14, "(B, S, H)", ha="left")
+    att = d.box(3.0, y_att, r"decoder.attn: score$(\mathbf{s}_{t-1}, \mathbf{h}_s)$, softmax over $s$",
+                w=4.5, h=0.42, role="attn")
+    for h in hs:
+        d.arrow(h.top, (h.x, att.bottom[1]))
+    for x, a in zip(xs, alpha):
+        d.bar(x - 0.2, y_bar, 0.4, 0.85 * a, role="attn")
+    d.text(0.72, y_bar + 0.3, r"$\alpha_t$", ha="right", size=FONT)
+    d.shape(0.72, y_bar + 0.05, "(B, S)", ha="right")
+    ctx = d.box(3.0, y_ctx, r"$\mathrm{ctx}_t = \Sigma_s\, \alpha_{t,s}\,\mathbf{h}_s$", w=2.2, h=0.44, role="attn")
+    for i, (x, a) in enumerate(zip(xs, alpha)):
+        d.arrow((x, y_bar + 0.85 * a + 0.04), ctx.at("bottom", 0.15 + 0.175 * i), lw=0.6 + 4.0 * a)
+    d.shape(ctx.left[0] + 0.05, ctx.top[1] + 0.16, "(B, H)", ha="left")
+    s_prev = d.box(6.4, y_att, r"$\mathbf{s}_{t-1}, \mathbf{c}_{t-1}$", w=1.3, h=0.42, role="rnn")
+    d.arrow(s_prev.left, att.right)
+    d.text((s_prev.left[0] + att.right[0]) / 2, y_att + 0.2, "query", size=SMALL)
+    rnn = d.box(6.4, y_ctx, "decoder.rnn (LSTM)", w=1.75, h=0.44, role="rnn")
+    d.arrow(s_prev.top, rnn.bottom)
+    d.text(s_prev.x + 0.1, (s_prev.top[1] + rnn.bottom[1]) / 2, "state", ha="left", size=SMALL)
+    y_prev = d.box(8.6, y_att, r"$y_{t-1}$", w=0.7, h=0.42, role="data")
+    emb = d.box(8.6, 2.55, "decoder.embed", w=1.45, h=0.42, role="embed")
+    d.arrow(y_prev.top, emb.bottom)
+    d.arrow(emb.top, rnn.right, via=[(emb.x, rnn.y)])
+    d.arrow(ctx.right, rnn.left)
+    d.text((ctx.right[0] + rnn.left[0]) / 2, y_ctx + 0.2, "concatenated", size=SMALL)
+    d.text((ctx.right[0] + rnn.left[0]) / 2, y_ctx - 0.2, "with the embedding", size=SMALL)
+    head = d.box(6.4, y_head, r"decoder.head$([\mathbf{s}_t; \mathrm{ctx}_t])$", w=2.6, h=0.44, role="embed")
+    d.arrow(rnn.top, head.bottom)
+    d.text(rnn.x + 0.1, (rnn.top[1] + head.bottom[1]) / 2, r"$\mathbf{s}_t$", ha="left", size=SMALL)
+    d.arrow(ctx.top, head.left, via=[(ctx.x, head.y)])
+    logits = d.box(8.75, y_head, "logits", w=0.9, h=0.42, role="data")
+    d.arrow(head.right, logits.left)
+    d.shape(logits.x, y_head + 0.4, "(B, V)", ha="center")
+    return d.fig
+
+
+# ================================================================================ chapters 8 and 9
+
+_DIGIT = np.array([[0.1, 0.9, 0.9, 0.8],  # a hand-drawn 7 on a 4 × 4 grid of patches (0 paper, 1 ink)
+                   [0.0, 0.1, 0.6, 0.4],
+                   [0.0, 0.3, 0.8, 0.0],
+                   [0.0, 0.7, 0.3, 0.0]])
+
+
+def _image(d: Diagram, x0: float, y0: float, cell: float) -> None:
+    """A small image cut into a 4 × 4 grid of patches, lower-left corner at (x0, y0)."""
+    paper, ink = np.array(mpl.colors.to_rgb("#c9ced6")), np.array(mpl.colors.to_rgb(PALETTE["data"]))
+    for r in range(4):
+        for c in range(4):
+            v = _DIGIT[r, c]
+            d.cell(x0 + c * cell, y0 + (3 - r) * cell, cell, mpl.colors.to_hex((1 - v) * paper + v * ink),
+                   outline=True)
+
+
+def vit_pipeline() -> Figure:
+    """Chapter 8: `VisionTransformer`. The image is cut into N patches of P × P pixels; `conv1` (kernel =
+    stride = P, the paper's linear map E) embeds each as a C-vector (B, N, C), patches row by row; the
+    learned `class_embedding` goes in front and `positional_embedding` (N+1, C) is added: z_0 (B, N+1, C).
+    L pre-norm encoder layers (`transformer.resblocks`) follow; the class token's output, after `ln_post`,
+    is all the `head` reads: logits (B, K)."""
+    d = Diagram(8.4, 5.45)
+    xs = [4.3, 4.95, 5.45, 5.95, 6.4, 6.85]
+    y_tok, y_pos, y_enc, y_out, y_head = 0.95, 1.8, 3.0, 4.15, 4.95
+
+    def row(y: float, labels: list[str], roles: list[str]) -> list[Box]:
+        out = []
+        for x, text, role in zip(xs, labels, roles):
+            if text == "⋯":
+                d.text(x, y, "⋯")
+                continue
+            out.append(d.box(x, y, text, w=0.5 if x == xs[0] else 0.42, h=0.4, role=role, size=SMALL + 0.5))
+        return out
+
+    _image(d, 0.3, 0.4, 0.27)
+    d.text(0.3, 0.2, "image, cut into N patches of P × P", ha="left", size=SMALL)
+    conv = d.box(2.5, y_tok, "conv1", w=1.1, h=0.42, role="embed")
+    d.text(conv.x, y_tok + 0.38, "kernel = stride = P", size=SMALL)
+    d.arrow((1.45, y_tok), conv.left)
+    d.shape(0.3, 1.72, "(B, C_in, height, width)", ha="left")
+    tokens = row(y_tok, ["cls", "1", "2", "3", "⋯", "N"], ["gate"] + ["embed"] * 5)
+    d.arrow(conv.right, (5.45, tokens[1].bottom[1]), via=[(3.65, y_tok), (3.65, 0.3), (5.45, 0.3)])
+    d.shape(6.05, 0.3, "(B, N, C)", ha="left")
+    positions = row(y_pos, ["0", "1", "2", "3", "⋯", "N"], ["neutral"] * 6)
+    for x in xs:
+        if x != xs[4]:
+            d.text(x, (y_tok + y_pos) / 2, "+", size=SMALL)
+    d.text(xs[0] - 0.35, y_pos + 0.1, "positional_embedding", ha="right", size=SMALL)
+    d.shape(xs[0] - 0.35, y_pos - 0.14, "(N+1, C)", ha="right")
+    enc = d.box(5.55, y_enc, "EncoderLayer: ln_1, attn, ln_2, mlp", w=2.9, h=0.44, role="attn")
+    d.frame(3.95, y_enc - 0.42, 7.15, y_enc + 0.42, repeat="× L")
+    d.arrow((5.55, positions[0].top[1]), (5.55, y_enc - 0.42))
+    d.shape(5.65, (y_pos + y_enc) / 2 - 0.05, r"z_0 (B, N+1, C)", ha="left")
+    d.text(3.85, y_enc, "transformer.resblocks", ha="right", size=SMALL, italic=True)
+    outs = row(y_out, ["cls", "1", "2", "3", "⋯", "N"], ["gate"] + ["data"] * 5)
+    d.arrow((5.55, y_enc + 0.42), (5.55, outs[0].bottom[1]))
+    ln = d.box(xs[0], y_head, "ln_post", w=0.95, h=0.42, role="norm")
+    d.arrow(outs[0].top, ln.bottom)
+    head = d.box(5.95, y_head, "head", w=0.9, h=0.42, role="embed")
+    d.arrow(ln.right, head.left)
+    logits = d.box(7.35, y_head, "logits", w=0.9, h=0.42, role="data")
+    d.arrow(head.right, logits.left)
+    d.shape(logits.x, y_head - 0.38, "(B, K)", ha="center")
+    d.text(xs[0] - 0.35, y_out, "only the class token is read", ha="right", size=SMALL)
+    return d.fig
+
+
+def clip_contrastive(batch: int = 4) -> Figure:
+    """Chapter 9: CLIP's two towers and its loss. B images → image tower → (B, E); B captions → text tower
+    → (B, E); both normalised; logits_per_image = s · I Tᵀ (B, B) with s = exp(logit_scale); the matching
+    pairs are the diagonal (labels = arange(B)); cross-entropy over each row (each image picks its caption)
+    and over each column (logits_per_text: each caption picks its image); the loss is their mean."""
+    if not 2 <= batch <= 6:
+        raise ValueError(f"clip_contrastive draws a batch of 2 to 6 pairs, got {batch}")
+    cell = 0.62
+    m0x, m0y = 3.55, 0.95  # the matrix's lower-left corner
+    size = cell * batch
+    d = Diagram(m0x + size + 3.25, m0y + size + 2.15)
+    cx = [m0x + cell * (j + 0.5) for j in range(batch)]
+    cy = [m0y + size - cell * (i + 0.5) for i in range(batch)]  # row 1 at the top
+    for i in range(batch):
+        for j in range(batch):
+            d.box(cx[j], cy[i], rf"$I_{i + 1}\!\cdot T_{j + 1}$", w=cell - 0.06, h=cell - 0.06,
+                  role="mlp" if i == j else "neutral", size=SMALL - 0.5)
+    # text side, along the top
+    y_t = m0y + size + 0.38
+    ts = [d.box(x, y_t, rf"$T_{j + 1}$", w=cell - 0.1, h=0.36, role="embed") for j, x in enumerate(cx)]
+    text_tower = d.box(m0x + size / 2, y_t + 0.95, "text tower, at <end_of_text> → text_projection", w=size + 1.2,
+                       h=0.44, role="embed")
+    captions = d.box(1.35, text_tower.y, "B captions", w=1.3, h=0.42, role="data")
+    d.arrow(captions.right, text_tower.left)
+    for t in ts:
+        d.arrow((t.x, text_tower.bottom[1]), t.top)
+    d.text(m0x - 0.15, y_t + 0.45, "unit length", ha="right", size=SMALL)
+    d.shape(m0x - 0.15, y_t + 0.2, "(B, E)", ha="right")
+    # image side, down the left
+    x_i = m0x - 0.38
+    is_ = [d.box(x_i, y, rf"$I_{i + 1}$", w=0.42, h=cell - 0.1, role="embed") for i, y in enumerate(cy)]
+    image_tower = d.box(1.35, m0y + size / 2, "image tower\n(ViT or ResNet)\n→ proj", w=1.55, h=1.1, role="embed")
+    d.shape(x_i, m0y - 0.18, "(B, E)", ha="center")
+    images = d.box(1.35, 0.4, "B images", w=1.3, h=0.42, role="data")
+    d.arrow(images.top, image_tower.bottom)
+    xb = image_tower.right[0] + 0.35
+    d.line([image_tower.right, (xb, image_tower.y)])
+    d.line([(xb, cy[0]), (xb, cy[-1])])
+    for b in is_:
+        d.arrow((xb, b.y), b.left)
+    # the two cross-entropies
+    ce_rows = d.box(m0x + size + 1.25, m0y + size / 2, "cross-entropy\nover each row:\nimage i picks\ncaption i",
+                    w=1.7, h=size - 0.3, role="loss")
+    for y in cy:
+        d.arrow((m0x + size, y), (ce_rows.left[0], y))
+    ce_cols = d.box(m0x + size / 2, 0.4, "cross-entropy over each column:\ncaption j picks image j", w=size + 0.2,
+                    h=0.56, role="loss", size=SMALL)
+    for x in cx:
+        d.arrow((x, m0y), (x, ce_cols.top[1]))
+    loss = d.box(ce_rows.x, 0.4, r"$\mathcal{L}$ = mean of the two", w=1.9, h=0.42, role="loss")
+    d.arrow(ce_rows.bottom, loss.top)
+    d.arrow(ce_cols.right, loss.left)
+    d.text(m0x + size + 0.2, y_t + 0.12, r"logits_per_image $= s\,I\,T^\top$", ha="left", size=SMALL)
+    d.text(m0x + size + 0.2, y_t - 0.15, r"$(B, B)$, $s = \exp(\mathrm{logit\_scale})$", ha="left", size=SMALL)
     return d.fig
