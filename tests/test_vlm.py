@@ -241,3 +241,82 @@ def test_bad_input_is_named():
                                                         n_embd=C_LM)), VLMConfig(image_token_id=V))
     with pytest.raises(TypeError, match="VisionTransformer"):
         VisionLanguageModel(torch.nn.Linear(2, 2), model.language_model)
+
+
+# ---------------------------------------------------------------------------------------------- the data
+
+def test_shapes_qa_keeps_held_out_combinations_and_phrasings_out_of_training():
+    from utils.shapes import HELD_OUT
+    from utils.shapes_qa import TEMPLATES, collate, shapes_qa, vocab
+
+    train = shapes_qa(400, seed=0)
+    again = shapes_qa(400, seed=0)
+    assert train.items == again.items and torch.equal(train.shapes.images, again.shapes.images)
+    held = {f"{c} {s}" for c, s in HELD_OUT}
+    for q in train.items:
+        scene = train.shapes.scenes[q.image]
+        assert not {s.name for s in scene} & held
+        assert not any(h in q.question or h == q.answer for h in held), q  # not in the words either
+        assert q.question not in {t for ts in TEMPLATES.values() for t in ts[-1:]}
+        if q.kind == "count":
+            assert q.answer == {1: "one", 2: "two"}[len(scene)]
+        if q.kind == "yes/no":
+            named = " ".join(q.question.split()[-3:-1])
+            assert (q.answer == "yes") == (named in {s.name for s in scene})
+        if q.kind == "colour":
+            shape = next(s for s in scene if f" {s.kind} " in f" {q.question} ")
+            assert q.answer == shape.colour
+    kinds = {q.kind for q in train.items}
+    assert kinds == {"colour", "shape", "count", "where", "which", "yes/no"}
+    seen_words = {w for ts in TEMPLATES.values() for t in ts[:-1] for w in t.split()}
+    for ts in TEMPLATES.values():  # a held-out phrasing is new word order, not new words
+        assert {w for w in ts[-1].split() if "{" not in w} <= seen_words
+    phrased = shapes_qa(50, seed=13, phrasing="held_out")
+    assert all(any(_matches(t, q.question) for t in TEMPLATES[q.kind][-1:]) for q in phrased.items)
+    combos = shapes_qa(50, seed=12, combos=HELD_OUT)
+    assert all({s.name for s in combos.shapes.scenes[q.image]} <= held for q in combos.items)
+    V = vocab()
+    ids, start = collate(V, train.items[:3], 16)
+    assert (ids[:, :16] == V.index("<image>")).all() and ids.shape[0] == 3
+    assert V.decode(ids[0, int(start[0]):]).count("<end>") == 1
+
+
+def _matches(template, question):
+    import re
+    pattern = "".join(".+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{\w+\})", template))
+    return re.fullmatch(pattern, question) is not None
+
+
+# ---------------------------------------------------------------------------------------------- the explorer
+
+def test_answer_explorer_switches_scenes_and_questions_in_the_browser():
+    import ipywidgets as widgets
+    import numpy as np
+
+    from utils import viz
+
+    rng = np.random.default_rng(0)
+    pictures = rng.uniform(0, 1, (2, 3, 32, 32))
+    views = [[dict(question="what colour is the circle ?", answer=["red"], attention=rng.uniform(0, 1, (1, 4, 4)),
+                   expected="red"),
+              dict(question="what is on the left ?", answer=["red", "circle"], attention=rng.uniform(0, 1, (2, 4, 4)),
+                   expected="blue circle")],
+             [dict(question="how many shapes are there ?", answer=["two"], attention=rng.uniform(0, 1, (1, 4, 4)))]]
+    box = viz.answer_explorer(pictures, views, ["a", "b"])
+    scene, scenes = box.children
+    assert scene.options == (("a", 0), ("b", 1)) and len(scenes.children) == 2
+    question, stack = scenes.children[0].children
+    assert len(stack.children) == 2 and stack.selected_index == 0
+    texts = [card.children[0].value for card in stack.children]
+    assert "A:</b> red ✓" in texts[0] and "expected: blue circle" in texts[1]
+    assert all(card.children[1].value[:4] == b"\x89PNG" for card in stack.children)  # drawn up front
+    assert all(isinstance(link, widgets.widget_link.Link) for link in box.links) and len(box.links) == 3
+    assert (box.links[-1].source, box.links[-1].target) == ((scene, "index"), (scenes, "selected_index"))
+    question.value = 1
+    assert stack.selected_index == 1
+    scene.value = 1
+    assert scenes.selected_index == 1
+    with pytest.raises(ValueError, match="one map per answer token"):
+        viz.answer_explorer(pictures[:1], [[dict(question="q", answer=["a", "b"], attention=np.zeros((1, 4, 4)))]])
+    with pytest.raises(ValueError, match="one per entry of views"):
+        viz.answer_explorer(pictures, views[:1])

@@ -5,13 +5,14 @@ Chapters write `from utils import viz` and call `viz.heatmap(...)`, `viz.attenti
 every public name of both modules is available here.
 """
 from . import diagrams
+from .answer_explorer import answer_explorer
 from .explorers import (attention_explorer, decoding_explorer, gate_viewer, patch_explorer, sampling_explorer,
                         similarity_explorer, word_explorer)
 from .figures import (BASE, HIGHLIGHT, STYLE, accuracy_by_length, attention_grid, attention_on_images,
                       figure_to_png, heatmap, loss_curves, patch_grid, patch_sequence, scatter_2d,
                       similarity_matrix, style, use_style)
 
-__all__ = ["BASE", "HIGHLIGHT", "STYLE", "accuracy_by_length", "attention_explorer", "attention_grid",
+__all__ = ["BASE", "HIGHLIGHT", "STYLE", "accuracy_by_length", "answer_explorer", "attention_explorer", "attention_grid",
            "attention_on_images", "decoding_explorer", "diagrams", "figure_to_png", "gate_viewer", "heatmap", "loss_curves",
            "patch_explorer", "patch_grid", "patch_sequence", "sampling_explorer", "scatter_2d", "similarity_explorer",
            "similarity_matrix", "style", "use_style", "word_explorer"]

@@ -1,0 +1,149 @@
+"""Questions and answers about `utils.shapes` scenes: the data of chapter 10's vision-language model.
+
+Six kinds of question, each asked only where its answer is unique:
+    colour   "what colour is the circle ?"            → "red"          (a kind that occurs once)
+    shape    "which shape is red ?"                   → "circle"       (a colour that occurs once)
+    count    "how many shapes are there ?"            → "one" / "two"
+    where    "where is the red circle ?"              → "left", "top", "middle", ...
+    which    "what is on the left ?"                  → "red circle"   (the shape at a place)
+    yes/no   "is there a red circle ?"                → "yes" / "no"   (half and half; the "no" differs from a
+                                                                        shape of the scene in colour or kind)
+Every kind has seen phrasings and one held-out phrasing (`TEMPLATES[kind][-1]`), made of words the seen ones
+use, so a model can be asked a question in a form it was never trained on. Held-out colour-shape
+combinations stay held out as in chapter 9: training scenes come from `SEEN`, and the "no" questions of
+training name seen combinations only.
+
+`ShapesQA` holds a `CaptionedShapes` and (image, kind, question, answer) items; `vocab()` is the word
+vocabulary with the special tokens <pad>, <image>, <end>; `encode` lays out a sequence as
+N × <image>, the question, "?", the answer, <end>, and says where the answer starts.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .shapes import COLOURS, HELD_OUT, PLACES, SEEN, SHAPES, CaptionedShapes, Shape, captioned_shapes
+from .text import Vocab
+
+__all__ = ["KINDS", "TEMPLATES", "PAD", "IMAGE", "END", "QA", "ShapesQA", "scene_questions", "shapes_qa", "vocab",
+           "encode", "collate"]
+
+PAD, IMAGE, END = "<pad>", "<image>", "<end>"
+KINDS = ("colour", "shape", "count", "where", "which", "yes/no")
+TEMPLATES: dict[str, tuple[str, ...]] = {  # the last phrasing of each kind is held out of training
+    "colour": ("what colour is the {shape} ?", "which colour is the {shape} ?", "the {shape} is which colour ?"),
+    "shape": ("which shape is {colour} ?", "what is the {colour} shape ?", "which is the {colour} shape ?"),
+    "count": ("how many shapes are there ?", "how many shapes do you see ?", "how many are there ?"),
+    "where": ("where is the {colour} {shape} ?", "where is the {shape} ?", "the {colour} {shape} is where ?"),
+    "which": ("what is {where} ?", "which shape is {where} ?", "{where} is what ?"),
+    "yes/no": ("is there a {colour} {shape} ?", "do you see a {colour} {shape} ?", "is a {colour} {shape} there ?"),
+}
+NUMBERS = {1: "one", 2: "two"}
+
+
+@dataclass(frozen=True)
+class QA:
+    image: int  # index of the scene in the dataset
+    kind: str
+    question: str
+    answer: str
+
+
+def _pick(rng: np.random.Generator, options: Sequence) -> object:
+    return options[int(rng.integers(len(options)))]
+
+
+def scene_questions(scene: Sequence[Shape], rng: np.random.Generator, phrasing: str = "seen",
+                    combos: Sequence[tuple[str, str]] = SEEN) -> list[tuple[str, str, str]]:
+    """(kind, question, answer) for every kind that has a unique answer about `scene`, each in a phrasing drawn by
+    `rng` among the seen ones (`phrasing="seen"`) or the held-out one ("held_out"). A "no" question names a
+    combination of `combos` that is not in the scene (differing in colour or kind from one of its shapes)."""
+    if phrasing not in ("seen", "held_out"):
+        raise ValueError(f"scene_questions: phrasing must be 'seen' or 'held_out', got {phrasing!r}")
+    scene = tuple(scene)
+
+    def template(kind: str) -> str:
+        t = TEMPLATES[kind]
+        return t[-1] if phrasing == "held_out" else str(_pick(rng, t[:-1]))
+
+    kinds = [s.kind for s in scene]
+    colours = [s.colour for s in scene]
+    out = [("count", template("count"), NUMBERS[len(scene)])]
+    for s in scene:
+        if kinds.count(s.kind) == 1:
+            out.append(("colour", template("colour").format(shape=s.kind), s.colour))
+        if colours.count(s.colour) == 1:
+            out.append(("shape", template("shape").format(colour=s.colour), s.kind))
+        t = template("where")
+        if "{colour}" in t or kinds.count(s.kind) == 1:  # "where is the circle ?" needs a single circle
+            out.append(("where", t.format(colour=s.colour, shape=s.kind), s.place))
+        out.append(("which", template("which").format(where=PLACES[s.place][1]), s.name))
+    present = {s.name for s in scene}
+    s = scene[int(rng.integers(len(scene)))]
+    if rng.random() < 0.5:
+        out.append(("yes/no", template("yes/no").format(colour=s.colour, shape=s.kind), "yes"))
+    else:  # a near miss: same colour or same kind as a shape of the scene, absent from it
+        near = [(c, k) for c, k in combos if (c == s.colour) != (k == s.kind) and f"{c} {k}" not in present]
+        c, k = _pick(rng, near)  # type: ignore[misc]
+        out.append(("yes/no", template("yes/no").format(colour=c, shape=k), "no"))
+    return out
+
+
+@dataclass
+class ShapesQA:
+    """Scenes (a CaptionedShapes) and questions about them."""
+
+    shapes: CaptionedShapes
+    items: list[QA]
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def of_kind(self, kind: str) -> list[int]:
+        return [i for i, q in enumerate(self.items) if q.kind == kind]
+
+
+def shapes_qa(n: int, seed: int = 0, combos: Sequence[tuple[str, str]] = SEEN, phrasing: str = "seen",
+              pairs: float = 0.5, per_scene: int | None = None) -> ShapesQA:
+    """`n` scenes (`captioned_shapes(n, seed, combos=combos, pairs=pairs)`) and their questions: all of them
+    (about 6 per scene), or `per_scene` drawn at random. Same arguments → same data."""
+    shapes = captioned_shapes(n, seed=seed, combos=combos, pairs=pairs)
+    rng = np.random.default_rng(seed + 10_000)
+    # "no" questions name seen combinations, unless the scenes themselves show held-out ones
+    negatives = SEEN if set(map(tuple, combos)) <= set(SEEN) else tuple(SEEN) + tuple(HELD_OUT)
+    items = []
+    for i, scene in enumerate(shapes.scenes):
+        qs = scene_questions(scene, rng, phrasing, negatives)
+        if per_scene is not None:
+            qs = [qs[j] for j in sorted(rng.choice(len(qs), size=min(per_scene, len(qs)), replace=False))]
+        items += [QA(i, *q) for q in qs]
+    return ShapesQA(shapes, items)
+
+
+def vocab() -> Vocab:
+    """Every word the questions and answers can use, after <pad>, <image>, <end>; fixed order (alphabetical)."""
+    words = {w for ts in TEMPLATES.values() for t in ts for w in t.split() if "{" not in w}
+    words |= set(COLOURS) | set(SHAPES) | set(PLACES) | set(NUMBERS.values()) | {"yes", "no"}
+    words |= {w for _, where in PLACES.values() for w in where.split()}
+    return Vocab([PAD, IMAGE, END] + sorted(words))
+
+
+def encode(v: Vocab, question: str, answer: str | None, image_tokens: int) -> tuple[list[int], int]:
+    """ids of N × <image>, the question's words (its "?" included), then the answer's words and <end> (none if
+    answer is None: a prompt), and the position where the answer starts."""
+    prompt = [IMAGE] * image_tokens + question.split()
+    ids = v.encode(prompt + ([] if answer is None else answer.split() + [END])).tolist()
+    return ids, len(prompt)
+
+
+def collate(v: Vocab, items: Sequence[QA], image_tokens: int) -> tuple[Tensor, Tensor]:
+    """Training sequences, padded on the right with <pad>: ids (B, T) and each answer's start (B,)."""
+    encoded = [encode(v, q.question, q.answer, image_tokens) for q in items]
+    T = max(len(ids) for ids, _ in encoded)
+    pad = v.index(PAD)
+    ids = torch.tensor([ids + [pad] * (T - len(ids)) for ids, _ in encoded])  # (B, T)
+    return ids, torch.tensor([start for _, start in encoded])  # (B, T), (B,)
