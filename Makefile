@@ -1,11 +1,20 @@
 # The two commands a new user needs (see README.md):
 #   make book   install everything and build the website into _build/html
 #   make test   install everything and run every test (unit, notebooks under nbval, site build, browser)
-# and one for authors:
+# and for readers and authors:
+#   make lab      open the chapters in JupyterLab (installed with the rest)
 #   make execute  re-execute the chapter notebooks in place (outputs in git = what the code produces)
-PY ?= python3
+#
+# Python: the active virtual environment if there is one ($VIRTUAL_ENV), else the project's own .venv,
+# which `make install` creates with python3 (3.11+; another with BASE_PYTHON=python3.12). PY=... overrides.
+ifdef VIRTUAL_ENV
+PY ?= $(VIRTUAL_ENV)/bin/python
+else
+PY ?= .venv/bin/python
+endif
+export PY
 
-.PHONY: install book site test execute
+.PHONY: install book site test lab execute
 
 install:
 	bash scripts/install.sh
@@ -19,6 +28,9 @@ book: install site
 
 test: install site
 	$(PY) -m pytest tests chapters --nbval -p no:cacheprovider
+
+lab: install
+	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/chapters
 
 execute:
 	$(PY) -m scripts.execute_notebooks
