@@ -135,9 +135,22 @@ def test_palette_reads_in_light_and_dark_mode():
     assert diagrams.contrast("#000000", "#ffffff") == pytest.approx(21.0)
 
 
+def test_show_gives_the_notebook_a_sharp_png_at_natural_size():
+    fig = diagrams.gpt_stack()
+    image = diagrams.show(fig)
+    assert image.format == "png" and image.data == diagrams.png(fig) and image.data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert image.width == round(fig.get_figwidth() * diagrams.DPI)
+    with pytest.raises(TypeError, match="needs a matplotlib Figure"):
+        diagrams.png("not a figure")
+    with pytest.raises(ValueError, match="scale must be positive"):
+        diagrams.png(fig, scale=0)
+
+
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="2 to 6 steps"):
         diagrams.rnn_bptt(steps=1)
+    with pytest.raises(ValueError, match="2 to 6 pairs"):
+        diagrams.clip_contrastive(batch=7)
     d = diagrams.Diagram(2, 1)
     with pytest.raises(ValueError, match="role must be one of"):
         d.box(1, 0.5, "x", role="purple")

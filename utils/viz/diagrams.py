@@ -17,10 +17,13 @@ The models, drawn after the book's code (names and shapes as the chapters and `u
 `rnn_bptt` (chapter 2), `lstm_cell` and `gru_cell` (chapter 3), `seq2seq_training` (chapter 4),
 `attention_decoder_step` (chapter 5), `transformer_encoder_decoder` (chapter 6), `gpt_stack` (chapter 7),
 `vit_pipeline` (chapter 8) and `clip_contrastive` (chapter 9). Each returns a matplotlib `Figure` (not
-registered with pyplot: a notebook shows it once, as the cell's value, and nothing piles up).
+registered with pyplot, so nothing piles up). A chapter shows one with `show(fig)`: a PNG drawn at twice the
+resolution and displayed at its natural size, the same bytes whatever matplotlib backend the notebook uses
+(a bare Figure would be drawn by the inline backend's hook in one notebook and not at all in another).
 """
 from __future__ import annotations
 
+import io
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -34,7 +37,8 @@ from matplotlib.text import Text
 
 DRAWINGS = ("rnn_bptt", "lstm_cell", "gru_cell", "seq2seq_training", "attention_decoder_step", "transformer_encoder_decoder", "gpt_stack", "vit_pipeline",
             "clip_contrastive")  # the model diagrams, in chapter order
-__all__ = ["PALETTE", "INK", "GRADIENT", "TIE", "DARK_PAGE", "DPI", "DRAWINGS", "contrast", "Box", "Diagram", *DRAWINGS]
+__all__ = ["PALETTE", "INK", "GRADIENT", "TIE", "DARK_PAGE", "DPI", "DRAWINGS", "contrast", "Box", "Diagram", "png",
+           "show", *DRAWINGS]
 
 DPI = 100
 # Mid-tone fills, one per kind of block. White text on each has contrast ≥ 4.5:1; each fill has ≥ 3:1
@@ -68,6 +72,25 @@ def contrast(a: str, b: str) -> float:
     """WCAG contrast ratio of two colours, from 1 (none) to 21 (black on white)."""
     la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
     return (la + 0.05) / (lb + 0.05)
+
+
+def png(fig: Figure, scale: float = 2.0) -> bytes:
+    """The figure as PNG bytes at `scale` × its own resolution (transparent background)."""
+    if not isinstance(fig, Figure):
+        raise TypeError(f"png needs a matplotlib Figure, got {type(fig).__name__}")
+    if not scale > 0:
+        raise ValueError(f"scale must be positive, got {scale}")
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=fig.dpi * scale, facecolor="none")
+    return buffer.getvalue()
+
+
+def show(fig: Figure, scale: float = 2.0):
+    """The figure as an IPython image for a notebook cell: sharp on high-resolution screens (drawn at
+    `scale` × its resolution) and displayed at its natural width."""
+    from IPython.display import Image
+
+    return Image(data=png(fig, scale), format="png", width=round(fig.get_figwidth() * fig.dpi))
 
 
 @dataclass(frozen=True)
@@ -703,7 +726,7 @@ def clip_contrastive(batch: int = 4) -> Figure:
     # image side, down the left
     x_i = m0x - 0.38
     is_ = [d.box(x_i, y, rf"$I_{i + 1}$", w=0.42, h=cell - 0.1, role="embed") for i, y in enumerate(cy)]
-    image_tower = d.box(1.35, m0y + size / 2, "image tower\n(ViT or ResNet)\n→ proj", w=1.55, h=1.1, role="embed")
+    image_tower = d.box(1.35, m0y + size / 2, "image tower\n(ViT or\nModifiedResNet)", w=1.55, h=1.1, role="embed")
     d.shape(x_i, m0y - 0.18, "(B, E)", ha="center")
     images = d.box(1.35, 0.4, "B images", w=1.3, h=0.42, role="data")
     d.arrow(images.top, image_tower.bottom)
