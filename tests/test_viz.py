@@ -1,6 +1,8 @@
 """Tests of utils.viz: each figure draws what it was given, and rejects what it cannot draw."""
 from __future__ import annotations
 
+import io
+import re
 import matplotlib
 
 matplotlib.use("Agg")
@@ -48,8 +50,16 @@ def test_heatmap_annotates_in_a_readable_colour_and_thins_ticks():
 
     ax = viz.heatmap(np.zeros((5, 200)), col_labels=[f"tok{i}" for i in range(200)], max_ticks=50)
     labels = [t.get_text() for t in ax.get_xticklabels()]
-    assert len(labels) == 50 and labels[:2] == ["tok0", "tok4"]
+    k = int(labels[1][3:])
+    assert 2 <= len(labels) <= 50 and labels[0] == "tok0" and labels[:3] == ["tok0", f"tok{k}", f"tok{2 * k}"]
     assert ax.get_xticklabels()[0].get_rotation() == 90  # long labels are turned
+    assert ax.figure.get_figwidth() <= viz.figures.PAGE_WIDTH  # shown at its own size on the page
+    assert ax.figure.get_figwidth() * 0.775 * 72 / len(labels) >= 10  # a 10-point label every k: no overlap
+
+    chars = list("to be, or not to be: that is")  # 28 characters: every one fits at the page width
+    ax = viz.heatmap(np.zeros((3, len(chars))), col_labels=chars)
+    assert [t.get_text() for t in ax.get_xticklabels()] == chars
+    assert ax.figure.get_figwidth() <= viz.figures.PAGE_WIDTH
 
 
 def test_heatmap_rejects_bad_input():
@@ -169,7 +179,99 @@ def test_the_book_style_applies_whatever_the_global_settings():
         assert plt.rcParams["figure.dpi"] == 37
 
 
-def test_word_explorer_updates_and_handles_unknown_words():
+# ---------------------------------------------------------------------------------------- explorers on a static page
+
+def on_the_page(box):
+    """What a static page shows of an explorer after the reader changed its controls: the browser-side
+    links (jslink) are applied as the browser would, then the visible pages' text and pictures collected."""
+    import ipywidgets as widgets
+
+    for link in box.links:
+        (source, s_trait), (target, t_trait) = link.source, link.target
+        setattr(target, t_trait, getattr(source, s_trait))
+    shown = []
+
+    def walk(w):
+        if isinstance(w, widgets.Stack):
+            walk(w.children[w.selected_index])
+        elif isinstance(w, widgets.Box):
+            for child in w.children:
+                walk(child)
+        elif isinstance(w, widgets.Image):
+            shown.append(bytes(w.value))
+        elif isinstance(w, widgets.HTML) and w.value:
+            shown.append(w.value)
+
+    walk(box)
+    return shown
+
+
+def controls_of(box):
+    """The explorer's controls by description (its menus, sliders and toggle buttons, nested boxes included)."""
+    import ipywidgets as widgets
+
+    found = {}
+
+    def walk(w):
+        if isinstance(w, widgets.Stack):
+            return
+        if isinstance(w, widgets.Box):
+            for child in w.children:
+                walk(child)
+        elif isinstance(w, (widgets.Dropdown, widgets.ToggleButtons, widgets.SelectionSlider, widgets.IntSlider,
+                            widgets.Text)):
+            found[w.description] = w
+
+    walk(box)
+    return found
+
+
+def text_of(box):
+    return " ".join(v for v in on_the_page(box) if isinstance(v, str))
+
+
+def test_switched_pages_follow_every_control_in_the_browser():
+    import ipywidgets as widgets
+
+    from utils.viz.explorers import _switched
+
+    a = widgets.Dropdown(options=["x", "y"], description="a")
+    b = widgets.IntSlider(min=0, max=2, description="b")
+    c = widgets.ToggleButtons(options=["only"])  # one choice: no stack, no link
+    made = []
+
+    def page(i, j, k):
+        made.append((i, j, k))
+        return widgets.HTML(f"{i}{j}{k}")
+
+    links = []
+    root = _switched([a, b, c], page, links)
+    assert sorted(made) == [(i, j, 0) for i in range(2) for j in range(3)]  # every combination, drawn once
+    assert len(links) == 1 + 2 and all(isinstance(link, widgets.widget_link.Link) for link in links)
+    box = widgets.VBox([a, b, root])
+    box.links = links
+    assert on_the_page(box) == ["000"]
+    a.value, b.value = "y", 2
+    assert on_the_page(box) == ["120"]
+    with pytest.raises(TypeError, match="cannot switch pages"):
+        _switched([widgets.IntSlider(min=1, max=3)], page, [])
+
+
+def test_small_png_keeps_the_picture_and_is_smaller():
+    from PIL import Image
+
+    from utils.viz.explorers import _small_png
+
+    fig = viz.attention_grid(softmax_maps(4, 12, 12), list("abcdefghijkl"), list("abcdefghijkl"))
+    big = viz.figure_to_png(viz.attention_grid(softmax_maps(4, 12, 12), list("abcdefghijkl"), list("abcdefghijkl")))
+    small = _small_png(fig)
+    assert small[:4] == b"\x89PNG" and len(small) < 0.7 * len(big)
+    a = np.asarray(Image.open(io.BytesIO(big)).convert("RGB"), dtype=float)
+    b = np.asarray(Image.open(io.BytesIO(small)).convert("RGB"), dtype=float)
+    assert a.shape == b.shape and np.abs(a - b).mean() < 2.0  # the same picture to the eye
+
+
+def test_word_explorer_switches_words_in_the_browser_and_takes_typed_words_in_a_kernel():
     from utils.viz import word_explorer
 
     table = {"king": [("queen", 0.9), ("prince", 0.8)], "queen": [("king", 0.9)]}
@@ -178,14 +280,17 @@ def test_word_explorer_updates_and_handles_unknown_words():
         return table[word]  # KeyError for unknown words, like most_similar
 
     points = np.array([[0.0, 0.0], [1.0, 1.0], [2.0, 0.5]])
-    box = word_explorer({"toy": lookup}, points, ["king", "queen", "prince"], default="king", topn=2)
-    combo, html_view, image = box.children
-    assert "queen" in html_view.value and image.value[:4] == b"\x89PNG"
-    first_png = image.value
-    combo.value = "queen"
-    assert "nearest neighbours of “queen”" in html_view.value and image.value != first_png
-    combo.value = "zebra"
-    assert "not in vocabulary" in html_view.value
+    box = word_explorer({"toy": lookup}, points, ["king", "queen", "prince"], default="king", examples=["Queen"],
+                        topn=2)
+    word = controls_of(box)["word"]
+    assert word.options == ("king", "queen")  # drawn up front, so the menu works on a static page
+    first = on_the_page(box)
+    assert "queen" in first[0] and first[1][:4] == b"\x89PNG"
+    word.value = "queen"
+    second = on_the_page(box)
+    assert "nearest neighbours of “queen”" in second[0] and second[1] != first[1]
+    controls_of(box)["or type"].value = "zebra"  # typed, with a kernel: added to the menu and shown
+    assert word.value == "zebra" and "not in vocabulary" in text_of(box)
 
 
 def test_word_explorer_rejects_mismatched_points():
@@ -230,7 +335,7 @@ def test_accuracy_by_length_rejects_bad_input():
 
 # ---------------------------------------------------------------------------------------- decoding_explorer
 
-def test_decoding_explorer_shows_candidates_switches_method_and_reports_errors():
+def test_decoding_explorer_precomputes_every_setting_and_reports_typed_errors():
     calls = []
 
     def decode(text, method, width, alpha):
@@ -238,21 +343,22 @@ def test_decoding_explorer_shows_candidates_switches_method_and_reports_errors()
         if "?" in text:
             raise ValueError("unknown character '?' at position 0")
         n = 1 if method == "greedy" else width
-        return [(f"{text.upper()}{i}", -0.1 * (i + 1), -0.05 * (i + 1)) for i in range(n)]
+        return [(f"{text.upper()}{i}", -0.1 * (i + 1), -0.05 * (i + 1) * (1 + alpha)) for i in range(n)]
 
-    box = viz.decoding_explorer(decode, default="abc", examples=["abc", "xyz"], width=3)
-    combo, chooser, sliders, table = box.children
-    width_slider, alpha_slider = sliders.children
-    assert calls[-1] == ("abc", "beam", 3, 0.0)
-    assert "ABC2" in table.value and "90.5%" in table.value  # exp(-0.1) shown as a probability
-    chooser.value = "greedy"
-    assert calls[-1][1] == "greedy" and "ABC0" in table.value and "ABC1" not in table.value
-    assert width_slider.disabled and alpha_slider.disabled
-    chooser.value = "beam"
-    width_slider.value = 5
-    assert calls[-1] == ("abc", "beam", 5, 0.0) and "ABC4" in table.value
-    combo.value = "?x"
-    assert "cannot decode" in table.value and "unknown character" in table.value
+    box = viz.decoding_explorer(decode, default="abc", examples=["abc", "xyz"], width=3, max_width=4,
+                                alphas=(0.0, 1.0))
+    c = controls_of(box)
+    assert c["beam width"].options == (1, 2, 3, 4) and c["input"].options == ("abc", "xyz")
+    assert ("abc", "greedy", 1, 0.0) in calls and ("xyz", "beam", 4, 1.0) in calls
+    assert len(calls) == 2 * (1 + 4 * 2)  # every input × (greedy + every width × alpha), each once
+    page = text_of(box)
+    assert "width 3, alpha 0" in page and "ABC2" in page and "90.5%" in page  # exp(-0.1) as a probability
+    c["decoding"].value = "greedy"
+    assert "greedy decoding" in text_of(box) and "ABC1" not in text_of(box)
+    c["decoding"].value, c["beam width"].value, c["alpha"].value, c["input"].value = "beam", 4, 1.0, "xyz"
+    assert "width 4, alpha 1" in text_of(box) and "XYZ3" in text_of(box)
+    assert not box.add("?x") and "cannot show" in text_of(box) and "unknown character" in text_of(box)
+    assert box.add("new") and c["input"].value == "new" and "NEW3" in text_of(box)
     with pytest.raises(ValueError, match="method"):
         viz.decoding_explorer(decode, default="a", method="sampling")
     with pytest.raises(ValueError, match="width"):
@@ -261,44 +367,45 @@ def test_decoding_explorer_shows_candidates_switches_method_and_reports_errors()
 
 # ---------------------------------------------------------------------------------------- sampling_explorer
 
-def test_sampling_explorer_passes_every_knob_shows_the_distribution_and_errors():
+def test_sampling_explorer_precomputes_every_knob_shows_the_distribution_and_errors():
     calls, dists = [], []
 
     def sample(prompt, temperature, top_k, top_p, seed):
         calls.append((prompt, temperature, top_k, top_p, seed))
-        if not prompt:
-            raise ValueError("the prompt is empty")
-        return f" <{seed}>"
+        if "#" in prompt:
+            raise ValueError("unknown character '#'")
+        return f" <{temperature},{top_k},{top_p}>"
 
     def distribution(prompt, temperature, top_k, top_p):
         dists.append((prompt, temperature, top_k, top_p))
         return [("e", 0.625), (" ", 0.25), ("<", 0.125)]
 
     box = viz.sampling_explorer(sample, distribution, default="ROMEO:", examples=["JULIET:"], temperature=0.8,
-                                vocab_size=65)
-    prompt, row1, row2, bars, text = box.children
-    temp, top_k = row1.children
-    top_p, seed = row2.children
-    assert calls[-1] == ("ROMEO:", 0.8, None, None, 0) and dists[-1] == ("ROMEO:", 0.8, None, None)
-    assert "<b>ROMEO:</b> &lt;0&gt;" in text.value and "62.5%" in bars.value and "&#x27;&lt;&#x27;" in bars.value
-    top_k.value, top_p.value, seed.value = 5, 0.9, 3
-    assert calls[-1] == ("ROMEO:", 0.8, 5, 0.9, 3) and "top-k 5, top-p 0.9" in text.value
-    temp.value = 0.0
-    assert calls[-1][1] == 0.0 and "(greedy)" in text.value and "top-k" not in text.value
-    prompt.value = ""
-    assert "cannot sample" in text.value and "the prompt is empty" in text.value
-    assert len(viz.sampling_explorer(sample, default="a").children) == 5  # without a distribution: no bars
+                                temperatures=(0.0, 1.0), top_ks=(5,), top_ps=(0.9,), seed=3, vocab_size=65)
+    c = controls_of(box)
+    assert [v for _, v in c["temperature"].options] == [0.0, 0.8, 1.0] and c["temperature"].value == 0.8
+    assert [v for _, v in c["top-k"].options] == [None, 5] and [v for _, v in c["top-p"].options] == [None, 0.9]
+    assert len(calls) == 2 * (1 + 2 * 2 * 2) and all(seed == 3 for *_, seed in calls)  # greedy drawn once
+    page = text_of(box)
+    assert "<b>ROMEO:</b> &lt;0.8,None,None&gt;" in page and "62.5%" in page and "&#x27;&lt;&#x27;" in page
+    c["top-k"].value, c["top-p"].value = 5, 0.9
+    assert "top-k 5, top-p 0.9" in text_of(box) and "&lt;0.8,5,0.9&gt;" in text_of(box)
+    c["temperature"].value, c["prompt"].value = 0.0, "JULIET:"
+    assert "(greedy" in text_of(box) and "&lt;0.0,None,None&gt;" in text_of(box) and "JULIET:" in text_of(box)
+    assert not box.add("a#b") and "cannot show" in text_of(box) and "unknown character" in text_of(box)
+    assert box.add("KING:") and "<b>KING:</b>" in text_of(box)
     with pytest.raises(ValueError, match=r"top_k must be None or an int in \[1, vocab_size=65\], got 70"):
         viz.sampling_explorer(sample, default="a", top_k=70, vocab_size=65)
     with pytest.raises(ValueError, match=r"temperature must be in \[0, 2\]"):
         viz.sampling_explorer(sample, default="a", temperature=3.0)
     with pytest.raises(ValueError, match=r"top_p must be None or in \(0, 1\]"):
         viz.sampling_explorer(sample, default="a", top_p=0.0)
+    assert "the 10 most likely" not in text_of(viz.sampling_explorer(sample, default="a"))  # no distribution: no bars
 
 
 # ---------------------------------------------------------------------------------------- gate_viewer
 
-def test_gate_viewer_draws_every_map_and_updates():
+def test_gate_viewer_draws_every_example_up_front_and_takes_typed_lines_in_a_kernel():
     from utils.viz import gate_viewer
 
     calls = []
@@ -311,16 +418,15 @@ def test_gate_viewer_draws_every_map_and_updates():
         return {"forget": t, "cell": 2 * t - 1}
 
     box = gate_viewer(compute, "to be", examples=["or not"], ranges={"forget": (0, 1), "cell": (-1, 1)})
-    combo, note, image = box.children
-    assert combo.options == ("to be", "or not") and calls == ["to be"]
-    assert image.value[:4] == b"\x89PNG" and "to be" in note.value
-    first = image.value
-    combo.value = "or not"
-    assert calls[-1] == "or not" and image.value != first and "6 characters" in note.value
-    combo.value = "a#b"
-    assert "unknown character" in note.value
-    combo.value = "x" * 50
-    assert calls[-1] == "x" * 50
+    text = controls_of(box)["text"]
+    assert text.options == ("to be", "or not") and calls.count("or not") == 1
+    first = on_the_page(box)
+    assert "to be" in first[0] and first[1][:4] == b"\x89PNG"
+    text.value = "or not"
+    second = on_the_page(box)
+    assert "6 characters" in second[0] and second[1] != first[1]
+    assert not box.add("a#b") and "unknown character" in text_of(box)
+    assert box.add("x" * 150) and calls[-1] == "x" * 100  # cut at max_chars
 
 
 def test_gate_viewer_rejects_bad_input():
@@ -330,6 +436,8 @@ def test_gate_viewer_rejects_bad_input():
         gate_viewer(lambda t: {}, "")
     with pytest.raises(ValueError, match="one row per character"):
         gate_viewer(lambda t: {"f": np.zeros((len(t) + 1, 2))}, "abc")
+    with pytest.raises(ValueError, match="no maps"):
+        gate_viewer(lambda t: {}, "abc")
     with pytest.raises(ValueError, match="max_chars"):
         gate_viewer(lambda t: {}, "abc", max_chars=0)
 
@@ -499,9 +607,14 @@ def test_attention_grid_takes_one_map_titles_an_axes_and_thins_long_labels():
     assert 2 <= len(heatmap_axes(fig)[2].get_xticklabels()) < 40
     height = fig.get_size_inches()[1] * 72 / len(shown)  # points per label along the panel's height
     assert height > 8  # more than the 8-point font: no overlap
-    fig = viz.attention_grid(softmax_maps(40, 40), words, words)  # one map: every label fits
-    assert len(heatmap_axes(fig)[0].get_xticklabels()) == 40
+    fig = viz.attention_grid(softmax_maps(30, 30), words[:30], words[:30])  # one map: every label fits
+    assert len(heatmap_axes(fig)[0].get_xticklabels()) == 30 and fig.get_figwidth() <= viz.figures.PAGE_WIDTH
     assert heatmap_axes(fig)[0].get_xticklabels()[0].get_rotation() == 90
+    fig = viz.attention_grid(softmax_maps(4, 19, 19), list("to be, or not to be"), list("to be, or not to be"))
+    assert len(heatmap_axes(fig)[2].get_xticklabels()) == 19  # 4 heads of 19 characters: 2 per row, every label
+    assert fig.get_figwidth() <= viz.figures.PAGE_WIDTH and len({round(a.get_position().x0, 3) for a in heatmap_axes(fig)}) == 2
+    fig = viz.attention_grid(softmax_maps(40, 40), words, words)  # too wide for the page: a label every k
+    assert 2 <= len(heatmap_axes(fig)[0].get_xticklabels()) < 40 and fig.get_figwidth() <= viz.figures.PAGE_WIDTH
     fig = viz.attention_grid(np.ones((3, 4)) / 4, list("ab␣"), ["x", "y", "␣", "<eos>"])  # characters across, <eos> turned
     assert [t.get_rotation() for t in heatmap_axes(fig)[0].get_xticklabels()] == [0, 0, 0, 90]
 
@@ -525,56 +638,42 @@ def test_attention_grid_rejects_bad_input():
         viz.attention_grid(np.zeros((2, 3, 4)), ncols=0)
 
 
-def explorer_parts(box):
-    example, kind, sliders, caption, image = box.children
-    layer, head = sliders.children
-    return example, kind, layer, head, caption, image
-
-
 def transformer_view(L: int, H: int, T: int, S: int, seed: int = 0):
     src, tgt = [f"s{i}" for i in range(S)], [f"t{i}" for i in range(T)]
     return {"encoder self-attention": (softmax_maps(L, H, S, S, seed=seed), src, src),
             "cross-attention": (softmax_maps(L, H, T, S, seed=seed + 1), tgt, src)}
 
 
-def test_attention_explorer_from_a_mapping_switches_kind_layer_head_and_example():
+def test_attention_explorer_from_a_mapping_switches_example_kind_layer_and_head_in_the_browser():
     maps = {"long": transformer_view(2, 4, 5, 6), "short": transformer_view(1, 2, 3, 4, seed=5)}
     box = viz.attention_explorer(maps, title="toy")
-    example, kind, layer, head, caption, image = explorer_parts(box)
-    assert example.value == "long" and example.options == ("long", "short") and example.ensure_option
+    c = controls_of(box)
+    example, kind, layer, head = c["example"], c["attention"], c["layer"], c["head"]
+    assert "or type" not in c  # a mapping has no free text
+    assert example.value == "long" and example.options == ("long", "short")
     assert kind.options == ("encoder self-attention", "cross-attention") and kind.layout.display is None
-    assert layer.max == 1 and layer.layout.display is None and not layer.disabled
+    assert layer.max == 1 and layer.layout.display is None
     assert head.options == ("all heads", "mean over heads", "head 0", "head 1", "head 2", "head 3")
-    assert head.value == "all heads" and image.value[:4] == b"\x89PNG"
-    assert "(2, 4, 6, 6)" in caption.value and "layer 0 of 2" in caption.value
-    seen = {image.value}
-    kind.value = "cross-attention"
-    assert "(2, 4, 5, 6)" in caption.value and image.value not in seen
-    seen.add(image.value)
-    layer.value = 1
-    assert "layer 1 of 2" in caption.value and image.value not in seen
-    seen.add(image.value)
+    caption, picture = on_the_page(box)
+    assert picture[:4] == b"\x89PNG" and "(2, 4, 6, 6)" in caption and "layer 0 of 2" in caption
+    seen = {picture}
+    for control, value, expect in [(kind, "cross-attention", "(2, 4, 5, 6)"), (layer, 1, "layer 1 of 2"),
+                                   (head, "head 3", "head 3"), (head, "mean over heads", "mean over 4 heads")]:
+        control.value = value
+        caption, picture = on_the_page(box)
+        assert expect in caption and picture not in seen, (value, caption)
+        seen.add(picture)
     head.value = "head 3"
-    assert "head 3" in caption.value and image.value not in seen
-    seen.add(image.value)
-    head.value = "mean over heads"
-    assert "mean over 4 heads" in caption.value and image.value not in seen
-    seen.add(image.value)
-    head.value = "head 3"
+    example.value = "short"  # 1 layer, 2 heads: its last layer and head are shown
+    caption, picture = on_the_page(box)
+    assert "<b>short</b>" in caption and "(1, 2, 3, 4)" in caption and "head 1" in caption and picture not in seen
 
-    example.value = "short"  # 1 layer, 2 heads: keep the kind, clamp layer and head
-    assert kind.value == "cross-attention" and layer.value == 0 and head.value == "head 1"
-    assert layer.layout.display == "none" and layer.disabled
-    assert head.options == ("all heads", "mean over heads", "head 0", "head 1")
-    assert "<b>short</b>" in caption.value and "(1, 2, 3, 4)" in caption.value and image.value not in seen
-    example.value = "long"  # back: the clamped values stay valid
-    assert layer.max == 1 and layer.value == 0 and head.value == "head 1" and "(2, 4, 5, 6)" in caption.value
-
-    box = viz.attention_explorer(maps, default="short")
-    assert explorer_parts(box)[0].value == "short" and "(1, 2, 4, 4)" in explorer_parts(box)[4].value
+    box = viz.attention_explorer(maps, default="short", max_examples=1)
+    assert controls_of(box)["example"].options == ("short",) and "(1, 2, 4, 4)" in text_of(box)
+    assert controls_of(box)["head"].options == ("all heads", "mean over heads", "head 0", "head 1")
 
 
-def test_attention_explorer_with_a_compute_function_shows_errors_as_messages():
+def test_attention_explorer_with_a_compute_function_takes_typed_inputs_and_shows_errors():
     calls = []
 
     def compute(text):
@@ -584,23 +683,27 @@ def test_attention_explorer_with_a_compute_function_shows_errors_as_messages():
         chars = list(text)
         return {"additive": (softmax_maps(len(chars), len(chars), seed=len(chars)), chars, chars)}
 
-    box = viz.attention_explorer(compute, examples=["abc", "hello"])
-    example, kind, layer, head, caption, image = explorer_parts(box)
-    assert calls == ["abc"] and example.value == "abc" and not example.ensure_option
-    assert kind.layout.display == "none" and layer.layout.display == "none" and head.layout.display == "none"
-    assert "(1, 1, 3, 3)" in caption.value
-    first = image.value
-    example.value = "a new line"  # typed by the reader
-    assert calls[-1] == "a new line" and image.value != first and "(1, 1, 10, 10)" in caption.value
-    shown = image.value
-    example.value = "a#b"
-    assert "cannot show" in caption.value and "unknown character &#x27;#&#x27;" in caption.value
-    assert image.value == shown  # the last good picture stays
+    box = viz.attention_explorer(compute, examples=["abc", "hello", "x", "y", "z"], max_examples=2)
+    c = controls_of(box)
+    assert calls == ["abc", "hello"] and c["example"].options == ("abc", "hello")  # the first max_examples
+    assert all(c[name].layout.display == "none" for name in ("attention", "layer", "head"))
+    caption, first = on_the_page(box)
+    assert "(1, 1, 3, 3)" in caption
+    c["example"].value = "hello"
+    assert "(1, 1, 5, 5)" in on_the_page(box)[0] and on_the_page(box)[1] != first
+    c["or type"].value = "a new line"  # typed by the reader, with a kernel
+    assert calls[-1] == "a new line" and c["example"].value == "a new line" and "(1, 1, 10, 10)" in text_of(box)
+    shown = on_the_page(box)[-1]
+    c["or type"].value = "a#b"
+    assert "cannot show" in text_of(box) and "unknown character &#x27;#&#x27;" in text_of(box)
+    assert on_the_page(box)[-1] == shown  # the last good picture stays
 
     box = viz.attention_explorer(compute, default="xy", examples=["abc"])
-    assert explorer_parts(box)[0].options == ("xy", "abc") and calls[-1] == "xy"
+    assert controls_of(box)["example"].options == ("xy", "abc")
     with pytest.raises(ValueError, match="needs default="):
         viz.attention_explorer(compute)
+    with pytest.raises(ValueError, match="max_examples"):
+        viz.attention_explorer(compute, default="xy", max_examples=0)
 
 
 def test_attention_explorer_accepts_three_shapes_and_a_list_of_layers():
@@ -609,12 +712,12 @@ def test_attention_explorer_accepts_three_shapes_and_a_list_of_layers():
              "3-D": {"dot": (softmax_maps(2, 3, 3), labels, labels)},
              "layers": {"dot": ([softmax_maps(2, 3, 3), softmax_maps(2, 3, 3, seed=1)], labels, labels)}}
     box = viz.attention_explorer(views)
-    example, kind, layer, head, caption, image = explorer_parts(box)
-    assert "(1, 1, 3, 3)" in caption.value
-    example.value = "3-D"
-    assert "(1, 2, 3, 3)" in caption.value and head.layout.display is None
-    example.value = "layers"
-    assert "(2, 2, 3, 3)" in caption.value and layer.layout.display is None
+    c = controls_of(box)
+    assert "(1, 1, 3, 3)" in text_of(box)
+    c["example"].value = "3-D"
+    assert "(1, 2, 3, 3)" in text_of(box) and c["head"].layout.display is None
+    c["example"].value = "layers"
+    assert "(2, 2, 3, 3)" in text_of(box) and c["layer"].layout.display is None
 
 
 def test_attention_explorer_rejects_bad_views():
@@ -646,7 +749,6 @@ def test_attention_explorer_rejects_bad_views():
 
 # ---------------------------------------------------------------------------------------- image-text similarity
 
-import re  # noqa: E402
 
 
 def toy_images(n: int, seed: int = 0) -> torch.Tensor:
@@ -689,16 +791,9 @@ def test_similarity_matrix_rejects_bad_input():
         viz.similarity_matrix(np.zeros((2, 2)), np.zeros((2, 5, 5, 4)), ["a", "b"])
 
 
-def similarity_parts(box):
-    matrix, _, text_box, note, gallery, _, slider, chosen_row = box.children
-    slots = [slot.children for slot in gallery.children]  # (image, score, button) per result
-    chosen, ranking = chosen_row.children
-    return matrix, text_box, note, slots, slider, chosen, ranking
-
-
-def shown_image(slot) -> int:
-    """The index of the image a result slot shows, read from its score line "#i: similarity"."""
-    return int(re.search(r"#(\d+):", slot[1].value).group(1))
+def ranked_images(box) -> list[int]:
+    """The images a static page shows for the chosen caption, best first, read from "#i: similarity"."""
+    return [int(m) for m in re.findall(r"<div style='text-align:center'>#(\d+):", text_of(box))]
 
 
 def test_similarity_explorer_ranks_images_for_a_caption_and_captions_for_an_image():
@@ -716,29 +811,30 @@ def test_similarity_explorer_ranks_images_for_a_caption_and_captions_for_an_imag
 
     box = viz.similarity_explorer(toy_images(5), captions, image_features, text_features, encode_text=encode_text,
                                   default_caption="one", default_image=4, top=3, grid=3)
-    matrix, text_box, note, slots, slider, chosen, ranking = similarity_parts(box)
-    assert matrix.value[:4] == b"\x89PNG" and calls == ["one"] and not text_box.ensure_option
-    assert len(slots) == 3 and shown_image(slots[0]) == 1  # image 1 is the one most like "one"
-    assert slider.value == 4 and chosen.value[:4] == b"\x89PNG"
-    assert ranking.value.index("zero") < ranking.value.index("one")  # image 4 is image 0's direction
-    assert "image #4" in ranking.value
-    text_box.value = "something new"  # typed: embedded by encode_text, between images 2 and 3
-    assert calls[-1] == "something new" and "“something new”" in note.value
-    assert {shown_image(slots[0]), shown_image(slots[1])} == {2, 3}
-    first = shown_image(slots[0])
-    slots[0][2].click()  # "captions ↓" under the best image: rank the captions for it
-    assert slider.value == first and f"image #{first}" in ranking.value
-    text_box.value = "why?"
-    assert "cannot embed" in note.value and "no question marks" in note.value
-    text_box.value = "  "
-    assert "type a caption" in note.value
+    c = controls_of(box)
+    shown = on_the_page(box)
+    assert shown[0][:4] == b"\x89PNG" and calls == []  # the given captions use their given features
+    assert c["caption"].options == ("one", "zero", "two", "three")
+    assert len(ranked_images(box)) == 3 and ranked_images(box)[0] == 1  # image 1 is the one most like "one"
+    ranking = [v for v in shown if isinstance(v, str) and "image #" in v][0]
+    assert "image #4" in ranking and ranking.index("zero") < ranking.index("one")  # image 4 is image 0's direction
+    c["caption"].value = "three"
+    assert ranked_images(box)[0] == 3
+    c["image"].value = 2
+    assert "image #2" in text_of(box) and "image #4" not in text_of(box)
+    c["or type"].value = "something new"  # typed, with a kernel: embedded by encode_text
+    assert calls[-1] == "something new" and "“something new”" in text_of(box)
+    assert set(ranked_images(box)[:2]) == {2, 3}
+    c["or type"].value = "why?"
+    assert "cannot show" in text_of(box) and "no question marks" in text_of(box)
 
 
 def test_similarity_explorer_without_an_encoder_offers_only_its_captions():
     box = viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(3, 2), torch.randn(2, 2), top=10)
-    matrix, text_box, note, slots, slider, chosen, ranking = similarity_parts(box)
-    assert text_box.ensure_option and text_box.value == "a" and len(slots) == 3  # top is capped at N_images
-    assert ranking.value.count("<tr>") == 2  # and at N_captions
+    c = controls_of(box)
+    assert "or type" not in c and c["caption"].options == ("a", "b")
+    assert len(ranked_images(box)) == 3  # top is capped at N_images
+    assert [v for v in on_the_page(box) if isinstance(v, str) and "image #0" in v][0].count("<tr>") == 2  # and N_captions
     with pytest.raises(ValueError, match="not one of the captions"):
         viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(3, 2), torch.randn(2, 2), default_caption="c")
 

@@ -35,15 +35,133 @@ from .figures import (
 )
 
 
+# ---------------------------------------------------------------------------------------------- pages switched in the browser
+#
+# Every explorer works on the static website, where no Python runs: its views are drawn up front for a
+# finite set of control values and put in `Stack`s, one level per control, whose `selected_index` is linked
+# to the control in the browser (`jslink`). Choosing a value then shows another page without a kernel.
+# Free text (a typed word, date or prompt) needs the model, so it works in a running kernel only: the
+# page for a typed input is drawn there and added to the menu of prepared examples.
+
+def _small_png(fig: Any) -> bytes:
+    """The figure as a PNG with a 256-colour palette (about 2.5x smaller than matplotlib's RGBA, the same to
+    the eye for these flat-coloured plots), so a page of precomputed views stays light."""
+    from PIL import Image
+
+    png = figure_to_png(fig)
+    image = Image.open(io.BytesIO(png)).convert("RGB").quantize(colors=256, dither=Image.Dither.NONE)
+    buffer = io.BytesIO()
+    image.save(buffer, format="png", optimize=True)
+    return buffer.getvalue() if buffer.tell() < len(png) else png
+
+
+def _picture(png: bytes, max_width: str = "100%") -> Any:
+    import ipywidgets as widgets
+
+    return widgets.Image(value=png, format="png", layout=widgets.Layout(max_width=max_width))
+
+
+def _choices(control: Any) -> tuple[str, int]:
+    """The trait of `control` that numbers its current choice (0, 1, ...), and how many choices it has."""
+    if control.has_trait("index"):  # Dropdown, ToggleButtons, SelectionSlider
+        return "index", len(control.options)
+    if getattr(control, "min", None) == 0 and getattr(control, "step", 1) == 1:  # IntSlider from 0
+        return "value", int(control.max) + 1
+    raise TypeError(f"a {type(control).__name__} cannot switch pages: use a Dropdown, ToggleButtons, "
+                    "SelectionSlider or an IntSlider from 0")
+
+
+def _switched(controls: Sequence[Any], page: Callable[..., Any], links: list[Any]) -> Any:
+    """A page for every combination of the controls' choices, in nested Stacks linked to the controls in
+    the browser: `page(i_1, ..., i_n)` (the choices' numbers, first control outermost) returns a widget.
+    A page may be returned for several combinations (e.g. greedy decoding for every beam width); the widget
+    is then shown in each place and stored once. Adds the browser links to `links`."""
+    import ipywidgets as widgets
+
+    if not controls:
+        return page()
+    control, rest = controls[0], controls[1:]
+    trait, n = _choices(control)
+    children = [_switched(rest, functools.partial(page, i), links) for i in range(n)]
+    if n == 1:
+        return children[0]
+    stack = widgets.Stack(children=children, selected_index=getattr(control, trait))
+    links.append(widgets.jslink((control, trait), (stack, "selected_index")))
+    return stack
+
+
+class _Examples:
+    """The outer level of an explorer: a menu of examples (`Dropdown`), each with its pages (`_switched`
+    over the inner controls), and, when the explorer can compute a view of any input, a text box that adds
+    the typed input to the menu (in a running kernel; on the website the prepared examples are the choice).
+
+    `prepare(name)` checks an input and returns what the pages need (raising KeyError or ValueError for an
+    input the model cannot take); `page(prepared, *choices)` returns a page. A box of controls and pages:
+    `self.menu`, `self.typed` (None without free text), `self.note` (messages), `self.pages` (the Stack).
+    """
+
+    def __init__(self, names: Sequence[str], prepare: Callable[[str], Any], inner: Sequence[Any],
+                 page: Callable[..., Any], description: str, free_text: bool, placeholder: str = "type your own",
+                 width: str = "600px") -> None:
+        import ipywidgets as widgets
+
+        names = list(dict.fromkeys(str(n) for n in names))
+        if not names:
+            raise ValueError(f"need at least one {description} to show")
+        self._prepare, self._inner, self._page, self.links = prepare, list(inner), page, []
+        self.menu = widgets.Dropdown(options=names, value=names[0], description=description,
+                                     layout=widgets.Layout(width="100%", max_width=width))
+        self.note = widgets.HTML()
+        self.pages = widgets.Stack(children=[self._subtree(prepare(n)) for n in names], selected_index=0)
+        self.links.append(widgets.jslink((self.menu, "index"), (self.pages, "selected_index")))
+        self.typed = None
+        if free_text:
+            self.typed = widgets.Text(placeholder=f"{placeholder} (with a running kernel), then press Enter",
+                                      description="or type", continuous_update=False,
+                                      layout=widgets.Layout(width="100%", max_width=width))
+            self.typed.observe(lambda change: self.add(change["new"]), names="value")
+
+    def _subtree(self, prepared: Any) -> Any:
+        return _switched(self._inner, functools.partial(self._page, prepared), self.links)
+
+    def add(self, name: str) -> bool:
+        """Show `name` (adding its pages if it is new); False, with a message in `note`, if it cannot be shown."""
+        import html
+
+        name = str(name)
+        if not name.strip():
+            return False
+        if name not in self.menu.options:
+            try:
+                pages = self._subtree(self._prepare(name))
+            except (KeyError, ValueError) as err:
+                message = str(err.args[0] if err.args else err)
+                self.note.value = (f"<span style='color:{HIGHLIGHT}'><b>cannot show “{html.escape(name)}”:</b> "
+                                   f"{html.escape(message)}</span>")
+                return False
+            self.pages.children = (*self.pages.children, pages)
+            self.menu.options = (*self.menu.options, name)
+        self.note.value = ""
+        self.menu.value = name
+        self.pages.selected_index = self.menu.index  # (the browser link does this too)
+        return True
+
+    def head(self) -> list[Any]:
+        """The example controls, for the top of the explorer's box."""
+        return [self.menu] + ([self.typed] if self.typed is not None else []) + [self.note]
+
+
 def word_explorer(neighbours: Mapping[str, Callable[[str], Sequence[tuple[str, float]]]], points: Any,
-                  labels: Sequence[str], default: str, topn: int = 8, map_labels: int = 25,
-                  title: str = "2-D map of the word vectors") -> Any:
-    """An explorer for word vectors: pick or type a word; see its nearest neighbours under each method
-    side by side, and where it and its neighbours sit on a 2-D map of `labels` (`points` (N, 2)).
+                  labels: Sequence[str], default: str, examples: Sequence[str] = (), topn: int = 8,
+                  map_labels: int = 25, title: str = "2-D map of the word vectors") -> Any:
+    """An explorer for word vectors: choose a word (or type one, in a running kernel); see its nearest
+    neighbours under each method side by side, and where it and its neighbours sit on a 2-D map of
+    `labels` (`points` (N, 2)).
 
     `neighbours` maps a method's name to a function word -> [(neighbour, cosine similarity), ...]
     that raises KeyError for a word it does not know. The map highlights the word and the first
-    method's neighbours. Returns an ipywidgets VBox; on a static page it shows the `default` word.
+    method's neighbours. `default` and `examples` are the words drawn up front, so the menu works on
+    the static website too. Returns an ipywidgets VBox.
     """
     import html
 
@@ -56,13 +174,8 @@ def word_explorer(neighbours: Mapping[str, Callable[[str], Sequence[tuple[str, f
     if xy.shape != (len(labels), 2):
         raise ValueError(f"points must have shape ({len(labels)}, 2) to match labels, got {tuple(xy.shape)}")
     on_map = set(labels)
-    box = widgets.Combobox(value=default, options=labels, placeholder="type a word", description="word",
-                           ensure_option=False, continuous_update=False)
-    table = widgets.HTML()
-    picture = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="640px"))
 
-    def show(word: str) -> None:
-        word = word.strip().lower()
+    def page(word: str) -> Any:
         header = "".join(f"<th style='padding:2px 10px'>{html.escape(name)}</th>" for name in neighbours)
         columns, first = [], None
         for name, fn in neighbours.items():
@@ -78,36 +191,43 @@ def word_explorer(neighbours: Mapping[str, Callable[[str], Sequence[tuple[str, f
             cells = []
             for found in columns:
                 if found is None:
-                    cells.append("<td style='padding:2px 10px;color:#888'>not in vocabulary</td>" if r == 0 else "<td></td>")
+                    cells.append("<td style='padding:2px 10px;opacity:.6'>not in vocabulary</td>" if r == 0 else "<td></td>")
                 elif r < len(found):
                     w, sim = found[r]
                     cells.append(f"<td style='padding:2px 10px;white-space:nowrap'>{html.escape(w)} "
-                                 f"<span style='color:#888'>{sim:.2f}</span></td>")
+                                 f"<span style='opacity:.6'>{sim:.2f}</span></td>")
                 else:
                     cells.append("<td></td>")
             rows.append("<tr>" + "".join(cells) + "</tr>")
-        table.value = (f"<b>nearest neighbours of “{html.escape(word)}”</b> (cosine similarity)"
-                       f"<table style='font-family:monospace'><tr>{header}</tr>{''.join(rows)}</table>")
+        table = widgets.HTML(f"<b>nearest neighbours of “{html.escape(word)}”</b> (cosine similarity)"
+                             f"<table style='font-family:monospace'><tr>{header}</tr>{''.join(rows)}</table>")
         highlight = [w for w in [word, *(first or [])] if w in on_map]
         ax = scatter_2d(xy, labels, highlight=highlight, max_labels=map_labels,
                         title=title if word in on_map else f"{title} (“{word}” is not on the map)")
-        picture.value = figure_to_png(ax)
+        return widgets.VBox([table, _picture(_small_png(ax), "640px")])
 
-    box.observe(lambda change: show(change["new"]), names="value")
-    show(default)
-    return widgets.VBox([box, table, picture])
+    words = [w.strip().lower() for w in [default, *examples]]
+    chooser = _Examples(words, lambda w: w.strip().lower(), [], page, "word", free_text=True,
+                        placeholder="type a word", width="420px")
+    box = widgets.VBox([*chooser.head(), chooser.pages])
+    box.links = chooser.links  # keep the browser-side links with the explorer
+    box.add = chooser.add
+    return box
 
 
 def decoding_explorer(decode: Callable[[str, str, int, float], Sequence[tuple[str, float, float]]],
                       default: str, examples: Sequence[str] = (), method: str = "beam", width: int = 4,
-                      max_width: int = 10, alpha: float = 0.0) -> Any:
-    """An explorer for a sequence-to-sequence model's decoder: type an input, choose greedy or beam search
-    (beam width and length-normalisation alpha as sliders), and see the candidate outputs with their scores.
+                      max_width: int = 10, alpha: float = 0.0, widths: Sequence[int] | None = None,
+                      alphas: Sequence[float] = (0.0, 0.5, 1.0, 1.5, 2.0)) -> Any:
+    """An explorer for a sequence-to-sequence model's decoder: choose an input (or type one, in a running
+    kernel), greedy or beam search, the beam width and the length-normalisation alpha, and see the
+    candidate outputs with their scores.
 
     `decode(text, method, width, alpha)` with method "greedy" or "beam" returns the candidates, best
     first, as (output text, log-probability, score) triples; it may raise ValueError (e.g. an unknown
-    character), whose message is shown in the explorer instead of a traceback. Returns an ipywidgets
-    VBox; on a static page it shows `default`.
+    character), whose message is shown in the explorer instead of a traceback. The results for `default`,
+    `examples`, every width in `widths` (default 1, 2, 4, 6, 8, 10 up to `max_width`) and every alpha in
+    `alphas` are computed up front, so the controls work on the static website too. Returns an ipywidgets VBox.
     """
     import html
     import math
@@ -118,41 +238,40 @@ def decoding_explorer(decode: Callable[[str, str, int, float], Sequence[tuple[st
         raise ValueError(f"method must be 'greedy' or 'beam', got {method!r}")
     if not (isinstance(max_width, int) and max_width >= 1 and isinstance(width, int) and 1 <= width <= max_width):
         raise ValueError(f"need 1 ≤ width ≤ max_width, got width={width!r}, max_width={max_width!r}")
-    box = widgets.Combobox(value=default, options=[str(e) for e in examples], placeholder="type an input",
-                           description="input", ensure_option=False, continuous_update=False,
-                           layout=widgets.Layout(width="420px"))
-    chooser = widgets.ToggleButtons(options=["greedy", "beam"], value=method, description="decoding")
-    beam = widgets.IntSlider(value=width, min=1, max=max_width, description="beam width",
-                             continuous_update=False, disabled=method == "greedy")
-    length = widgets.FloatSlider(value=alpha, min=0.0, max=2.0, step=0.1, description="alpha",
-                                 continuous_update=False, disabled=method == "greedy")
-    table = widgets.HTML()
+    widths = sorted({w for w in (widths or (1, 2, 4, 6, 8, 10)) if 1 <= w <= max_width} | {width})
+    alphas = sorted({round(float(a), 3) for a in alphas} | {round(float(alpha), 3)})
+    chooser_ = widgets.ToggleButtons(options=["greedy", "beam"], value=method, description="decoding")
+    beam = widgets.SelectionSlider(options=widths, value=width, description="beam width", continuous_update=False)
+    length = widgets.SelectionSlider(options=[(f"{a:g}", a) for a in alphas], value=round(float(alpha), 3),
+                                     description="alpha", continuous_update=False)
+    cache: dict[tuple[Any, ...], Any] = {}
 
-    def show(*_: Any) -> None:
-        beam.disabled = length.disabled = chooser.value == "greedy"
-        text = box.value
-        try:
-            candidates = list(decode(text, chooser.value, beam.value, length.value))
-        except ValueError as err:
-            table.value = (f"<div style='color:#b00020'><b>cannot decode “{html.escape(text)}”:</b> "
-                           f"{html.escape(str(err))}</div>")
-            return
-        rows = "".join(
-            f"<tr><td style='padding:2px 10px'>{i}</td><td style='padding:2px 10px'><b>{html.escape(out)}</b></td>"
-            f"<td style='padding:2px 10px;text-align:right'>{lp:.3f}</td>"
-            f"<td style='padding:2px 10px;text-align:right'>{math.exp(lp):.1%}</td>"
-            f"<td style='padding:2px 10px;text-align:right'>{score:.3f}</td></tr>"
-            for i, (out, lp, score) in enumerate(candidates, 1))
-        how = "greedy decoding" if chooser.value == "greedy" else \
-            f"beam search, width {beam.value}, alpha {length.value:.1f}"
-        table.value = (f"<b>“{html.escape(text)}”</b> → {how}"
-                       "<table style='font-family:monospace'><tr><th>#</th><th>output</th><th>log p</th>"
-                       f"<th>p</th><th>score</th></tr>{rows}</table>")
+    def page(text: str, m: int, w: int, a: int) -> Any:
+        how_ = ("greedy",) if m == 0 else ("beam", widths[w], alphas[a])
+        key = (text, *how_)
+        if key not in cache:
+            candidates = list(decode(text, how_[0], *(how_[1:] or (1, 0.0))))
+            rows = "".join(
+                f"<tr><td style='padding:2px 10px'>{i}</td><td style='padding:2px 10px'><b>{html.escape(out)}</b></td>"
+                f"<td style='padding:2px 10px;text-align:right'>{lp:.3f}</td>"
+                f"<td style='padding:2px 10px;text-align:right'>{math.exp(lp):.1%}</td>"
+                f"<td style='padding:2px 10px;text-align:right'>{score:.3f}</td></tr>"
+                for i, (out, lp, score) in enumerate(candidates, 1))
+            how = ("greedy decoding (beam width and alpha apply to beam search)" if m == 0 else
+                   f"beam search, width {how_[1]}, alpha {how_[2]:g}")
+            cache[key] = widgets.HTML(
+                f"<b>“{html.escape(text)}”</b> → {how}"
+                "<table style='font-family:monospace'><tr><th>#</th><th>output</th><th>log p</th>"
+                f"<th>p</th><th>score</th></tr>{rows}</table>")
+        return cache[key]
 
-    for control in (box, chooser, beam, length):
-        control.observe(show, names="value")
-    show()
-    return widgets.VBox([box, chooser, widgets.HBox([beam, length]), table])
+    chooser = _Examples([default, *examples], str, [chooser_, beam, length], page, "input", free_text=True,
+                        placeholder="type an input", width="420px")
+    box = widgets.VBox([*chooser.head(), chooser_, widgets.HBox([beam, length]), chooser.pages])
+    box.links = chooser.links
+    box.add = chooser.add
+    return box
+
 
 
 def gate_viewer(compute: Callable[[str], Mapping[str, Any]], default: str, examples: Sequence[str] = (),
@@ -160,13 +279,14 @@ def gate_viewer(compute: Callable[[str], Mapping[str, Any]], default: str, examp
                 title: str = "Activations per character") -> Any:
     """A viewer for per-character activations of a recurrent network (LSTM gates, cell state, ...).
 
-    Choose one of `examples` or type a line: `compute(text)` returns {name: (T, U) array}, one row per
-    character of `text` and one column per unit, and every map is drawn as a heatmap with units as
-    rows and the characters along the bottom. `ranges` fixes a map's colour range, e.g.
-    {"forget": (0, 1), "cell": (-2, 2)} (a range around 0 gets a diverging colour map); other maps
-    are scaled to their own values. Text longer than `max_chars` is cut. If `compute` raises
-    KeyError or ValueError (e.g. a character the model does not know), the message is shown instead.
-    Returns an ipywidgets VBox; on a static page it shows `default`.
+    Choose one of `examples` (or type a line, in a running kernel): `compute(text)` returns
+    {name: (T, U) array}, one row per character of `text` and one column per unit, and every map is
+    drawn as a heatmap with units as rows and the characters along the bottom. `ranges` fixes a map's
+    colour range, e.g. {"forget": (0, 1), "cell": (-2, 2)} (a range around 0 gets a diverging colour
+    map); other maps are scaled to their own values. Text longer than `max_chars` is cut. If `compute`
+    raises KeyError or ValueError for a typed line (e.g. a character the model does not know), the
+    message is shown instead. `default` and `examples` are drawn up front, so the menu works on the
+    static website too. Returns an ipywidgets VBox.
     """
     import html
 
@@ -177,29 +297,22 @@ def gate_viewer(compute: Callable[[str], Mapping[str, Any]], default: str, examp
     if not isinstance(max_chars, int) or max_chars < 1:
         raise ValueError(f"max_chars must be a positive int, got {max_chars!r}")
     ranges = dict(ranges or {})
-    options = list(dict.fromkeys([default, *examples]))
-    box = widgets.Combobox(value=default, options=options, placeholder="type a line", description="text",
-                           ensure_option=False, continuous_update=False,
-                           layout=widgets.Layout(width="100%", max_width="900px"))
-    note = widgets.HTML()
-    picture = widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="1000px"))
 
-    def draw(text: str) -> None:
+    def prepare(text: str) -> tuple[str, dict[str, np.ndarray]]:
         text = text[:max_chars]
         if not text:
-            note.value = "<i>type some text</i>"
-            return
-        try:
-            maps = {name: _to_numpy(m, f"compute(text)[{name!r}]") for name, m in compute(text).items()}
-        except (KeyError, ValueError) as err:
-            note.value = f"<span style='color:{HIGHLIGHT}'>{html.escape(str(err.args[0] if err.args else err))}</span>"
-            return
+            raise ValueError("type some text")
+        maps = {name: _to_numpy(m, f"compute(text)[{name!r}]") for name, m in compute(text).items()}
         if not maps:
-            raise ValueError("compute(text) returned no maps to draw")
+            raise TypeError("compute(text) returned no maps to draw")
         for name, m in maps.items():
             if m.ndim != 2 or m.shape[0] != len(text):
-                raise ValueError(f"compute(text)[{name!r}] must have shape ({len(text)}, units): one row per "
-                                 f"character, got {tuple(m.shape)}")
+                raise TypeError(f"compute(text)[{name!r}] must have shape ({len(text)}, units): one row per "
+                                f"character, got {tuple(m.shape)}")
+        return text, maps
+
+    def page(prepared: tuple[str, dict[str, np.ndarray]]) -> Any:
+        text, maps = prepared
         chars = ["␣" if ch == " " else ch for ch in text]
         with style():
             fig, axes = plt.subplots(len(maps), 1, squeeze=False,
@@ -211,28 +324,40 @@ def gate_viewer(compute: Callable[[str], Mapping[str, Any]], default: str, examp
                         cmap="RdBu_r" if diverging else "viridis", ylabel="unit", max_ticks=max_chars)
                 ax.tick_params(axis="x", labelrotation=0, labelsize=8)
             fig.suptitle(title)
-            picture.value = figure_to_png(fig)
-        note.value = f"<b>{html.escape(text)}</b> ({len(text)} characters)"
+            png = _small_png(fig)
+        return widgets.VBox([widgets.HTML(f"<b>{html.escape(text)}</b> ({len(text)} characters)"),
+                             _picture(png, "1000px")])
 
-    box.observe(lambda change: draw(change["new"]), names="value")
-    draw(default)
-    return widgets.VBox([box, note, picture])
+    try:
+        prepare(default)
+    except TypeError as err:
+        raise ValueError(str(err)) from err
+    chooser = _Examples([default, *examples], prepare, [], page, "text", free_text=True,
+                        placeholder="type a line", width="900px")
+    box = widgets.VBox([*chooser.head(), chooser.pages])
+    box.links = chooser.links
+    box.add = chooser.add
+    return box
 
 
 def sampling_explorer(sample: Callable[[str, float, int | None, float | None, int], str],
                       distribution: Callable[[str, float, int | None, float | None], Sequence[tuple[str, float]]]
                       | None = None, default: str = "", examples: Sequence[str] = (), temperature: float = 0.8,
                       top_k: int | None = None, top_p: float | None = None, seed: int = 0, vocab_size: int = 256,
-                      title: str = "Sampling") -> Any:
-    """An explorer for sampling from a language model: a prompt, temperature, top-k and top-p, and a seed.
+                      temperatures: Sequence[float] = (0.0, 0.5, 0.8, 1.2), top_ks: Sequence[int | None] = (None, 10),
+                      top_ps: Sequence[float | None] = (None, 0.9), title: str = "Sampling") -> Any:
+    """An explorer for sampling from a language model: a prompt, the temperature, top-k and top-p.
 
     `sample(prompt, temperature, top_k, top_p, seed)` returns the continuation (text after the prompt);
-    top_k None (slider at 0) and top_p None (slider at 1) mean no filter. If `distribution(prompt,
-    temperature, top_k, top_p)` is given, it returns the next-token candidates after the prompt as
-    (token, probability) pairs once temperature and filters are applied, most likely first; the explorer
-    shows them as bars, so the reader sees what each knob does to the distribution before a token is
-    drawn. ValueError or KeyError from either (an unknown character, an empty prompt) is shown as a
-    message. Returns an ipywidgets VBox; on a static page it shows the default setting.
+    top_k None and top_p None mean no filter. If `distribution(prompt, temperature, top_k, top_p)` is
+    given, it returns the next-token candidates after the prompt as (token, probability) pairs once
+    temperature and filters are applied, most likely first; the explorer shows them as bars, so the
+    reader sees what each knob does to the distribution before a token is drawn.
+    The samples for `default` and `examples` (prompts; another can be typed in a running kernel) at every
+    value of `temperatures`, `top_ks` and `top_ps` (plus the given temperature, top_k and top_p) are drawn
+    up front with `seed`, so the controls work on the static website too; at temperature 0 (greedy) the
+    filters change nothing and the sample is drawn once. ValueError or KeyError for a typed prompt (an
+    unknown character) is shown as a message. Returns an ipywidgets VBox.
     """
     import html
 
@@ -242,32 +367,37 @@ def sampling_explorer(sample: Callable[[str, float, int | None, float | None, in
         raise TypeError(f"default must be a str (the first prompt), got {type(default).__name__}")
     if not (isinstance(vocab_size, int) and vocab_size >= 1):
         raise ValueError(f"vocab_size must be a positive int, got {vocab_size!r}")
-    if not 0.0 <= temperature <= 2.0:
-        raise ValueError(f"temperature must be in [0, 2] (0 = greedy), got {temperature}")
-    if top_k is not None and not (isinstance(top_k, int) and 1 <= top_k <= vocab_size):
-        raise ValueError(f"top_k must be None or an int in [1, vocab_size={vocab_size}], got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be None or in (0, 1], got {top_p}")
-    wide = widgets.Layout(width="420px")
+    for t in (temperature, *temperatures):
+        if not 0.0 <= t <= 2.0:
+            raise ValueError(f"temperature must be in [0, 2] (0 = greedy), got {t}")
+    for k in (top_k, *top_ks):
+        if k is not None and not (isinstance(k, int) and 1 <= k <= vocab_size):
+            raise ValueError(f"top_k must be None or an int in [1, vocab_size={vocab_size}], got {k!r}")
+    for p in (top_p, *top_ps):
+        if p is not None and not 0.0 < p <= 1.0:
+            raise ValueError(f"top_p must be None or in (0, 1], got {p}")
+    temps = sorted({float(t) for t in (*temperatures, temperature)})
+    ks = [None, *sorted({k for k in (*top_ks, top_k) if k is not None})]
+    ps = [None, *sorted({p for p in (*top_ps, top_p) if p is not None and p < 1.0}, reverse=True)]
     style_ = {"description_width": "90px"}
-    box = widgets.Combobox(value=default, options=list(dict.fromkeys([default, *examples])), description="prompt",
-                           placeholder="type a prompt", ensure_option=False, continuous_update=False,
-                           layout=widgets.Layout(width="100%", max_width="700px"), style=style_)
-    temp = widgets.FloatSlider(value=temperature, min=0.0, max=2.0, step=0.05, description="temperature",
-                               continuous_update=False, layout=wide, style=style_)
-    k = widgets.IntSlider(value=top_k or 0, min=0, max=vocab_size, description="top-k (0: off)",
-                          continuous_update=False, layout=wide, style=style_)
-    p = widgets.FloatSlider(value=top_p or 1.0, min=0.05, max=1.0, step=0.05, description="top-p (1: off)",
-                            continuous_update=False, layout=wide, style=style_)
-    s = widgets.IntText(value=seed, description="seed", layout=widgets.Layout(width="200px"), style=style_)
-    bars, text = widgets.HTML(), widgets.HTML()
+    wide = widgets.Layout(width="420px")
+    temp = widgets.SelectionSlider(options=[(f"{t:g}", t) for t in temps], value=float(temperature),
+                                   description="temperature", continuous_update=False, layout=wide, style=style_)
+    k_ = widgets.SelectionSlider(options=[("off" if k is None else str(k), k) for k in ks], index=ks.index(top_k),
+                                 description="top-k", continuous_update=False, layout=wide, style=style_)
+    p_ = widgets.SelectionSlider(options=[("off" if p is None else f"{p:g}", p) for p in ps],
+                                 index=ps.index(top_p if top_p is not None and top_p < 1.0 else None),
+                                 description="top-p", continuous_update=False, layout=wide, style=style_)
+    cache: dict[tuple[Any, ...], Any] = {}
 
-    def show(*_: Any) -> None:
-        prompt, t = box.value, temp.value
-        kk, pp = (k.value or None), (p.value if p.value < 1.0 else None)
-        how = (f"temperature {t:g}" + ("" if t == 0 else "" if kk is None else f", top-k {kk}")
-               + ("" if t == 0 or pp is None else f", top-p {pp:g}") + (" (greedy)" if t == 0 else ""))
-        try:
+    def page(prompt: str, ti: int, ki: int, pi: int) -> Any:
+        t = temps[ti]
+        kk, pp = (None, None) if t == 0 else (ks[ki], ps[pi])
+        key = (prompt, t, kk, pp)
+        if key not in cache:
+            how = (f"temperature {t:g}" + ("" if kk is None else f", top-k {kk}") + ("" if pp is None else f", top-p {pp:g}")
+                   + (" (greedy: the filters change nothing)" if t == 0 else ""))
+            parts = []
             if distribution is not None:
                 rows = "".join(
                     f"<tr><td style='padding:1px 8px;font-family:monospace'>{html.escape(repr(tok))}</td>"
@@ -275,21 +405,22 @@ def sampling_explorer(sample: Callable[[str, float, int | None, float | None, in
                     f"width:{max(1.0, 240 * prob):.0f}px'></div></td>"
                     f"<td style='padding:1px 8px;text-align:right'>{prob:.1%}</td></tr>"
                     for tok, prob in list(distribution(prompt, t, kk, pp))[:10])
-                bars.value = (f"<b>next token after the prompt</b> ({how}; the 10 most likely)"
-                              f"<table>{rows}</table>")
-            out = sample(prompt, t, kk, pp, s.value)
-        except (KeyError, ValueError) as err:
-            msg = err.args[0] if err.args else err
-            text.value = f"<div style='color:{HIGHLIGHT}'><b>cannot sample:</b> {html.escape(str(msg))}</div>"
-            return
-        text.value = (f"<div style='margin-top:6px'>{html.escape(title)}: {how}, seed {s.value}</div>"
-                      "<pre style='white-space:pre-wrap;font-size:13px;line-height:1.35;border:1px solid #ddd;"
-                      f"padding:8px'><b>{html.escape(prompt)}</b>{html.escape(out)}</pre>")
+                parts.append(widgets.HTML(f"<b>next token after the prompt</b> ({how}; the 10 most likely)"
+                                          f"<table>{rows}</table>"))
+            out = sample(prompt, t, kk, pp, seed)
+            parts.append(widgets.HTML(
+                f"<div style='margin-top:6px'>{html.escape(title)}: {how}, seed {seed}</div>"
+                "<pre style='white-space:pre-wrap;font-size:13px;line-height:1.35;border:1px solid #8888;"
+                f"padding:8px'><b>{html.escape(prompt)}</b>{html.escape(out)}</pre>"))
+            cache[key] = widgets.VBox(parts)
+        return cache[key]
 
-    for control in (box, temp, k, p, s):
-        control.observe(show, names="value")
-    show()
-    return widgets.VBox([box, widgets.HBox([temp, k]), widgets.HBox([p, s]), bars, text])
+    chooser = _Examples([default, *examples], str, [temp, k_, p_], page, "prompt", free_text=True,
+                        placeholder="type a prompt", width="700px")
+    box = widgets.VBox([*chooser.head(), temp, widgets.HBox([k_, p_]), chooser.pages])
+    box.links = chooser.links
+    box.add = chooser.add
+    return box
 
 
 # ---------------------------------------------------------------------------------------------- patches
@@ -410,26 +541,30 @@ def _attention_view(view: Any, where: str) -> dict[str, tuple[np.ndarray, list[s
 
 def attention_explorer(maps: Mapping[str, Mapping[str, tuple[Any, Any, Any]]] | Callable[[str], Mapping[str, Any]],
                        default: str | None = None, examples: Sequence[str] = (), title: str = "Attention",
-                       max_ticks: int = 40, vmax: float | None = 1.0) -> Any:
+                       max_ticks: int = 60, vmax: float | None = 1.0, max_examples: int = 4) -> Any:
     """An explorer for attention maps: choose an example, the kind of attention, the layer and the head.
 
-    maps:     {example name: view}, precomputed, or a function compute(text) -> view, so the reader can
-              type an input of their own (a KeyError or ValueError it raises, e.g. an unknown character,
-              is shown as a message).
+    maps:     {example name: view}, precomputed, or a function compute(text) -> view, with which the reader
+              can also type an input of their own in a running kernel (a KeyError or ValueError it raises,
+              e.g. an unknown character, is shown as a message).
     view:     {kind: (attn, query_labels, key_labels)}, e.g. {"encoder self-attention": ...,
               "cross-attention": ...} or {"additive": ..., "dot-product": ...}; attn has shape
               (L, H, T, S) (layers, heads, queries, keys), or (H, T, S), or (T, S); a list of L
               per-layer (H, T, S) maps works too.
-    default:  the example shown first (and on a static page); default: the first of `examples` or of maps.
-    examples: the examples offered in the list (default: the keys of `maps`).
+    default:  the example shown first; default: the first of `examples` or of maps.
+    examples: the examples offered in the menu (default: the keys of `maps`); the first `max_examples`
+              (the default first) are drawn up front for every kind, layer and head, so every control
+              works on the static website too (each is a picture: keep the product small).
     The head menu offers all heads as a grid (`attention_grid`), their mean, or one head; controls for a
-    single kind, layer or head are hidden. Switching example keeps the controls, clamped to the new
-    example's layers and heads. Returns an ipywidgets VBox.
+    single kind, layer or head are hidden; a kind with fewer layers or heads than another shows its last.
+    Returns an ipywidgets VBox.
     """
     import html
 
     import ipywidgets as widgets
 
+    if not isinstance(max_examples, int) or max_examples < 1:
+        raise ValueError(f"max_examples must be a positive int, got {max_examples!r}")
     if callable(maps) and not isinstance(maps, Mapping):
         compute, views = maps, None
         options = [str(e) for e in examples]
@@ -438,7 +573,6 @@ def attention_explorer(maps: Mapping[str, Mapping[str, tuple[Any, Any, Any]]] | 
                 raise ValueError("attention_explorer with a compute function needs default= (or examples=) "
                                  "to know what to show first")
             default = options[0]
-        options = list(dict.fromkeys([str(default), *options]))
     elif isinstance(maps, Mapping):
         if not maps:
             raise ValueError("maps is empty: pass {example name: {kind: (attn, query_labels, key_labels)}}")
@@ -453,106 +587,70 @@ def attention_explorer(maps: Mapping[str, Mapping[str, tuple[Any, Any, Any]]] | 
             raise ValueError(f"default {default!r} is not in maps; maps has {list(views)}")
     else:
         raise TypeError(f"maps must be a dict {{example: view}} or a function text -> view, got {type(maps).__name__}")
+    options = list(dict.fromkeys([str(default), *options]))[:max_examples]
 
-    def get_view(name: str) -> dict[str, tuple[np.ndarray, list[str] | None, list[str] | None]]:
+    def get_view(name: str) -> tuple[str, dict[str, tuple[np.ndarray, list[str] | None, list[str] | None]]]:
         if views is not None:
             if name not in views:
                 raise KeyError(f"no example named {name!r}; choose one of {list(views)}")
-            return views[name]
-        return _attention_view(compute(name), f"compute({name!r})")
+            return name, views[name]
+        if not name.strip():
+            raise ValueError("type an input")
+        return name, _attention_view(compute(name), f"compute({name!r})")
 
-    first = get_view(default)  # errors in the first view are the author's, so they are raised
-    state: dict[str, Any] = {"name": default, "view": first, "busy": False}
+    prepared = {name: get_view(name) for name in options}  # errors here are the author's, so they are raised
+    kinds = list(dict.fromkeys(k for _, view in prepared.values() for k in view))
+    L_max = max(a.shape[0] for _, view in prepared.values() for a, _, _ in view.values())
+    H_max = max(a.shape[1] for _, view in prepared.values() for a, _, _ in view.values())
+    kind = widgets.ToggleButtons(options=kinds, description="attention")
+    layer = widgets.IntSlider(value=0, min=0, max=L_max - 1, description="layer", continuous_update=False)
+    head = widgets.Dropdown(options=["all heads", "mean over heads", *(f"head {h}" for h in range(H_max))],
+                            value="all heads", description="head")
+    kind.layout.display = "none" if len(kinds) == 1 else None
+    layer.layout.display = "none" if L_max == 1 else None
+    head.layout.display = "none" if H_max == 1 else None
+    cache: dict[tuple[Any, ...], Any] = {}
 
-    example = widgets.Combobox(value=default, options=options, description="example",
-                               placeholder="type an input" if compute else "choose an example",
-                               ensure_option=compute is None, continuous_update=False,
-                               layout=widgets.Layout(width="100%", max_width="600px"))
-    kind = widgets.ToggleButtons(options=list(first), description="attention")
-    layer = widgets.IntSlider(value=0, min=0, max=0, description="layer", continuous_update=False)
-    head = widgets.Dropdown(options=["all heads", "mean over heads", "head 0"], value="all heads",
-                            description="head")
-    caption = widgets.HTML()
-    picture = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"))
-
-    def sync() -> tuple[np.ndarray, list[str] | None, list[str] | None]:
-        """Fit the controls to the current view (keeping their values where they still exist)."""
-        view = state["view"]
-        if list(kind.options) != list(view):
-            keep = kind.value if kind.value in view else next(iter(view))
-            kind.options = list(view)
-            kind.value = keep
-        attn, q, k = view[kind.value]
-        L, H = attn.shape[:2]
-        kind.layout.display = "none" if len(view) == 1 else None
-        layer.value, layer.max = min(layer.value, L - 1), max(L - 1, 1)
-        layer.disabled = L == 1
-        layer.layout.display = "none" if L == 1 else None
-        wanted = head.value
-        if wanted.startswith("head ") and int(wanted.split()[1]) >= H:
-            wanted = f"head {H - 1}"
-        heads = ["all heads", "mean over heads", *(f"head {h}" for h in range(H))]
-        if list(head.options) != heads:
-            head.options = heads
-        head.value = wanted
-        head.layout.display = "none" if H == 1 else None
-        return attn, q, k
-
-    def draw(*_: Any) -> None:
-        if state["busy"]:
-            return
-        state["busy"] = True
-        try:
-            attn, q, k = sync()
-            L, H, T, S = attn.shape
-            maps_l = attn[layer.value]  # (H, T, S)
-            where = f"{kind.value}" + (f", layer {layer.value}" if L > 1 else "")
-            if H == 1:
-                fig = attention_grid(maps_l[0], q, k, max_ticks=max_ticks, vmax=vmax, title=f"{title}: {where}")
-                which = ""
-            elif head.value == "all heads":
-                fig = attention_grid(maps_l, q, k, max_ticks=max_ticks, vmax=vmax, title=f"{title}: {where}")
-                which = f"all {H} heads"
-            elif head.value == "mean over heads":
-                fig = attention_grid(maps_l.mean(0), q, k, max_ticks=max_ticks, vmax=vmax,
-                                     title=f"{title}: {where}, mean over {H} heads")
-                which = f"mean over {H} heads"
+    def page(prepared: tuple[str, dict[str, Any]], k: int, layer_: int, h: int) -> Any:
+        name, view = prepared
+        kind_ = kinds[k] if kinds[k] in view else next(iter(view))
+        attn, q, keys = view[kind_]
+        L, H, T, S = attn.shape
+        layer_ = min(layer_, L - 1)
+        which = "one" if H == 1 else "all" if h == 0 else "mean" if h == 1 else min(h - 2, H - 1)
+        key = (name, kind_, layer_, which)
+        if key not in cache:
+            maps_l = attn[layer_]  # (H, T, S)
+            where = kind_ + (f", layer {layer_}" if L > 1 else "")
+            if which == "one":
+                fig, note = attention_grid(maps_l[0], q, keys, max_ticks=max_ticks, vmax=vmax,
+                                           title=f"{title}: {where}"), ""
+            elif which == "all":
+                fig, note = attention_grid(maps_l, q, keys, max_ticks=max_ticks, vmax=vmax,
+                                           title=f"{title}: {where}"), f"all {H} heads"
+            elif which == "mean":
+                fig, note = attention_grid(maps_l.mean(0), q, keys, max_ticks=max_ticks, vmax=vmax,
+                                           title=f"{title}: {where}, mean over {H} heads"), f"mean over {H} heads"
             else:
-                h = int(head.value.split()[1])
-                fig = attention_grid(maps_l[h], q, k, max_ticks=max_ticks, vmax=vmax,
-                                     title=f"{title}: {where}, head {h}")
-                which = head.value
-            picture.value = figure_to_png(fig)
-            parts = [f"<b>{html.escape(state['name'])}</b>", html.escape(kind.value)]
+                fig, note = attention_grid(maps_l[which], q, keys, max_ticks=max_ticks, vmax=vmax,
+                                           title=f"{title}: {where}, head {which}"), f"head {which}"
+            parts = [f"<b>{html.escape(name)}</b>", html.escape(kind_)]
             if L > 1:
-                parts.append(f"layer {layer.value} of {L}")
-            if which:
-                parts.append(which)
-            caption.value = (" · ".join(parts) + f" <span style='color:#666'>(L, H, T, S) = {(L, H, T, S)}: "
-                             f"{T} queries × {S} keys</span>")
-        finally:
-            state["busy"] = False
+                parts.append(f"layer {layer_} of {L}")
+            if note:
+                parts.append(note)
+            caption = (" · ".join(parts) + f" <span style='opacity:.7'>(L, H, T, S) = {(L, H, T, S)}: "
+                       f"{T} queries × {S} keys</span>")
+            cache[key] = widgets.VBox([widgets.HTML(caption), _picture(_small_png(fig))])
+        return cache[key]
 
-    def choose(change: Any) -> None:
-        name = change["new"]
-        if not name:
-            caption.value = "<i>type an input</i>" if compute else "<i>choose an example</i>"
-            return
-        try:
-            view = get_view(name)
-        except (KeyError, ValueError) as err:
-            message = str(err.args[0] if err.args else err)
-            caption.value = (f"<span style='color:{HIGHLIGHT}'><b>cannot show “{html.escape(name)}”:</b> "
-                             f"{html.escape(message)}</span>")
-            return
-        state["name"], state["view"] = name, view
-        draw()
-
-    example.observe(choose, names="value")
-    for control in (kind, layer, head):
-        control.observe(draw, names="value")
-    draw()
-    return widgets.VBox([example, kind, widgets.HBox([layer, head]), caption, picture])
+    chooser = _Examples(options, lambda name: prepared[name] if name in prepared else get_view(name),
+                        [kind, layer, head], page, "example", free_text=compute is not None,
+                        placeholder="type an input")
+    box = widgets.VBox([*chooser.head(), kind, widgets.HBox([layer, head]), chooser.pages])
+    box.links = chooser.links
+    box.add = chooser.add
+    return box
 
 
 # ---------------------------------------------------------------------------------------------- image-text similarity
@@ -582,11 +680,12 @@ def similarity_explorer(images: Any, captions: Sequence[str], image_features: An
     images (N_i, ...) as for `similarity_matrix`; captions (N_t strings); image_features (N_i, E) and
     text_features (N_t, E) their embeddings (normalised here). Three parts:
     - the similarity matrix of the first `grid` images × the first `grid` captions (`similarity_matrix`);
-    - caption → images: choose a caption, or type one if `encode_text(text) -> (E,)` is given, and see the
-      `top` most similar images; each has a button that ranks the captions for it;
-    - image → captions: choose an image (slider or button) and see the `top` most similar captions.
-    A ValueError or KeyError from `encode_text` is shown as a message. Returns an ipywidgets VBox; a static
-    page shows `default_caption` (default: the first caption) and image `default_image`.
+    - caption → images: choose a caption (or type one, in a running kernel, if `encode_text(text) -> (E,)`
+      is given) and see the `top` most similar images, each with its number and similarity;
+    - image → captions: choose an image by its number and see the `top` most similar captions.
+    Every caption's and every image's ranking is computed up front, so both work on the static website.
+    A ValueError or KeyError from `encode_text` is shown as a message. Returns an ipywidgets VBox, showing
+    `default_caption` (default: the first caption) and image `default_image` first.
     """
     import html
 
@@ -608,63 +707,38 @@ def similarity_explorer(images: Any, captions: Sequence[str], image_features: An
         raise ValueError(f"default_caption {default_caption!r} is not one of the captions, and without encode_text "
                          "no other caption can be embedded")
     top_i, top_t = min(top, len(thumbs)), min(top, len(captions))
-    pngs: dict[int, bytes] = {}
+    pictures: dict[int, Any] = {}
 
-    def png(i: int) -> bytes:
-        if i not in pngs:
-            pngs[i] = _png(thumbs[i], thumbnail)
-        return pngs[i]
+    def picture(i: int) -> Any:  # one Image widget per image, shown wherever the image is ranked
+        if i not in pictures:
+            pictures[i] = widgets.Image(value=_png(thumbs[i], thumbnail), format="png",
+                                        layout=widgets.Layout(width=f"{thumbnail}px"))
+        return pictures[i]
 
     g_i, g_t = min(grid, len(thumbs)), min(grid, len(captions))
-    matrix = widgets.Image(format="png", layout=widgets.Layout(max_width="100%"),
-                           value=figure_to_png(similarity_matrix(img[:g_i] @ txt[:g_t].T, thumbs[:g_i], captions[:g_t],
-                                                                 title=title, mark_best=True)))
-    text_box = widgets.Combobox(value=default_caption, options=list(dict.fromkeys(captions)),
-                                description="caption", placeholder="type a caption" if encode_text else "choose",
-                                ensure_option=encode_text is None, continuous_update=False,
-                                layout=widgets.Layout(width="100%", max_width="600px"))
-    text_note = widgets.HTML()
-    results = [widgets.Image(format="png", layout=widgets.Layout(width=f"{thumbnail}px")) for _ in range(top_i)]
-    scores = [widgets.HTML() for _ in range(top_i)]
-    buttons = [widgets.Button(description="captions ↓", layout=widgets.Layout(width=f"{thumbnail}px"))
-               for _ in range(top_i)]
-    shown = list(range(top_i))  # which image each result slot shows
-    image_slider = widgets.IntSlider(value=default_image, min=0, max=max(len(thumbs) - 1, 1), description="image",
-                                     continuous_update=False, disabled=len(thumbs) == 1)
-    chosen = widgets.Image(format="png", layout=widgets.Layout(width=f"{thumbnail}px"))
-    ranking = widgets.HTML()
+    matrix = _picture(_small_png(similarity_matrix(img[:g_i] @ txt[:g_t].T, thumbs[:g_i], captions[:g_t],
+                                                   title=title, mark_best=True)))
 
-    def feature_of(text: str) -> np.ndarray:
-        if encode_text is None:
-            return txt[captions.index(text)]
+    def feature_of(text: str) -> tuple[str, np.ndarray]:
+        if not text.strip():
+            raise ValueError("type a caption")
+        if encode_text is None or text in captions:
+            return text, txt[captions.index(text)]
         vector = _to_numpy(encode_text(text), "encode_text(text)").reshape(-1)
         if vector.shape != (txt.shape[1],):
-            raise ValueError(f"encode_text returned {vector.size} numbers, the text features have E = {txt.shape[1]}")
-        return vector / max(np.linalg.norm(vector), 1e-12)
+            raise TypeError(f"encode_text returned {vector.size} numbers, the text features have E = {txt.shape[1]}")
+        return text, vector / max(np.linalg.norm(vector), 1e-12)
 
-    def rank_images(*_: Any) -> None:
-        text = text_box.value
-        if not text.strip():
-            text_note.value = "<i>type a caption</i>"
-            return
-        try:
-            sims = img @ feature_of(text)  # (N_i,)
-        except (KeyError, ValueError) as err:
-            msg = err.args[0] if err.args else err
-            text_note.value = (f"<span style='color:{HIGHLIGHT}'><b>cannot embed “{html.escape(text)}”:</b> "
-                               f"{html.escape(str(msg))}</span>")
-            return
+    def images_for(prepared: tuple[str, np.ndarray]) -> Any:
+        text, feature = prepared
+        sims = img @ feature  # (N_i,)
         order = np.argsort(-sims, kind="stable")[:top_i]
-        for slot, i in enumerate(order):
-            shown[slot] = int(i)
-            results[slot].value = png(int(i))
-            scores[slot].value = f"<div style='text-align:center'>#{i}: {sims[i]:.3f}</div>"
-        text_note.value = (f"the {top_i} images (of {len(thumbs)}) most similar to <b>“{html.escape(text)}”</b> "
-                           "(cosine similarity)")
+        gallery = widgets.HBox([widgets.VBox([picture(int(i)), widgets.HTML(
+            f"<div style='text-align:center'>#{i}: {sims[i]:.3f}</div>")]) for i in order])
+        return widgets.VBox([widgets.HTML(f"the {top_i} images (of {len(thumbs)}) most similar to "
+                                          f"<b>“{html.escape(text)}”</b> (cosine similarity)"), gallery])
 
-    def rank_captions(*_: Any) -> None:
-        i = image_slider.value
-        chosen.value = png(i)
+    def captions_for(i: int) -> Any:
         sims = txt @ img[i]  # (N_t,)
         order = np.argsort(-sims, kind="stable")[:top_t]
         lo = min(0.0, float(sims.min()))
@@ -674,21 +748,18 @@ def similarity_explorer(images: Any, captions: Sequence[str], image_features: An
             f"<td style='padding:1px 8px;width:160px'><div style='background:{BASE};height:12px;"
             f"width:{max(1.0, 160 * (sims[j] - lo) / span):.0f}px'></div></td>"
             f"<td style='padding:1px 8px;text-align:right'>{sims[j]:.3f}</td></tr>" for j in order)
-        ranking.value = (f"<b>image #{i}</b>: the {top_t} captions (of {len(captions)}) most similar to it"
-                         f"<table>{rows}</table>")
+        ranking = widgets.HTML(f"<b>image #{i}</b>: the {top_t} captions (of {len(captions)}) most similar to it"
+                               f"<table>{rows}</table>")
+        return widgets.HBox([picture(i), ranking], layout=widgets.Layout(align_items="flex-start"))
 
-    def pick(slot: int) -> Callable[[Any], None]:
-        def on_click(_: Any) -> None:
-            image_slider.value = shown[slot]
-        return on_click
-
-    text_box.observe(rank_images, names="value")
-    image_slider.observe(rank_captions, names="value")
-    for slot, button in enumerate(buttons):
-        button.on_click(pick(slot))
-    rank_images()
-    rank_captions()
-    gallery = widgets.HBox([widgets.VBox([r, s, b]) for r, s, b in zip(results, scores, buttons)])
-    return widgets.VBox([matrix, widgets.HTML("<b>caption → images</b>"), text_box, text_note, gallery,
-                         widgets.HTML("<b>image → captions</b>"), image_slider,
-                         widgets.HBox([chosen, ranking], layout=widgets.Layout(align_items="flex-start"))])
+    chooser = _Examples([default_caption, *captions], feature_of, [], images_for, "caption",
+                        free_text=encode_text is not None, placeholder="type a caption")
+    image_slider = widgets.IntSlider(value=default_image, min=0, max=len(thumbs) - 1, description="image",
+                                     continuous_update=False)
+    links = chooser.links
+    by_image = _switched([image_slider], captions_for, links)
+    box = widgets.VBox([matrix, widgets.HTML("<b>caption → images</b>"), *chooser.head(), chooser.pages,
+                        widgets.HTML("<b>image → captions</b>"), image_slider, by_image])
+    box.links = links
+    box.add = chooser.add
+    return box

@@ -105,6 +105,19 @@ def _thin(n: int, max_ticks: int) -> np.ndarray:
     return np.arange(0, n, max(1, -(-n // max_ticks)))
 
 
+# The width (inches) at which a figure is shown at its own size in the book's text column (about 850 px
+# at 100 dpi): figures sized to it keep their tick labels at the font size they were drawn with.
+PAGE_WIDTH = 8.5
+
+
+def _label_pitch(labels: Sequence[str], fontsize: float) -> float:
+    """The room (inches) one tick label needs along an axis: short labels (up to 3 characters) are written
+    across, longer ones are turned, so a line of text."""
+    inch = fontsize / 72
+    short = max((len(label) for label in labels if len(label) <= 3), default=1)
+    return max(1.5, 0.62 * short + 0.8) * inch
+
+
 # ----------------------------------------------------------------------------------------------
 
 @_styled
@@ -130,8 +143,15 @@ def heatmap(matrix: Any, row_labels: Sequence[Any] | None = None, col_labels: Se
     if annotate and rows * cols > 900:
         raise ValueError(f"annotate=True would write {rows * cols} numbers on a {rows}x{cols} matrix; "
                          "annotate matrices up to 30x30, or slice the part you want to read")
-    if ax is None:
-        ax = _new_axes(None, (max(4.0, min(12.0, 0.35 * cols + 2.5)), max(3.0, min(10.0, 0.35 * rows + 1.5))))
+    fontsize = mpl.rcParams["xtick.labelsize"]
+    fontsize = fontsize if isinstance(fontsize, (int, float)) else 10.0
+    if ax is None:  # sized to its labels (every one written when they fit in the page width), else to its cells
+        width = (_label_pitch(col_labels, fontsize) * cols + 2.5) if col_labels is not None else 0.35 * cols + 2.5
+        height = (_label_pitch(["x"], fontsize) * rows + 1.5) if row_labels is not None else 0.35 * rows + 1.5
+        ax = _new_axes(None, (max(4.0, min(PAGE_WIDTH, width)), max(3.0, min(10.0, height))))
+        room = max(1.0, min(width, PAGE_WIDTH) - 2.5)  # the axes' width: the figure's less its margins
+        if col_labels is not None:
+            max_ticks = min(max_ticks, max(2, int(room / _label_pitch(col_labels, fontsize) + 0.01)))
     image = ax.imshow(data, cmap=cmap, vmin=vmin, vmax=vmax, aspect="auto", interpolation="nearest")
     ax.grid(False)
     if col_labels is not None:
@@ -602,8 +622,9 @@ def attention_grid(attn: Any, query_labels: Sequence[Any] | None = None, key_lab
     ncols:        heads per row (default: at most 4, rows as even as possible).
     ax:           draw a single map (H = 1) into this Axes instead of a new figure.
     The colour range is vmin..vmax (0..1 by default, so maps compare; None: the data's range), with one
-    shared colour bar. Tick labels are thinned to what fits (at most `max_ticks` per axis) and written on
-    the outer maps only. Returns the Figure.
+    shared colour bar. The figure is sized so that every tick label is written when the maps fit in the
+    page width (`PAGE_WIDTH`), with as many heads per row as fit; otherwise (and at most `max_ticks` per
+    axis) a label every k-th row/column. Labels are written on the outer maps only. Returns the Figure.
     """
     data = _to_numpy(attn, "attn")
     if data.ndim == 2:
@@ -628,6 +649,7 @@ def attention_grid(attn: Any, query_labels: Sequence[Any] | None = None, key_lab
         raise ValueError(f"ax= takes one map but attn has {H} heads; leave ax=None to get a grid of heads, "
                          "or pass one head, e.g. attn[h]")
 
+    fixed_cols = ncols
     rows, ncols = _grid_shape(H, ncols)
     fontsize = 9.0 if H == 1 else 8.0
     inch = fontsize / 72  # one line of tick-label text, in inches
@@ -644,9 +666,19 @@ def attention_grid(attn: Any, query_labels: Sequence[Any] | None = None, key_lab
     else:
         x_extent = 0.3 if across else 0.62 * min(k_long, 20) * inch + 0.1  # below the maps: tick labels
         left = 0.62 * min(q_long, 20) * inch + 0.5  # tick labels and "query"
-        if figsize is None:  # every label fits up to ~40 rows/columns for one map, ~20 in a grid
-            map_w = float(np.clip(pitch_x * S, 2.0, 10.0 if H == 1 else min(4.0, 12.5 / ncols)))
-            map_h = float(np.clip(pitch_y * T, 1.5, 7.5 if H == 1 else 4.0))
+        if figsize is None:
+            # Every label when the maps fit in the page width (PAGE_WIDTH) at one label per pitch: as many heads
+            # per row as fit that way (at most the default); a map too wide even alone gets a label every k.
+            need_w = max(1.5, pitch_x * S)
+            if fixed_cols is None:
+                fits = ncols
+                while fits > 1 and left + fits * (need_w + 0.2) + 0.9 > PAGE_WIDTH:
+                    fits -= 1
+                alone = left + need_w + 0.2 + 0.9 <= PAGE_WIDTH  # one map shows every label
+                ncols = fits if alone else min(ncols, 2)  # else a label every k, in a grid that stays compact
+                rows = -(-H // ncols)
+            map_w = float(min(need_w, max(1.5, (PAGE_WIDTH - left - 0.9) / ncols - 0.2)))
+            map_h = float(np.clip(pitch_y * T, 1.5, 9.0 if H == 1 else max(3.0, 1.2 * map_w)))
             figsize = (left + ncols * (map_w + 0.2) + 0.9,
                        rows * (map_h + 0.35) + x_extent + 0.45 + (0.4 if title else 0.0))
         else:
