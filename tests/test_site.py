@@ -352,3 +352,241 @@ def test_page(page: str, site: Path, base_url: str, browser):
     if page.startswith("chapters/"):
         assert colab, f"{page} has no Colab link starting with {_launch_prefixes(page)[0]}"
         assert binder, f"{page} has no Binder link to the notebook starting with {_launch_prefixes(page)[1]}"
+
+
+# ----------------------------------------------------------------------------- explorers, dark mode, page weight
+
+# The heaviest a chapter page may be: its HTML (which carries the explorers' precomputed views as saved widget
+# state) plus the images it shows from _images/. The shared theme, MathJax and widget scripts are cached once
+# for the whole book and not counted. 6 MB is about 3 s on a 20 Mbit/s line; the chapters weigh 0.4-4 MB.
+PAGE_BUDGET_BYTES = 6_000_000
+
+# A Stack's view is a plain box (no widget-vbox/hbox class) that holds only its selected page.
+STACK = ".widget-box:not(.widget-vbox):not(.widget-hbox):not(.widget-gridbox)"
+
+EXPLORER_JS = """async () => {
+  // Every explorer: a widget output (.widget-subarea) that holds a Stack of precomputed pages. Its controls are
+  // the menus, toggle buttons and sliders outside the stacks (the ones inside a page need a kernel to redraw).
+  const visible = el => el.getClientRects().length > 0 && getComputedStyle(el).visibility !== 'hidden';
+  const roots = Array.from(document.querySelectorAll('.widget-subarea > .lm-Widget'))
+    .filter(r => r.querySelector('%s'));
+  return roots.map((root, i) => {
+    root.dataset.explorer = i;
+    const controls = [];
+    root.querySelectorAll('select, .widget-toggle-buttons, .widget-slider').forEach(el => {
+      if (el.closest('%s') || !visible(el)) return;
+      if (el.closest('.widget-inline-hbox, .widget-toggle-buttons, .widget-slider')?.classList.contains('mod-disabled')) return;
+      el.dataset.control = controls.length;
+      const kind = el.tagName === 'SELECT' ? 'select' : el.classList.contains('widget-toggle-buttons') ? 'toggle' : 'slider';
+      const label = (el.closest('.widget-inline-hbox, .widget-toggle-buttons') || el).querySelector('.widget-label');
+      controls.push({kind: kind, label: label ? label.textContent.trim() : ''});
+    });
+    return {index: i, controls: controls, title: root.innerText.slice(0, 60)};
+  });
+}""" % (STACK, STACK)
+
+VIEW_JS = """async (i) => {
+  // What the explorer shows in its pages: the visible text and a hash of every visible picture's bytes
+  // (an Image widget's src is a blob: URL made per view, so the bytes, not the URL, identify the picture).
+  const root = document.querySelector(`[data-explorer="${i}"]`);
+  const visible = el => el.getClientRects().length > 0;
+  const parts = [];
+  for (const stack of root.querySelectorAll('%s')) {
+    if (stack.parentElement.closest('%s') || !visible(stack)) continue;
+    parts.push(stack.innerText);
+    for (const img of stack.querySelectorAll('img')) {
+      if (!visible(img)) continue;
+      const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+      let h = 2166136261;
+      for (let k = 0; k < bytes.length; k++) { h ^= bytes[k]; h = Math.imul(h, 16777619) >>> 0; }
+      parts.push(`img:${bytes.length}:${h}`);
+    }
+  }
+  return parts.join('\\n');
+}""" % (STACK, STACK)
+
+
+def _explorer_pages() -> list[str]:
+    """Chapter pages whose saved widget state holds a Stack (an explorer with precomputed views)."""
+    if not SITE_DIR.is_dir():
+        return [p for p in PAGES if p.startswith("chapters/")]
+    return [p for p in PAGES if p.startswith("chapters/") and (SITE_DIR / f"{p}.html").is_file()
+            and '"StackModel"' in (SITE_DIR / f"{p}.html").read_text(encoding="utf-8")]
+
+
+def _open(browser, base_url: str, page: str, dark: bool = False):
+    """A page loaded with its widgets rendered; requests off 127.0.0.1 are recorded in `context.external`."""
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, service_workers="block",
+                                  color_scheme="dark" if dark else "light")
+    context.external = []
+    if dark:  # pydata-sphinx-theme reads the reader's choice from localStorage before it paints
+        context.add_init_script("localStorage.setItem('mode', 'dark'); localStorage.setItem('theme', 'dark');")
+    page_ = context.new_page()
+
+    def on_request(request):
+        url = urlsplit(request.url)
+        if url.scheme not in {"data", "blob", "about"} and url.hostname != LOCAL_HOST:
+            context.external.append(request.url)
+
+    page_.on("request", on_request)
+    page_.route(re.compile(r"^(?!(https?://127\.0\.0\.1[:/]|data:|blob:|about:)).*"), lambda route: route.abort())
+    page_.goto(f"{base_url}/{page}.html", wait_until="load", timeout=LOAD_TIMEOUT_MS)
+    source = (SITE_DIR / f"{page}.html").read_text(encoding="utf-8")
+    n_views = source.count(f'type="{WIDGET_VIEW}"')
+    if n_views:
+        page_.wait_for_function("n => document.querySelectorAll('.widget-subarea > .lm-Widget').length >= n",
+                                arg=n_views, timeout=RENDER_TIMEOUT_MS)
+    return context, page_
+
+
+def _change(page_, explorer: int, control: int, kind: str, undo: str | None = None) -> str:
+    """Change a control as a reader would (the next menu entry or toggle button, a slider step) and return how,
+    so that `_change(..., undo=how)` changes it back."""
+    sel = f'[data-explorer="{explorer}"] [data-control="{control}"]'
+    step = -1 if undo == "+1" else 1
+    if kind == "select":
+        options = page_.eval_on_selector(sel, "s => Array.from(s.options).map(o => o.value)")
+        current = page_.eval_on_selector(sel, "s => s.selectedIndex")
+        page_.select_option(sel, options[(current + step) % len(options)])
+        return "+1"
+    if kind == "toggle":
+        buttons = page_.locator(f"{sel} button")
+        current = page_.eval_on_selector(sel, "t => Array.from(t.querySelectorAll('button')).findIndex("
+                                              "b => b.classList.contains('mod-active'))")
+        buttons.nth((current + step) % buttons.count()).click()
+        return "+1"
+    handle = page_.locator(f"{sel} .noUi-handle").first
+    handle.focus()
+    if undo is None:
+        at_end = page_.eval_on_selector(f"{sel} .noUi-handle", "h => h.getAttribute('aria-valuenow') === "
+                                                               "h.getAttribute('aria-valuemax')")
+        key = "ArrowLeft" if at_end else "ArrowRight"
+    else:
+        key = "ArrowLeft" if undo == "ArrowRight" else "ArrowRight"
+    handle.press(key)
+    return key
+
+
+@pytest.mark.parametrize("page", _explorer_pages())
+def test_explorers_work_without_a_kernel(page: str, site: Path, base_url: str, browser):
+    """Every explorer on the page, in the browser alone: each of its controls (menus, toggle buttons, sliders
+    outside its pages) changes what the explorer shows, and changing it back shows the first view again."""
+    context, page_ = _open(browser, base_url, page)
+    checked = []
+    try:
+        explorers = page_.evaluate(EXPLORER_JS)
+        assert explorers, f"{page} has widget stacks but no explorer was found in the DOM"
+        for ex in explorers:
+            assert ex["controls"], f"{page}: explorer {ex['index']} ({ex['title']!r}) shows no control to change"
+            first = page_.evaluate(VIEW_JS, ex["index"])
+            assert first.strip(), f"{page}: explorer {ex['index']} shows nothing in its pages"
+            for c, control in enumerate(ex["controls"]):
+                how = _change(page_, ex["index"], c, control["kind"])
+                page_.wait_for_timeout(300)
+                changed = page_.evaluate(VIEW_JS, ex["index"])
+                assert changed != first, (f"{page}: changing {control['kind']} {control['label']!r} of explorer "
+                                          f"{ex['index']} ({ex['title']!r}) did not change the view")
+                _change(page_, ex["index"], c, control["kind"], undo=how)
+                page_.wait_for_timeout(300)
+                assert page_.evaluate(VIEW_JS, ex["index"]) == first, (
+                    f"{page}: changing {control['label']!r} back did not bring the first view back")
+                checked.append(control["label"])
+        shot = SCREENSHOTS / f"{page}.explorers.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        page_.screenshot(path=str(shot), full_page=True)
+    finally:
+        external = context.external
+        context.close()
+    assert not external, f"{page} requested resources outside {LOCAL_HOST}:\n" + "\n".join(external)
+    assert checked
+
+
+def _luminance(rgb) -> float:
+    def channel(c: float) -> float:
+        c /= 255
+        return c / 12.92 if c <= 0.04045 else ((c + 0.055) / 1.055) ** 2.4
+    r, g, b = (channel(float(v)) for v in rgb[:3])
+    return 0.2126 * r + 0.7152 * g + 0.0722 * b
+
+
+def _contrast(a, b) -> float:
+    la, lb = sorted((_luminance(a), _luminance(b)), reverse=True)
+    return (la + 0.05) / (lb + 0.05)
+
+
+DARK_JS = """() => {
+  const rgb = s => (s.match(/[\\d.]+/g) || []).slice(0, 4).map(Number);
+  const background = el => {
+    for (; el; el = el.parentElement) {
+      const c = rgb(getComputedStyle(el).backgroundColor);
+      if (c.length === 3 || (c.length === 4 && c[3] > 0.5)) return c.slice(0, 3);
+    }
+    return [255, 255, 255];
+  };
+  const visible = el => el.getClientRects().length > 0;
+  const figures = Array.from(document.querySelectorAll('.cell_output img')).filter(visible).map(img => {
+    const r = img.getBoundingClientRect();
+    return {src: (img.currentSrc || img.src).slice(0, 80), x: r.left + scrollX, y: r.top + scrollY, w: r.width, h: r.height};
+  });
+  const texts = Array.from(document.querySelectorAll('.widget-subarea .widget-label, .widget-subarea .widget-html-content, '
+                                                    + '.widget-subarea .widget-readout, .widget-subarea select'))
+    .filter(el => visible(el) && el.textContent.trim())
+    .map(el => ({text: el.textContent.trim().slice(0, 40), color: rgb(getComputedStyle(el).color), background: background(el)}));
+  return {theme: document.documentElement.dataset.theme, page: background(document.querySelector('.bd-content') || document.body),
+          figures: figures, texts: texts};
+}"""
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.startswith("chapters/")])
+def test_dark_mode_keeps_figures_and_explorers_readable(page: str, site: Path, base_url: str, browser):
+    """In pydata-sphinx-theme's dark mode (html[data-theme=dark]) every output figure is shown on a light card
+    (its frame in the screenshot is light while the page is dark) and the explorers' labels contrast with
+    what they are written on (WCAG ratio >= 4.5). A full-page screenshot goes to _build/screenshots/<page>.dark.png."""
+    import io
+
+    from PIL import Image
+
+    context, page_ = _open(browser, base_url, page, dark=True)
+    try:
+        page_.evaluate(IMAGES_JS)
+        found = page_.evaluate(DARK_JS)
+        shot = SCREENSHOTS / f"{page}.dark.png"
+        shot.parent.mkdir(parents=True, exist_ok=True)
+        png = page_.screenshot(path=str(shot), full_page=True)
+    finally:
+        context.close()
+    assert found["theme"] == "dark", f"{page}: the theme did not switch to dark mode (data-theme={found['theme']!r})"
+    assert _luminance(found["page"]) < 0.1, f"{page}: the page background {found['page']} is not dark"
+    image = Image.open(io.BytesIO(png)).convert("L")
+    dark_figures = []
+    for fig in found["figures"]:
+        if fig["w"] < 40 or fig["h"] < 40:
+            continue
+        x0, y0, x1, y1 = (int(v) for v in (fig["x"] + 2, fig["y"] + 2, fig["x"] + fig["w"] - 2, fig["y"] + fig["h"] - 2))
+        frame = [image.getpixel((x, y)) for x in range(x0, x1, 4) for y in (y0, y1 - 1)] + \
+                [image.getpixel((x, y)) for y in range(y0, y1, 4) for x in (x0, x1 - 1)]
+        if sum(frame) / len(frame) < 180:
+            dark_figures.append(f"{fig['src']} (frame {sum(frame) / len(frame):.0f}/255)")
+    assert not dark_figures, f"{page}: figures not on a light card in dark mode: {dark_figures}"
+    poor = [f"{t['text']!r}: {t['color']} on {t['background']} ({_contrast(t['color'], t['background']):.1f})"
+            for t in found["texts"] if _contrast(t["color"], t["background"]) < 4.5]
+    assert not poor, f"{page}: explorer text hard to read in dark mode: {poor[:5]}"
+
+
+def _page_weight(site: Path, page: str) -> int:
+    html_file = site / f"{page}.html"
+    parser = _ResourceRefs()
+    parser.feed(html_file.read_text(encoding="utf-8"))
+    images = {(html_file.parent / unquote(urlsplit(u).path)).resolve() for u in parser.urls
+              if "_images/" in u and not re.match(r"(https?:)?//|data:", u)}
+    return html_file.stat().st_size + sum(p.stat().st_size for p in images if p.is_file())
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.startswith("chapters/")])
+def test_chapter_page_weight_is_within_budget(page: str, site: Path):
+    """A chapter page (its HTML with the explorers' saved views, plus its images) stays within PAGE_BUDGET_BYTES."""
+    weight = _page_weight(site, page)
+    print(f"{page}: {weight / 1e6:.2f} MB")
+    assert weight <= PAGE_BUDGET_BYTES, (
+        f"{page} weighs {weight / 1e6:.1f} MB (HTML + images), over the {PAGE_BUDGET_BYTES / 1e6:.0f} MB budget: "
+        "offer fewer precomputed views in its explorers (examples, slider values) or smaller pictures")
