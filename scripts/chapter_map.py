@@ -1,4 +1,4 @@
-"""Draw the book's chapter map: the nine chapters, what each builds on, and the `utils` module it adds.
+"""Draw the book's chapter map: the chapters, what each builds on, and the `utils` module it adds.
 
 Run `python -m scripts.chapter_map` from the repository root to (re)write `book/figures/chapter_map.png`.
 The drawing is deterministic (fixed layout, matplotlib's bundled DejaVu fonts, no timestamp in the
@@ -75,6 +75,8 @@ CHAPTERS = [
             COL[2], ROW[2], "vision"),
     Chapter(9, "CLIP", "contrastive training, zero-shot", "utils.clip",
             COL[2], ROW[3], "clip"),
+    Chapter(10, "Vision + language", "visual tokens, gated x-attn", "utils.vlm",
+            COL[1], ROW[3], "clip"),
 ]
 
 # (from, to, label on the arrow)
@@ -82,6 +84,7 @@ EDGES = [
     (1, 2, ""), (2, 3, ""), (3, 4, ""), (4, 5, ""), (5, 6, ""),
     (6, 7, "decoder blocks"), (6, 8, "encoder blocks"),
     (7, 9, "BPE, text tower"), (8, 9, "image tower"),
+    (7, 10, ""), (9, 10, ""),
 ]
 
 
@@ -124,8 +127,9 @@ def _draw_edges(ax: plt.Axes) -> list[Text]:
     for a, b, text in EDGES:
         src, dst = chapters[a], chapters[b]
         band_y = src.y - half_h - GAP_Y / 2  # middle of the band under the source row
-        if src.y == dst.y:  # same row, left to right
-            _arrow(ax, [(src.x + half_w, src.y), (dst.x - half_w, dst.y)])
+        if src.y == dst.y:  # same row: left to right, or right to left (9 -> 10)
+            sign = 1 if dst.x > src.x else -1
+            _arrow(ax, [(src.x + sign * half_w, src.y), (dst.x - sign * half_w, dst.y)])
         elif src.x == dst.x:  # straight down the right-hand column (6 -> 8, 8 -> 9)
             x = src.x + side
             _arrow(ax, [(x, src.y - half_h), (x, dst.y + half_h)])
