@@ -8,6 +8,7 @@
 - The Colab set-up cell, run in a fresh virtual environment that has no copy of the repository, clones
   it, installs only what is missing or too old at the pinned versions, imports `utils`, and does nothing
   more on a second run (`test_colab_setup_cell`).
+- `make` uses the active virtual environment, else the project's own `.venv`.
 """
 from __future__ import annotations
 
@@ -230,3 +231,19 @@ def test_colab_setup_cell(tmp_path):
     assert "Installing" not in second, f"the second run installed again:\n{second}"
     assert (clone / ".git" / "HEAD").stat().st_mtime_ns == head, "the second run cloned again"
     assert f"UTILS {clone / 'utils'}" in second and f"VERSIONS {pins[MISSING]} {pins[OLD[0]]}" in second, second
+
+
+# --- which Python make uses -----------------------------------------------------------------------------
+
+@pytest.mark.parametrize("active", [None, "/opt/some-env"])
+def test_make_uses_the_active_environment_else_dot_venv(active):
+    """Without an active virtual environment make uses (and install.sh creates) ./.venv; with one, that one."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PY", "MAKEFLAGS", "MAKELEVEL")}
+    if active:
+        env["VIRTUAL_ENV"] = active
+    plan = subprocess.run(["make", "-n", "book"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
+    python = f"{active}/bin/python" if active else ".venv/bin/python"
+    assert f"{python} -m scripts.site_assets" in plan and "bash scripts/install.sh" in plan, plan
+    shown = subprocess.run(["make", "-s", "--no-print-directory", "-f", "-", "show"], cwd=ROOT, env=env, text=True,
+                           input="include Makefile\nshow:\n\t@echo $$PY\n", capture_output=True, check=True).stdout
+    assert shown.strip() == python, "install.sh is handed the same Python (exported PY)"
