@@ -590,3 +590,17 @@ def test_chapter_page_weight_is_within_budget(page: str, site: Path):
     assert weight <= PAGE_BUDGET_BYTES, (
         f"{page} weighs {weight / 1e6:.1f} MB (HTML + images), over the {PAGE_BUDGET_BYTES / 1e6:.0f} MB budget: "
         "offer fewer precomputed views in its explorers (examples, slider values) or smaller pictures")
+
+
+@pytest.mark.parametrize("page", [p for p in PAGES if p.startswith("chapters/")])
+def test_code_and_printed_output_are_not_cut_off_at_the_right_edge(page: str, site: Path, base_url: str, browser):
+    """At a laptop's width every code line and printed line of a chapter is visible: long lines wrap
+    (_static/onehot.css) instead of running past the text column into a hidden or scrolled-away area."""
+    context, page_ = _open(browser, base_url, page)
+    try:
+        cut = page_.evaluate("""() => Array.from(document.querySelectorAll('.cell_input pre, .cell_output pre'))
+          .filter(p => p.getClientRects().length > 0 && p.scrollWidth > p.clientWidth + 2)
+          .map(p => p.textContent.split('\\n').reduce((a, b) => a.length >= b.length ? a : b).slice(0, 100))""")
+    finally:
+        context.close()
+    assert not cut, f"{page}: lines cut off at the right edge: {cut[:3]}"
