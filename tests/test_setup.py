@@ -90,13 +90,20 @@ def pins_and_minimums() -> dict[str, tuple[str, str]]:
 
 
 def imported_modules() -> dict[str, set[str]]:
-    """Top-level modules imported by utils/ and the chapters, outside the standard library and this repository."""
+    """Top-level modules imported by utils/ and the chapters, outside the standard library and this repository
+    (an import inside `try: ... except ImportError` is optional and not counted)."""
     local = {p.name for p in ROOT.iterdir() if p.is_dir()} | {p.stem for p in ROOT.glob("*.py")}
     found: dict[str, set[str]] = {}
 
     def scan(source: str, where: str) -> None:
         source = "\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!")))
-        for node in ast.walk(ast.parse(source)):
+        tree = ast.parse(source)
+        optional = {id(n) for t in ast.walk(tree) if isinstance(t, ast.Try) and any(  # try: import x / except ImportError
+            isinstance(h.type, ast.Name) and h.type.id in ("ImportError", "ModuleNotFoundError") for h in t.handlers)
+            for n in ast.walk(ast.Module(body=t.body, type_ignores=[]))}
+        for node in ast.walk(tree):
+            if id(node) in optional:
+                continue
             names = ([a.name for a in node.names] if isinstance(node, ast.Import) else
                      [node.module] if isinstance(node, ast.ImportFrom) and node.level == 0 and node.module else [])
             for name in names:
