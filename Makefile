@@ -2,7 +2,7 @@
 #   make book   install everything and build the website into _build/html
 #   make test   install everything and run every test (unit, notebooks under nbval, site build, browser)
 # and for readers and authors:
-#   make lab      open the chapters in JupyterLab (installed with the rest)
+#   make lab      open the chapters in JupyterLab (installed with the rest; e.g. LAB_ARGS=--no-browser)
 #   make execute  re-execute the chapter notebooks in place (outputs in git = what the code produces)
 #
 # Python: the active virtual environment if there is one ($VIRTUAL_ENV), else the project's own .venv,
@@ -30,7 +30,7 @@ test: install site
 	$(PY) -m pytest tests chapters --nbval -p no:cacheprovider
 
 lab: install
-	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/chapters
+	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/chapters $(LAB_ARGS)
 
 execute:
 	$(PY) -m scripts.execute_notebooks
