@@ -6,6 +6,7 @@ every public name of both modules is available here.
 """
 from . import diagrams
 from .answer_explorer import answer_explorer
+from .compression import compression_explorer
 from .explorers import (attention_explorer, decoding_explorer, gate_viewer, patch_explorer, sampling_explorer,
                         similarity_explorer, word_explorer)
 from .figures import (BASE, HIGHLIGHT, STYLE, accuracy_by_length, attention_grid, attention_on_images,
@@ -13,6 +14,6 @@ from .figures import (BASE, HIGHLIGHT, STYLE, accuracy_by_length, attention_grid
                       similarity_matrix, style, use_style)
 
 __all__ = ["BASE", "HIGHLIGHT", "STYLE", "accuracy_by_length", "answer_explorer", "attention_explorer", "attention_grid",
-           "attention_on_images", "decoding_explorer", "diagrams", "figure_to_png", "gate_viewer", "heatmap", "loss_curves",
+           "attention_on_images", "compression_explorer", "decoding_explorer", "diagrams", "figure_to_png", "gate_viewer", "heatmap", "loss_curves",
            "patch_explorer", "patch_grid", "patch_sequence", "sampling_explorer", "scatter_2d", "similarity_explorer",
            "similarity_matrix", "style", "use_style", "word_explorer"]

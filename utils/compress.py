@@ -1,0 +1,465 @@
+"""Making a model small and fast: quantization, pruning, distillation and cheaper attention (chapter 11).
+
+- Quantization (Jacob et al. 2018, "Quantization and training of neural networks for efficient
+  integer-arithmetic-only inference", section 2.1, eq. (1): r = S (q - Z)): a weight r is stored as an
+  integer q with a scale S and a zero point Z  →  `quantize`, `Quantized.dequantize`. Symmetric (Z = 0,
+  S = max|r| / (2^(b-1) - 1)) or asymmetric (S = (max - min) / (2^b - 1), Z = round(-min / S)), one
+  (S, Z) per tensor, per output channel (row), or per group of `group_size` consecutive weights of a row
+  (group-wise weight-only int4, as in GPTQ, Frantar et al. 2023, and AWQ). `fake_quantize_` replaces a
+  GPT's weights by their quantized values (what the model computes with, in float), `quantized_nbytes`
+  counts what storing them takes, and `pack_int4` / `unpack_int4` put two 4-bit values in one byte.
+- Pruning (Han et al. 2015, "Learning both weights and connections for efficient neural networks"):
+  `magnitude_mask` keeps the largest |w| (the same mask as torch.nn.utils.prune.l1_unstructured);
+  `prune_unstructured_` zeroes the rest in every block matrix. Structured pruning removes whole MLP
+  neurons: `mlp_neuron_scores` ranks them by the size of what they add to the residual stream, and
+  `prune_mlp_neurons_` cuts the rows of c_fc and the columns of c_proj, so the matrices really shrink.
+  `head_ablation_scores` measures each attention head's importance as the loss increase when it is
+  masked out (Michel et al. 2019, "Are sixteen heads really better than one?", section 3).
+- Distillation (Hinton et al. 2015, "Distilling the knowledge in a neural network", section 2):
+  `distillation_loss` = alpha T² KL(softmax(z_t / T) || softmax(z_s / T)) + (1 - alpha) CE(z_s, y);
+  the T² keeps the soft term's gradients the same size as T changes. `train_student` trains a GPT with
+  it (or alone, alpha = 0) on the book's recipe.
+- Linear attention (Katharopoulos et al. 2020, "Transformers are RNNs", eqs. (4)-(6), (16)-(20)):
+  softmax(q k^T) replaced by phi(q) phi(k)^T with phi(x) = elu(x) + 1; causal, it is a recurrence over a
+  (D x D) state, so each new token costs O(D²) whatever the length  →  `causal_linear_attention`
+  (the parallel form, O(T² D)), `linear_attention_recurrent` (the recurrent form, O(T D²)),
+  `LinearAttention` (a drop-in for the GPT's MultiHeadAttention) and `linear_attention_gpt`.
+- Multi-query / grouped-query attention (Shazeer 2019; Ainslie et al. 2023): `kv_cache_bytes`.
+
+Letter legend (shape comments):
+    B  batch size     T  sequence length     C  channels      H  heads      D  head dim
+    O  output rows    I  input columns       G  groups per row (I / group_size)   F  MLP hidden size
+"""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import Tensor, nn
+
+from .attention import MultiHeadAttention
+from .gpt import GPT, GPTConfig, Recipe
+from .rnn import random_lm_batch
+from .train import History, TrainConfig, adamw, train, warmup_cosine
+from .transformer import ACTIVATIONS
+
+__all__ = [
+    "Quantized", "quantize", "fake_quantize_", "quantized_nbytes", "pack_int4", "unpack_int4", "SUPPORTED_BITS",
+    "compressible_weights", "magnitude_mask", "prune_unstructured_", "sparsity",
+    "mlp_neuron_scores", "prune_mlp_neurons_", "head_ablation_scores",
+    "distillation_loss", "train_student",
+    "elu_feature_map", "causal_linear_attention", "linear_attention_recurrent", "LinearAttention",
+    "linear_attention_gpt", "kv_cache_bytes",
+]
+
+SUPPORTED_BITS = (2, 3, 4, 8)
+
+
+# ----------------------------------------------------------------------------------------------
+# Quantization
+
+@dataclass
+class Quantized:
+    """An integer tensor `q` (int8 storage, shape (O, I) or (O, G, g)) with its `scale` and `zero_point`
+    (broadcastable to q); r ≈ scale * (q - zero_point). `shape` is the original weight's."""
+
+    q: Tensor
+    scale: Tensor
+    zero_point: Tensor
+    bits: int
+    shape: torch.Size
+
+    def dequantize(self) -> Tensor:
+        """scale * (q - zero_point), in the scale's dtype, reshaped to the original weight's shape."""
+        return (self.scale * (self.q.to(self.scale.dtype) - self.zero_point)).reshape(self.shape)
+
+    def nbytes(self, scale_bytes: int = 2) -> int:
+        """Bytes to store it: `bits` per weight (packed) plus each scale (and non-zero zero point) at
+        `scale_bytes` bytes (2: float16, as GPTQ/AWQ checkpoints store them)."""
+        n_params = self.scale.numel() * (1 if bool((self.zero_point == 0).all()) else 2)
+        return math.ceil(self.q.numel() * self.bits / 8) + n_params * scale_bytes
+
+
+def _check_bits(bits: int) -> None:
+    if bits not in SUPPORTED_BITS:
+        raise ValueError(f"bits must be one of {SUPPORTED_BITS}, got {bits!r} (int8 storage holds at most 8 bits; "
+                         "below 2 bits symmetric quantization has no non-zero level)")
+
+
+def quantize(w: Tensor, bits: int = 8, granularity: str | int = "channel", symmetric: bool = True) -> Quantized:
+    """Quantize a weight matrix w (O, I) to `bits`-bit integers with round-to-nearest.
+
+    granularity: "tensor" (one scale), "channel" (one per output row, as torch.quantize_per_channel with
+    axis 0) or an int g (one per group of g consecutive weights of a row; g must divide I).
+    symmetric: q in [-(2^(b-1) - 1), 2^(b-1) - 1] and zero point 0, scale = max|w| / (2^(b-1) - 1);
+    else q in [0, 2^b - 1], scale = (max - min) / (2^b - 1) over a range that includes 0, and
+    zero point round(-min / scale). Rounding is half to even (torch.round), as torch's quantizers.
+    Every element satisfies |w - dequantize| ≤ scale / 2.
+    """
+    _check_bits(bits)
+    if not isinstance(w, Tensor) or w.dim() != 2 or not w.is_floating_point():
+        got = f"shape {tuple(w.shape)}, dtype {w.dtype}" if isinstance(w, Tensor) else type(w).__name__
+        raise ValueError(f"quantize: w must be a 2-D float tensor (O, I), got {got}")
+    O, I = w.shape
+    x = w.detach().float()
+    if granularity == "tensor":
+        x = x.reshape(1, 1, O * I)  # one group
+    elif granularity == "channel":
+        x = x.reshape(O, 1, I)  # one group per row
+    elif isinstance(granularity, int) and not isinstance(granularity, bool) and granularity > 0:
+        if I % granularity:
+            raise ValueError(f"quantize: group size {granularity} does not divide the row length I={I}; "
+                             f"pick a divisor of {I} (e.g. {math.gcd(I, 32)}) or granularity='channel'")
+        x = rearrange(x, "o (g k) -> o g k", k=granularity)  # (O, G, g)
+    else:
+        raise ValueError(f"quantize: granularity must be 'tensor', 'channel' or a positive int group size, "
+                         f"got {granularity!r}")
+    if symmetric:
+        qmax = 2 ** (bits - 1) - 1
+        scale = x.abs().amax(dim=-1, keepdim=True) / qmax  # (…, 1)
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group: any scale works
+        q = torch.clamp(torch.round(x / scale), -qmax, qmax)
+        zero = torch.zeros_like(scale)
+    else:
+        qmax = 2 ** bits - 1
+        lo = x.amin(dim=-1, keepdim=True).clamp(max=0)  # the range includes 0, so 0 is exact
+        hi = x.amax(dim=-1, keepdim=True).clamp(min=0)
+        scale = (hi - lo) / qmax
+        scale = torch.where(scale > 0, scale, torch.ones_like(scale))
+        zero = torch.clamp(torch.round(-lo / scale), 0, qmax)
+        q = torch.clamp(torch.round(x / scale) + zero, 0, qmax)
+    return Quantized(q.to(torch.int8 if symmetric or bits < 8 else torch.uint8), scale, zero, bits, w.shape)
+
+
+def pack_int4(q: Tensor) -> Tensor:
+    """Two 4-bit values per byte: q (..., 2n) ints in [-8, 7] → uint8 (..., n), low nibble first."""
+    if q.dtype not in (torch.int8, torch.int16, torch.int32, torch.int64) or q.shape[-1] % 2:
+        raise ValueError(f"pack_int4: need an integer tensor with an even last dimension, got dtype {q.dtype}, "
+                         f"shape {tuple(q.shape)}")
+    if int(q.min()) < -8 or int(q.max()) > 7:
+        raise ValueError(f"pack_int4: values must be in [-8, 7], got [{int(q.min())}, {int(q.max())}]")
+    u = (q.to(torch.int16) & 0xF).to(torch.uint8)  # two's complement nibbles
+    return u[..., 0::2] | (u[..., 1::2] << 4)
+
+
+def unpack_int4(packed: Tensor) -> Tensor:
+    """Inverse of `pack_int4`: uint8 (..., n) → int8 (..., 2n) in [-8, 7]."""
+    if packed.dtype != torch.uint8:
+        raise ValueError(f"unpack_int4: need a uint8 tensor, got {packed.dtype}")
+    lo, hi = (packed & 0xF).to(torch.int8), (packed >> 4).to(torch.int8)
+    lo, hi = lo - 16 * (lo > 7), hi - 16 * (hi > 7)  # back to signed
+    return torch.stack([lo, hi], dim=-1).flatten(-2)
+
+
+def compressible_weights(model: GPT) -> dict[str, nn.Parameter]:
+    """The matrices a GPT's size is made of: the token table (also the tied output head), the position
+    table and every Linear weight of the blocks. Biases and LayerNorms (under 1% here) stay in float."""
+    if not isinstance(model, GPT):
+        raise TypeError(f"expected a GPT, got {type(model).__name__}")
+    out = {"transformer.wte.weight": model.transformer.wte.weight,
+           "transformer.wpe.weight": model.transformer.wpe.weight}
+    for name, m in model.transformer.h.named_modules():
+        if isinstance(m, nn.Linear):
+            out[f"transformer.h.{name}.weight"] = m.weight
+    return out
+
+
+@torch.no_grad()
+def fake_quantize_(model: GPT, bits: int = 8, granularity: str | int = "channel", symmetric: bool = True) -> GPT:
+    """Replace every compressible weight of `model` (in place) by dequantize(quantize(w)); returns it."""
+    for w in compressible_weights(model).values():
+        w.copy_(quantize(w, bits, granularity, symmetric).dequantize().to(w.dtype))
+    return model
+
+
+def quantized_nbytes(model: GPT, bits: int | None = None, granularity: str | int = "channel",
+                     symmetric: bool = True, float_bytes: int = 4) -> int:
+    """Bytes to store `model` with its compressible weights quantized (`bits`=None: all in float at
+    `float_bytes` per number); everything else (biases, LayerNorms) at `float_bytes`."""
+    weights = compressible_weights(model)
+    ids = {id(w) for w in weights.values()}
+    rest = sum(p.numel() for p in model.parameters() if id(p) not in ids) * float_bytes
+    if bits is None:
+        return rest + sum(w.numel() for w in weights.values()) * float_bytes
+    return rest + sum(quantize(w, bits, granularity, symmetric).nbytes() for w in weights.values())
+
+
+# ----------------------------------------------------------------------------------------------
+# Pruning
+
+def _check_sparsity(amount: float) -> None:
+    if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not 0.0 <= amount < 1.0:
+        raise ValueError(f"sparsity must be a number in [0, 1) (the fraction of weights removed), got {amount!r}")
+
+
+def magnitude_mask(w: Tensor, amount: float) -> Tensor:
+    """Keep-mask (True = kept) of w that removes the round(amount * numel) smallest |w| (ties: the
+    earlier index goes first). Same as torch.nn.utils.prune.l1_unstructured(module, name, amount)."""
+    _check_sparsity(amount)
+    n_prune = round(amount * w.numel())
+    mask = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
+    if n_prune:
+        order = torch.argsort(w.detach().abs().flatten(), stable=True)  # smallest first
+        mask[order[:n_prune]] = False
+    return mask.view_as(w)
+
+
+@torch.no_grad()
+def prune_unstructured_(model: GPT, amount: float) -> GPT:
+    """Zero the smallest `amount` of |w| in each Linear weight of the blocks (in place); returns the model."""
+    _check_sparsity(amount)
+    for name, w in compressible_weights(model).items():
+        if name.startswith("transformer.h."):
+            w.mul_(magnitude_mask(w, amount))
+    return model
+
+
+def sparsity(model: GPT) -> float:
+    """Fraction of exact zeros among the Linear weights of the blocks."""
+    ws = [w for n, w in compressible_weights(model).items() if n.startswith("transformer.h.")]
+    return sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
+
+
+@torch.no_grad()
+def mlp_neuron_scores(model: GPT, batches: Iterable[Tensor]) -> list[Tensor]:
+    """Importance of every MLP neuron, one (F,) tensor per block: mean |h_i| ||c_proj.weight[:, i]||,
+    the average size of what neuron i writes into the residual stream, over the token ids `batches`."""
+    blocks = list(model.transformer.h)
+    sums = [torch.zeros(b.mlp.c_fc.out_features, device=b.mlp.c_fc.weight.device) for b in blocks]  # (F,) each
+    count = [0]
+
+    def hook_for(k: int, act: Callable[[Tensor], Tensor]):
+        def hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> None:  # output c_fc(x) (B, T, F)
+            sums[k] += act(output).abs().flatten(0, -2).sum(0)  # (F,)
+        return hook
+
+    hooks = [b.mlp.c_fc.register_forward_hook(hook_for(k, ACTIVATIONS[b.mlp.activation]))
+             for k, b in enumerate(blocks)]
+    was = model.training
+    model.eval()
+    try:
+        for idx in batches:
+            model(idx)
+            count[0] += idx.numel()
+    finally:
+        for h in hooks:
+            h.remove()
+        model.train(was)
+    if not count[0]:
+        raise ValueError("mlp_neuron_scores: batches is empty")
+    return [s / count[0] * b.mlp.c_proj.weight.norm(dim=0) for s, b in zip(sums, blocks)]
+
+
+@torch.no_grad()
+def prune_mlp_neurons_(model: GPT, scores: list[Tensor], amount: float) -> GPT:
+    """Remove the `amount` least important MLP neurons of every block (in place): c_fc loses those rows
+    (and biases), c_proj those columns, so every MLP matrix becomes (1 - amount) as large. Returns the model."""
+    _check_sparsity(amount)
+    blocks = list(model.transformer.h)
+    if len(scores) != len(blocks):
+        raise ValueError(f"prune_mlp_neurons_: need one score tensor per block ({len(blocks)}), got {len(scores)}")
+    for b, s in zip(blocks, scores):
+        fc, proj = b.mlp.c_fc, b.mlp.c_proj
+        if s.shape != (fc.out_features,):
+            raise ValueError(f"prune_mlp_neurons_: a block has {fc.out_features} neurons but its scores have shape "
+                             f"{tuple(s.shape)}")
+        n_keep = fc.out_features - round(amount * fc.out_features)
+        keep = torch.sort(torch.topk(s, n_keep).indices).values  # (F',) kept neurons, in their order
+        new_fc = nn.Linear(fc.in_features, n_keep, bias=fc.bias is not None).to(fc.weight)
+        new_proj = nn.Linear(n_keep, proj.out_features, bias=proj.bias is not None).to(proj.weight)
+        new_fc.weight.copy_(fc.weight[keep])  # (F', C)
+        if fc.bias is not None:
+            new_fc.bias.copy_(fc.bias[keep])
+        new_proj.weight.copy_(proj.weight[:, keep])  # (C, F')
+        if proj.bias is not None:
+            new_proj.bias.copy_(proj.bias)
+        b.mlp.c_fc, b.mlp.c_proj = new_fc, new_proj
+    return model
+
+
+@torch.no_grad()
+def head_ablation_scores(model: GPT, batches: list[tuple[Tensor, Tensor]]) -> Tensor:
+    """(L, H): the loss increase on `batches` ((inputs, targets) pairs) when one head is masked out (its
+    slice of out_proj's input columns set to zero), each head on its own (Michel et al. 2019, section 3)."""
+    def loss() -> float:
+        return sum(float(model(x, y)[1]) for x, y in batches) / len(batches)
+
+    was = model.training
+    model.eval()
+    try:
+        base = loss()
+        L, H = model.config.n_layer, model.config.n_head
+        D = model.config.n_embd // H
+        out = torch.zeros(L, H)
+        for l, block in enumerate(model.transformer.h):
+            w = block.attn.out_proj.weight
+            for h in range(H):
+                saved = w[:, h * D:(h + 1) * D].clone()
+                w[:, h * D:(h + 1) * D] = 0
+                out[l, h] = loss() - base
+                w[:, h * D:(h + 1) * D] = saved
+    finally:
+        model.train(was)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Distillation
+
+def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None,
+                      temperature: float = 2.0, alpha: float = 0.5) -> Tensor:
+    """Hinton et al. (2015): alpha T² KL(p_T || q_T) + (1 - alpha) CE(student, targets), where p_T and q_T
+    are the teacher's and the student's softmax at temperature T, and the KL is averaged over positions.
+    Logits (..., V); targets (...) token ids (or None when alpha = 1). The teacher gets no gradient."""
+    if not temperature > 0:
+        raise ValueError(f"temperature must be > 0, got {temperature}")
+    if not 0.0 <= alpha <= 1.0:
+        raise ValueError(f"alpha (the weight of the soft loss) must be in [0, 1], got {alpha}")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(f"student and teacher logits must have the same shape (..., V), got "
+                         f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}")
+    V = student_logits.shape[-1]
+    dtype = torch.promote_types(student_logits.dtype, torch.float32)  # float64 stays float64
+    s = F.log_softmax(student_logits.reshape(-1, V).to(dtype) / temperature, dim=-1)  # (N, V)
+    t = F.log_softmax(teacher_logits.detach().reshape(-1, V).to(dtype) / temperature, dim=-1)  # (N, V)
+    soft = F.kl_div(s, t, log_target=True, reduction="batchmean") * temperature ** 2
+    if alpha == 1.0:
+        return soft
+    if targets is None or targets.shape != student_logits.shape[:-1]:
+        got = None if targets is None else tuple(targets.shape)
+        raise ValueError(f"targets must have the logits' shape without V, {tuple(student_logits.shape[:-1])}, got "
+                         f"{got} (or pass alpha=1 for the soft loss alone)")
+    hard = F.cross_entropy(student_logits.reshape(-1, V), targets.reshape(-1))
+    return alpha * soft + (1 - alpha) * hard
+
+
+def train_student(config: GPTConfig, recipe: Recipe, train_ids: Tensor, val_batches: list[tuple[Tensor, Tensor]],
+                  teacher: nn.Module | None = None, temperature: float = 2.0, alpha: float = 0.5,
+                  steps: int | None = None, seed: int = 0,
+                  make_model: Callable[[GPTConfig], nn.Module] = GPT) -> tuple[nn.Module, History]:
+    """Train `make_model(config)` on random windows of `train_ids` with the optimizer and schedule of
+    `recipe` for `steps` steps (default recipe.max_steps): on the data alone (teacher None) or with
+    `distillation_loss` against `teacher` (frozen, eval mode). Same seed → same initial weights and
+    same batches, with or without the teacher. Records val_loss on `val_batches`."""
+    steps = recipe.max_steps if steps is None else steps
+    device = next(iter(p.device for p in teacher.parameters())) if teacher is not None else train_ids.device
+    torch.manual_seed(seed)
+    model = make_model(config).to(device)
+    optimizer = adamw(model, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=recipe.betas)
+    scheduler = warmup_cosine(optimizer, recipe.warmup, steps, min_lr_ratio=recipe.min_lr / recipe.lr)
+    gen = torch.Generator().manual_seed(seed)
+    if teacher is not None:
+        teacher.eval()
+
+    def loss_fn(m: nn.Module, batch: tuple[Tensor, Tensor]) -> Tensor:
+        x, y = batch
+        if teacher is None:
+            return m(x, y)[1]
+        with torch.no_grad():
+            t_logits = teacher(x)  # (B, T, V)
+        return distillation_loss(m(x), t_logits, y, temperature, alpha)
+
+    config_t = TrainConfig(max_steps=steps, grad_clip=recipe.grad_clip, eval_every=max(1, steps // 4),
+                           log_every=max(1, steps // 16), progress=False)
+    history = train(model, lambda step: tuple(t.to(device) for t in
+                                              random_lm_batch(train_ids, recipe.batch_size, recipe.block_size,
+                                                              generator=gen)),
+                    loss_fn, optimizer, config_t, scheduler=scheduler,
+                    val_batches=[(x.to(device), y.to(device)) for x, y in val_batches])
+    return model, history
+
+
+# ----------------------------------------------------------------------------------------------
+# Linear attention
+
+def elu_feature_map(x: Tensor) -> Tensor:
+    """phi(x) = elu(x) + 1 > 0 (Katharopoulos et al. 2020, eq. (7))."""
+    return F.elu(x) + 1
+
+
+def _check_qkv(q: Tensor, k: Tensor, v: Tensor, who: str) -> None:
+    if not (isinstance(q, Tensor) and isinstance(k, Tensor) and isinstance(v, Tensor)) or q.dim() != 4 \
+            or q.shape != k.shape or k.shape[:-1] != v.shape[:-1]:
+        shapes = [tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in (q, k, v)]
+        raise ValueError(f"{who}: q, k must be (B, H, T, D) of one shape and v (B, H, T, Dv), got {shapes}")
+
+
+def causal_linear_attention(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tensor:
+    """The parallel form: out_t = sum_{s≤t} (phi(q_t)·phi(k_s)) v_s / sum_{s≤t} phi(q_t)·phi(k_s).
+    q, k (B, H, T, D), v (B, H, T, Dv) → (B, H, T, Dv). O(T² D), like softmax attention."""
+    _check_qkv(q, k, v, "causal_linear_attention")
+    q, k = elu_feature_map(q), elu_feature_map(k)
+    a = (q @ k.transpose(-2, -1)).tril()  # (B, H, T, T) similarities, future zeroed
+    return (a @ v) / (a.sum(-1, keepdim=True) + eps)  # (B, H, T, Dv)
+
+
+def linear_attention_recurrent(q: Tensor, k: Tensor, v: Tensor, eps: float = 1e-6) -> Tensor:
+    """The recurrent form of `causal_linear_attention` (eqs. (18)-(20)): a state S_t = S_{t-1} +
+    phi(k_t) v_t^T (D x Dv) and z_t = z_{t-1} + phi(k_t) (D); out_t = phi(q_t) S_t / (phi(q_t) · z_t).
+    Each step costs O(D Dv), whatever t: an RNN. Same shapes and result as the parallel form."""
+    _check_qkv(q, k, v, "linear_attention_recurrent")
+    q, k = elu_feature_map(q), elu_feature_map(k)
+    B, H, T, D = q.shape
+    S = q.new_zeros(B, H, D, v.shape[-1])  # (B, H, D, Dv)
+    z = q.new_zeros(B, H, D)  # (B, H, D)
+    out = []
+    for t in range(T):
+        S = S + k[:, :, t, :, None] * v[:, :, t, None, :]  # (B, H, D, Dv)
+        z = z + k[:, :, t]  # (B, H, D)
+        num = (q[:, :, t, None, :] @ S).squeeze(-2)  # (B, H, Dv)
+        out.append(num / ((q[:, :, t] * z).sum(-1, keepdim=True) + eps))
+    return torch.stack(out, dim=2)  # (B, H, T, Dv)
+
+
+class LinearAttention(MultiHeadAttention):
+    """Causal multi-head self-attention with `causal_linear_attention` in place of softmax attention;
+    the same parameters (in_proj, out_proj) as MultiHeadAttention, so it drops into a GPT block."""
+
+    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
+                key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None, is_causal: bool = False,
+                return_attn: bool = False) -> tuple[Tensor, Tensor | None]:
+        if (key is not None and key is not query) or (value is not None and value is not query) \
+                or key_padding_mask is not None or attn_mask is not None or not is_causal:
+            raise ValueError("LinearAttention computes causal self-attention only: call it as attn(x, "
+                             "is_causal=True), without key/value, key_padding_mask or attn_mask")
+        self._check(query, query, query, None, None)
+        q, k, v = (rearrange(t, "b t (h d) -> b h t d", h=self.num_heads)
+                   for t in self._project(query, query, query))  # 3 × (B, H, T, D)
+        out = causal_linear_attention(q, k, v)  # (B, H, T, D)
+        attn = None
+        if return_attn:
+            a = (elu_feature_map(q) @ elu_feature_map(k).transpose(-2, -1)).tril()  # (B, H, T, T)
+            attn = a / a.sum(-1, keepdim=True)
+        return self.out_proj(rearrange(out, "b h t d -> b t (h d)")), attn
+
+
+def linear_attention_gpt(config: GPTConfig) -> GPT:
+    """A GPT whose blocks use `LinearAttention` (same parameters and initialisation as `GPT(config)`
+    with the same seed). Use its `forward`; `forward_cached`/`generate` with a cache assume softmax."""
+    model = GPT(config)
+    for block in model.transformer.h:
+        old = block.attn
+        new = LinearAttention(old.embed_dim, old.num_heads, old.dropout, old.bias).to(old.in_proj.weight)
+        new.load_state_dict(old.state_dict())
+        block.attn = new
+    return model
+
+
+def kv_cache_bytes(n_layer: int, n_head: int, head_dim: int, seq_len: int, batch: int = 1,
+                   n_kv_head: int | None = None, bytes_per_number: int = 2) -> int:
+    """Bytes of the key/value cache: 2 (K and V) x L x H_kv x D x T x B numbers. n_kv_head = n_head is
+    multi-head attention, 1 multi-query (Shazeer 2019), 1 < n_kv_head < n_head grouped-query (Ainslie
+    et al. 2023; n_head must be a multiple of it)."""
+    n_kv = n_head if n_kv_head is None else n_kv_head
+    for name, v in (("n_layer", n_layer), ("n_head", n_head), ("head_dim", head_dim), ("seq_len", seq_len),
+                    ("batch", batch), ("n_kv_head", n_kv), ("bytes_per_number", bytes_per_number)):
+        if not isinstance(v, int) or isinstance(v, bool) or v < 1:
+            raise ValueError(f"kv_cache_bytes: {name} must be a positive int, got {v!r}")
+    if n_head % n_kv:
+        raise ValueError(f"kv_cache_bytes: n_head={n_head} is not a multiple of n_kv_head={n_kv}; each group of "
+                         "query heads shares one key/value head")
+    return 2 * n_layer * n_kv * head_dim * seq_len * batch * bytes_per_number
