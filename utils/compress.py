@@ -340,13 +340,16 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, targets: T
 def train_student(config: GPTConfig, recipe: Recipe, train_ids: Tensor, val_batches: list[tuple[Tensor, Tensor]],
                   teacher: nn.Module | None = None, temperature: float = 2.0, alpha: float = 0.5,
                   steps: int | None = None, seed: int = 0,
-                  make_model: Callable[[GPTConfig], nn.Module] = GPT) -> tuple[nn.Module, History]:
+                  make_model: Callable[[GPTConfig], nn.Module] = GPT,
+                  device: str | torch.device | None = None) -> tuple[nn.Module, History]:
     """Train `make_model(config)` on random windows of `train_ids` with the optimizer and schedule of
     `recipe` for `steps` steps (default recipe.max_steps): on the data alone (teacher None) or with
     `distillation_loss` against `teacher` (frozen, eval mode). Same seed → same initial weights and
-    same batches, with or without the teacher. Records val_loss on `val_batches`."""
+    same batches, with or without the teacher. Records val_loss on `val_batches`. Runs on `device`
+    (default: the teacher's, else the device of `train_ids`)."""
     steps = recipe.max_steps if steps is None else steps
-    device = next(iter(p.device for p in teacher.parameters())) if teacher is not None else train_ids.device
+    if device is None:
+        device = next(p.device for p in teacher.parameters()) if teacher is not None else train_ids.device
     torch.manual_seed(seed)
     model = make_model(config).to(device)
     optimizer = adamw(model, lr=recipe.lr, weight_decay=recipe.weight_decay, betas=recipe.betas)
