@@ -146,6 +146,16 @@ def test_show_gives_the_notebook_a_sharp_png_at_natural_size():
         diagrams.png(fig, scale=0)
 
 
+def test_the_book_style_changes_nothing(recwarn):
+    import matplotlib as mpl
+
+    plain = diagrams.png(diagrams.transformer_encoder_decoder())
+    with mpl.rc_context(viz.STYLE):  # constrained layout on, other sizes: a diagram's coordinates are its own
+        styled = diagrams.png(diagrams.transformer_encoder_decoder())
+    assert styled == plain
+    assert not [w for w in recwarn if issubclass(w.category, UserWarning)]
+
+
 def test_bad_input_is_rejected():
     with pytest.raises(ValueError, match="2 to 6 steps"):
         diagrams.rnn_bptt(steps=1)

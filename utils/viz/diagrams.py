@@ -147,7 +147,8 @@ class Diagram:
         if width <= 0 or height <= 0:
             raise ValueError(f"a diagram needs a positive size, got {width} × {height} inches")
         self.width, self.height = width, height
-        self.fig = Figure(figsize=(width, height), dpi=DPI, facecolor="none")
+        # layout="none": coordinates are fixed, whatever layout engine the notebook's rcParams ask for
+        self.fig = Figure(figsize=(width, height), dpi=DPI, facecolor="none", layout="none")
         FigureCanvasAgg(self.fig)  # drawn by Agg, outside pyplot: nothing global, nothing shown twice
         self.ax = self.fig.add_axes((0, 0, 1, 1))
         self.ax.set_xlim(0, width)
