@@ -602,7 +602,7 @@ def test_chapter_page_weight_is_within_budget(page: str, site: Path):
 @pytest.mark.parametrize("page", [p for p in PAGES if p.startswith("chapters/")])
 def test_code_and_printed_output_are_not_cut_off_at_the_right_edge(page: str, site: Path, base_url: str, browser):
     """At a laptop's width every code line and printed line of a chapter is visible: long lines wrap
-    (_static/onehot.css) instead of running past the text column into a hidden or scrolled-away area."""
+    (book/static/onehot.css, served as _static/onehot.css) instead of running past the text column into a hidden or scrolled-away area."""
     context, page_ = _open(browser, base_url, page)
     try:
         cut = page_.evaluate("""() => Array.from(document.querySelectorAll('.cell_input pre, .cell_output pre'))
