@@ -374,6 +374,42 @@ def my_clip_logits(image_features, text_features, logit_scale):
     logits_per_image = logit_scale.exp() * image_features @ text_features.T  # (B_i, B_t)
     return logits_per_image, logits_per_image.T
 '''),
+
+    # -- chapter 10 ------------------------------------------------------------------------------
+    Cell("10.5", "LLaVA's merge.", """
+Write the merge that puts an image into the text: `embeds` (B, T, C) are the token embeddings of `ids`
+(B, T); wherever `ids` holds `image_token_id`, the output holds the next of image b's visual tokens
+`visual[b]` (N, C), in order; everywhere else it holds `embeds`. Sequence b holds exactly N image tokens.
+""" + _check_line("10.5", "my_merge", "three batches (the image first, after a start token, one pooled "
+                  "token per image in float64)"), '''
+def my_merge(embeds, ids, image_token_id, visual):
+    # embeds (B, T, C), ids (B, T), visual (B, N, C) → (B, T, C)
+    raise NotImplementedError  # your code here
+''', '''
+def my_merge(embeds, ids, image_token_id, visual):
+    out = embeds.clone()  # (B, T, C)
+    for b in range(ids.shape[0]):
+        positions = (ids[b] == image_token_id).nonzero().flatten()  # (N,) where image b goes
+        out[b, positions] = visual[b].to(embeds.dtype)  # (N, C) in order
+    return out
+'''),
+    Cell("10.6", "Targets for the answer only.", """
+Write the next-token targets that train on the answer only: position t predicts `ids[b, t + 1]` when
+t + 1 ≥ `answer_start[b]`, and gets −100 (ignored by `F.cross_entropy`) everywhere else, including the
+last position, which predicts nothing.
+""" + _check_line("10.6", "my_targets", "three batches (answers at different places, an answer of one "
+                  "token at the end)"), '''
+def my_targets(ids, answer_start):
+    # ids (B, T), answer_start a list of B positions → targets (B, T), -100 where nothing is scored
+    raise NotImplementedError  # your code here
+''', '''
+def my_targets(ids, answer_start):
+    targets = torch.full_like(ids, -100)  # (B, T)
+    for b, start in enumerate(answer_start):
+        for t in range(max(start - 1, 0), ids.shape[1] - 1):  # t + 1 runs over the answer
+            targets[b, t] = ids[b, t + 1]
+    return targets
+'''),
 ]
 
 

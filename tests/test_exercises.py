@@ -35,7 +35,7 @@ def solved(ex_id: str, solution: str | None = None):
 
 def test_every_exercise_has_cells_and_every_chapter_two():
     assert sorted(EXERCISES) == sorted(CELLS)
-    per_chapter = {f"{n:02d}": [i for i in EXERCISES if i.startswith(f"{n:02d}.")] for n in range(1, 10)}
+    per_chapter = {f"{n:02d}": [i for i in EXERCISES if i.startswith(f"{n:02d}.")] for n in range(1, 11)}
     assert all(len(v) >= 2 for v in per_chapter.values()), per_chapter
 
 
@@ -140,6 +140,14 @@ W = {  # exercise -> [(wrong function body, status, a phrase the message must co
              (CELLS["09.6"].solution.replace("logits_per_image, logits_per_image.T", "logits_per_image, "
                                              "logits_per_image"), "fail", "not the transpose"),
              (CELLS["09.6"].solution.replace(".exp() *", " *"), "fail", "exp(logit_scale)")],
+    "10.5": [(CELLS["10.5"].solution.replace("= visual[b].to(embeds.dtype)", "= visual[b].flip(0).to(embeds.dtype)"),
+              "fail", "reverse order"),
+             (CELLS["10.5"].solution.replace("out[b, positions] = visual[b]", "out[b, positions] = visual[b - 1]"),
+              "fail", "wrong sequences")],
+    "10.6": [(CELLS["10.6"].solution.replace("range(max(start - 1, 0),", "range(start,"), "fail", "off by one"),
+             (CELLS["10.6"].solution.replace("targets[b, t] = ids[b, t + 1]", "targets[b, t] = ids[b, t]")
+              .replace("range(max(start - 1, 0), ids.shape[1] - 1)", "range(start, ids.shape[1])"),
+              "fail", "not shifted")],
 }
 
 

@@ -950,3 +950,72 @@ _register(Exercise(
                       lambda i, t, s: _scaled(_unit(i), _unit(t), s)),
               Mistake("logits_per_text is not the transpose of logits_per_image.",
                       lambda e: (e[0], e[0]), from_expected=True)]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Chapter 10: LLaVA's image-token merge, and targets that score the answer only
+
+def _merge_cases() -> list[Case]:
+    out = []
+    IMG = 7  # the <image> id of these cases
+    for name, rows, N, C, dtype, seed in [
+            ("one sequence, 4 image tokens first", [[IMG] * 4 + [1, 2, 3]], 4, 6, torch.float32, 1),
+            ("two sequences, the image after a start token and after a word", [[0, IMG, IMG, IMG, 4, 5, 6],
+                                                                            [0, 9, IMG, IMG, IMG, 4, 5]], 3, 8,
+             torch.float32, 2),
+            ("one pooled visual token per image, float64", [[0, IMG, 3, 4], [0, 5, IMG, 4], [IMG, 1, 2, 3]], 1, 4,
+             torch.float64, 3)]:
+        g = _gen(seed)
+        ids = torch.tensor(rows)  # (B, T)
+        embeds = _randn(g, *ids.shape, C, dtype=dtype)  # (B, T, C)
+        visual = _randn(g, ids.shape[0], N, C, dtype=dtype)  # (B, N, C)
+        out.append(Case(name, (embeds, ids, IMG, visual),
+                        hint="image b's N visual tokens go, in order, to the N image positions of sequence b"))
+    return out
+
+
+def _merge_ref(embeds, ids, image_token_id, visual):
+    from utils.vlm import merge_image_tokens
+    return merge_image_tokens(embeds, ids, image_token_id, visual)
+
+
+_register(Exercise(
+    "10.5", "merge the visual tokens into the text",
+    "my_merge(embeds, ids, image_token_id, visual) -> (B, T, C)",
+    _merge_cases, _merge_ref,
+    mistakes=[Mistake("the visual tokens are in reverse order: the first image position gets visual token 0.",
+                      lambda e, i, t, v: _merge_ref(e, i, t, v.flip(1))),
+              Mistake("the image positions still hold the <image> embedding: write the visual tokens there.",
+                      lambda e, i, t, v: e),
+              Mistake("the images are paired with the wrong sequences: sequence b reads image b.",
+                      lambda e, i, t, v: _merge_ref(e, i, t, v.roll(1, 0)))]))
+
+
+def _targets_cases() -> list[Case]:
+    return [Case("one sequence, the answer in its last two tokens", (torch.tensor([[5, 5, 1, 2, 3, 8, 9]]), [5])),
+            Case("two sequences with answers starting at different places",
+                 (torch.tensor([[5, 1, 2, 3, 8, 9, 0], [5, 5, 1, 8, 9, 4, 0]]), [4, 3])),
+            Case("an answer of one token at the very end", (torch.tensor([[5, 1, 2, 3, 9]]), [4]),
+                 hint="the last position predicts nothing: its target is -100")]
+
+
+def _targets_ref(ids, answer_start):
+    from utils.vlm import answer_targets
+    return answer_targets(ids, answer_start)
+
+
+def _targets_unshifted(ids, answer_start):
+    keep = torch.arange(ids.shape[1])[None] >= torch.as_tensor(answer_start).reshape(-1, 1)  # (B, T)
+    return ids.masked_fill(~keep, -100)
+
+
+_register(Exercise(
+    "10.6", "targets that score the answer only",
+    "my_targets(ids, answer_start) -> (B, T) long, -100 where nothing is scored",
+    _targets_cases, _targets_ref,
+    mistakes=[Mistake("the targets are not shifted: position t predicts token t + 1.", _targets_unshifted),
+              Mistake("the image and the question are scored too: only positions that predict an answer token "
+                      "(t + 1 ≥ answer_start) get a target.",
+                      lambda ids, s: _targets_ref(ids, [0] * ids.shape[0])),
+              Mistake("off by one: the first answer token must be predicted too (by the position before it).",
+                      lambda ids, s: _targets_ref(ids, [a + 1 for a in s]))]))
