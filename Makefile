@@ -27,7 +27,7 @@ site:
 book: install site
 
 test: install site
-	$(PY) -m pytest tests chapters --nbval -p no:cacheprovider
+	$(PY) -m pytest tests chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
 
 lab: install
 	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/chapters $(LAB_ARGS)
