@@ -505,12 +505,12 @@ NANOGPT_CPU = Recipe(n_layer=4, n_head=4, n_embd=128, block_size=64, batch_size=
 
 # Chapter 7's CPU recipe: nanoGPT's CPU model (4 layers, 4 heads, 128 channels), a context of 128 characters
 # instead of 64, batch 16 (the same 2,048 characters per step as batch 32 of 64; the longer context lowered the
-# validation loss by about 0.02 at equal steps), peak lr 6e-3 instead of 1e-3 after 50 warm-up steps. 1,800 steps
-# take about 155 s on the book's 2-core CPU (86 ms/step with torch's default 2 threads; 2,000 steps ended at the
-# same validation loss, 1.642 against 1.641, and came too close to 3 minutes); `max_seconds` keeps the
-# 3-minute budget on a slower machine (the cosine is then cut short, and the loss ends a little higher).
+# validation loss by about 0.02 at equal steps), peak lr 6e-3 instead of 1e-3 after 50 warm-up steps, and exactly
+# 1,800 steps whatever the machine's speed (no time cap: a cap cut the cosine schedule short on a slower machine
+# and moved the result). About 155-170 s on the book's quiet 2-core CPU (~90 ms/step with torch's 2 threads);
+# 2,000 steps ended at the same validation loss (1.642 against 1.641). Seeds: benchmarks/gpt_seeds.py.
 SHAKESPEARE_CPU = Recipe(n_layer=4, n_head=4, n_embd=128, block_size=128, batch_size=16, lr=6e-3, min_lr=6e-4,
-                         warmup=50, max_steps=1800, max_seconds=180.0, eval_every=100)
+                         warmup=50, max_steps=1800, eval_every=100)
 
 # On a GPU: nanoGPT's config/train_shakespeare_char.py (10.7M parameters, block 256, dropout 0.2, 5000 steps;
 # nanoGPT reports val loss 1.4697 after about 3 minutes on an A100).
