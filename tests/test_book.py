@@ -117,3 +117,19 @@ def test_widgets_have_saved_state(chapter):
     state = nb.metadata.get("widgets", {}).get(WIDGET_STATE, {}).get("state", {})
     missing = [m for m in views if m not in state]
     assert not missing, f"{path.name}: widget views without saved state {missing}; re-execute with make execute"
+
+
+def test_nbval_sanitizer_is_read():
+    """The Makefile's --nbval-sanitize-with file must give nbval patterns that work: nbval reads only
+    'regex: X' / 'replace: Y' pairs (a space after each colon), and a pair it cannot read is silently
+    dropped, which once let a timestamped torch warning fail CI."""
+    from nbval.plugin import get_sanitize_patterns
+
+    patterns = get_sanitize_patterns((ROOT / "tests" / "nbval_sanitize.cfg").read_text())
+    assert patterns, "tests/nbval_sanitize.cfg yields no pattern nbval can read ('replace: ' needs its space)"
+    line = ("W1202 22:44:38.376000 26248 .venv/lib/python3.11/site-packages/torch/utils/_pytree.py:630] "
+            "<enum 'KernelPreference'> is an Enum subclass and is now natively supported by torch.compile\n")
+    text = "before\n" + line + line + "after\n"
+    for regex, replace in patterns:
+        text = re.sub(regex, replace, text)
+    assert text == "before\nafter\n"
