@@ -55,7 +55,8 @@ class Chapter:
     group: str
 
 
-# Three rows of the spine (1-3, then 4-6), then the fork: 7 (language) beside 8 (vision), 9 under 8.
+# Three rows of the spine (1-3, then 4-6), then the fork: 7 (language) beside 8 (vision), 9 under 8,
+# 10 beside 9, and 11 (compressing the GPT) left of 7.
 CHAPTERS = [
     Chapter(1, "Words as vectors", "one-hot, co-occurrence, Word2Vec", "utils.text, utils.word2vec",
             COL[0], ROW[0], "words"),
@@ -77,6 +78,8 @@ CHAPTERS = [
             COL[2], ROW[3], "clip"),
     Chapter(10, "Vision + language", "visual tokens, gated x-attn", "utils.vlm",
             COL[1], ROW[3], "clip"),
+    Chapter(11, "Small and fast", "quantize, prune, distil", "utils.compress",
+            COL[0], ROW[2], "language"),
 ]
 
 # (from, to, label on the arrow)
@@ -84,7 +87,7 @@ EDGES = [
     (1, 2, ""), (2, 3, ""), (3, 4, ""), (4, 5, ""), (5, 6, ""),
     (6, 7, "decoder blocks"), (6, 8, "encoder blocks"),
     (7, 9, "BPE, text tower"), (8, 9, "image tower"),
-    (7, 10, ""), (9, 10, ""),
+    (7, 10, ""), (9, 10, ""), (7, 11, ""),
 ]
 
 
@@ -127,7 +130,7 @@ def _draw_edges(ax: plt.Axes) -> list[Text]:
     for a, b, text in EDGES:
         src, dst = chapters[a], chapters[b]
         band_y = src.y - half_h - GAP_Y / 2  # middle of the band under the source row
-        if src.y == dst.y:  # same row: left to right, or right to left (9 -> 10)
+        if src.y == dst.y:  # same row: left to right, or right to left (9 -> 10, 7 -> 11)
             sign = 1 if dst.x > src.x else -1
             _arrow(ax, [(src.x + sign * half_w, src.y), (dst.x - sign * half_w, dst.y)])
         elif src.x == dst.x:  # straight down the right-hand column (6 -> 8, 8 -> 9)
@@ -147,8 +150,8 @@ def _draw_edges(ax: plt.Axes) -> list[Text]:
 def _draw_legend(ax: plt.Axes) -> list[Text]:
     """Swatches for the five strands and how to read an arrow and a box, in the empty lower-left corner."""
     texts = []
-    x, row_gap = 0.2, 0.36
-    top = ROW[2] + BOX_H / 2 - 0.1
+    x, row_gap = 0.2, 0.245
+    top = ROW[2] - BOX_H / 2 - 0.25  # under chapter 11's box
     entries = list(GROUPS.values())
     for i, (fill, edge, name) in enumerate(entries):
         y = top - i * row_gap

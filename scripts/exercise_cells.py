@@ -410,6 +410,43 @@ def my_targets(ids, answer_start):
             targets[b, t] = ids[b, t + 1]
     return targets
 '''),
+    Cell("11.6", "Groups of 4-bit weights.", """
+Write symmetric group-wise fake quantization: cut each row of `w` (O, I) into groups of `group_size`
+consecutive weights; each group gets the scale max|w| / (2^(bits−1) − 1); round w / scale to the nearest
+integer, clamp to ±(2^(bits−1) − 1), and return the dequantized weights (O, I). `group_size` divides I.
+""" + _check_line("11.6", "my_fake_quantize", "four matrices (4 and 8 bits, one large weight, a group of "
+                  "zeros)"), '''
+def my_fake_quantize(w, bits, group_size):
+    # w (O, I) float → (O, I): each group of group_size weights quantized with its own scale
+    raise NotImplementedError  # your code here
+''', '''
+def my_fake_quantize(w, bits, group_size):
+    O, I = w.shape
+    groups = w.reshape(O, I // group_size, group_size)  # (O, G, g)
+    qmax = 2 ** (bits - 1) - 1
+    scale = groups.abs().amax(dim=-1, keepdim=True) / qmax  # (O, G, 1)
+    scale = torch.where(scale > 0, scale, torch.ones_like(scale))  # an all-zero group
+    q = torch.clamp(torch.round(groups / scale), -qmax, qmax)  # integers
+    return (q * scale).reshape(O, I)
+'''),
+    Cell("11.7", "Hinton's loss.", """
+Write the distillation loss for logits (…, V): α T² KL(p_T ‖ q_T) + (1 − α) CE(student, targets), where
+p_T and q_T are the teacher's and the student's softmax at temperature T, the KL summed over the
+vocabulary and averaged over positions, and the cross-entropy taken at T = 1.
+""" + _check_line("11.7", "my_kd_loss", "four batches (T = 1, 2, 4, float64, a student equal to its "
+                  "teacher)"), '''
+def my_kd_loss(student_logits, teacher_logits, targets, T, alpha):
+    # logits (B, T, V), targets (B, T) → a scalar
+    raise NotImplementedError  # your code here
+''', '''
+def my_kd_loss(student_logits, teacher_logits, targets, T, alpha):
+    V = student_logits.shape[-1]
+    log_q = F.log_softmax(student_logits.reshape(-1, V) / T, dim=-1)  # (N, V) student
+    log_p = F.log_softmax(teacher_logits.reshape(-1, V) / T, dim=-1)  # (N, V) teacher
+    kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()  # per position, then averaged
+    ce = F.cross_entropy(student_logits.reshape(-1, V), targets.reshape(-1))
+    return alpha * T ** 2 * kl + (1 - alpha) * ce
+'''),
 ]
 
 

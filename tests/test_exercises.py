@@ -148,6 +148,15 @@ W = {  # exercise -> [(wrong function body, status, a phrase the message must co
              (CELLS["10.6"].solution.replace("targets[b, t] = ids[b, t + 1]", "targets[b, t] = ids[b, t]")
               .replace("range(max(start - 1, 0), ids.shape[1] - 1)", "range(start, ids.shape[1])"),
               "fail", "not shifted")],
+    "11.6": [(CELLS["11.6"].solution.replace("I // group_size, group_size)", "1, I)"), "fail", "one scale per row"),
+             (CELLS["11.6"].solution.replace("/ qmax  # (O, G, 1)", "/ (2 ** bits - 1)  # (O, G, 1)"), "fail",
+              "2^b - 1"),
+             (CELLS["11.6"].solution.replace("    scale = torch.where(scale > 0, scale, torch.ones_like(scale))"
+                                             "  # an all-zero group\n", ""), "fail", "all-zero group")],
+    "11.7": [(CELLS["11.7"].solution.replace("alpha * T ** 2 * kl", "alpha * kl"), "fail", "T²"),
+             (CELLS["11.7"].solution.replace("(log_p - log_q)", "(log_q - log_p)").replace("log_p.exp()", "log_q.exp()"),
+              "fail", "wrong way"),
+             (CELLS["11.7"].solution.replace(".sum(dim=-1).mean()", ".mean()"), "fail", "every (position")],
 }
 
 

@@ -1019,3 +1019,95 @@ _register(Exercise(
                       lambda ids, s: _targets_ref(ids, [0] * ids.shape[0])),
               Mistake("off by one: the first answer token must be predicted too (by the position before it).",
                       lambda ids, s: _targets_ref(ids, [a + 1 for a in s]))]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Chapter 11: group-wise weight quantization and the distillation loss
+
+def _groups_cases() -> list[Case]:
+    out = []
+    for name, O, I, bits, g, seed in [("4 bits, groups of 4, a 3 × 8 matrix", 3, 8, 4, 4, 1),
+                                      ("8 bits, groups of 16, a 2 × 32 matrix", 2, 32, 8, 16, 2),
+                                      ("4 bits, groups of 8, one large weight in row 0", 4, 16, 4, 8, 3)]:
+        w = _randn(_gen(seed), O, I)  # (O, I)
+        if seed == 3:
+            w[0, 1] = 20.0  # stretches the scale of its own group only
+        out.append(Case(name, (w, bits, g), hint="each group of g consecutive weights of a row has its own scale"))
+    w = _randn(_gen(4), 2, 8)
+    w[1, :4] = 0.0
+    out.append(Case("a group of zeros (4 bits, groups of 4)", (w, 4, 4),
+                    hint="an all-zero group has max|w| = 0, so its scale would be 0 and w / scale NaN: "
+                         "give it any positive scale (its weights come back as 0)"))
+    return out
+
+
+def _groups_ref(w, bits, group_size):
+    from utils.compress import quantize
+    return quantize(w, bits, group_size).dequantize()
+
+
+def _groups_wrong_levels(w, bits, group_size):
+    # the asymmetric count of levels in a symmetric scheme: scale = max|w| / (2^b - 1), clamped to ±(2^(b-1) - 1)
+    O, I = w.shape
+    x = w.reshape(O, I // group_size, group_size)
+    qmax = 2 ** (bits - 1) - 1
+    scale = (x.abs().amax(-1, keepdim=True) / (2 ** bits - 1)).clamp(min=1e-12)
+    return (torch.clamp(torch.round(x / scale), -qmax, qmax) * scale).reshape(O, I)
+
+
+_register(Exercise(
+    "11.6", "int4 weights in groups, by hand",
+    "my_fake_quantize(w, bits, group_size) -> (O, I), the dequantized weights",
+    _groups_cases, _groups_ref,
+    mistakes=[Mistake("one scale per row: cut each row into groups of group_size and give each group its own scale.",
+                      lambda w, b, g: _groups_ref(w, b, w.shape[1])),
+              Mistake("one scale for the whole matrix: each group of a row needs its own.",
+                      lambda w, b, g: _groups_ref(w.reshape(1, -1), b, w.numel()).reshape(w.shape)),
+              Mistake("the scale divides by 2^b - 1, the count of an unsigned range: symmetric b-bit integers go "
+                      "from -(2^(b-1) - 1) to 2^(b-1) - 1, so scale = max|w| / (2^(b-1) - 1).",
+                      _groups_wrong_levels)]))
+
+
+def _kd_cases() -> list[Case]:
+    out = []
+    for name, shape, T, alpha, dtype, seed in [("a batch of 2 × 5 positions, T = 2, α = 0.5", (2, 5, 7), 2.0, 0.5,
+                                                torch.float32, 1),
+                                               ("T = 1, α = 0.3", (3, 4, 6), 1.0, 0.3, torch.float32, 2),
+                                               ("T = 4, α = 0.9, float64", (2, 3, 9), 4.0, 0.9, torch.float64, 3)]:
+        g = _gen(seed)
+        student, teacher = _randn(g, *shape, dtype=dtype, scale=2.0), _randn(g, *shape, dtype=dtype, scale=2.0)
+        targets = torch.randint(0, shape[-1], shape[:-1], generator=g)  # (B, T)
+        out.append(Case(name, (student, teacher, targets, T, alpha)))
+    g = _gen(4)
+    same = _randn(g, 2, 4, 5, scale=2.0)
+    out.append(Case("the student equals the teacher, α = 1 (the loss is 0)",
+                    (same, same.clone(), torch.randint(0, 5, (2, 4), generator=g), 3.0, 1.0),
+                    hint="KL(p ‖ p) = 0 whatever T is"))
+    return out
+
+
+def _kd_ref(student_logits, teacher_logits, targets, temperature, alpha):
+    from utils.compress import distillation_loss
+    return distillation_loss(student_logits, teacher_logits, targets, temperature, alpha)
+
+
+def _kd_parts(s, t, y, T, alpha, reverse=False, t_squared=True, per_element=False):
+    V = s.shape[-1]
+    log_q, log_p = torch.log_softmax(s.reshape(-1, V) / T, -1), torch.log_softmax(t.reshape(-1, V) / T, -1)
+    if reverse:
+        log_p, log_q = log_q, log_p
+    kl = (log_p.exp() * (log_p - log_q)).sum() / (log_p.numel() if per_element else log_p.shape[0])
+    ce = nn.functional.cross_entropy(s.reshape(-1, V), y.reshape(-1))
+    return alpha * (T ** 2 if t_squared else 1) * kl + (1 - alpha) * ce
+
+
+_register(Exercise(
+    "11.7", "Hinton's distillation loss",
+    "my_kd_loss(student_logits, teacher_logits, targets, T, alpha) -> a scalar",
+    _kd_cases, _kd_ref,
+    mistakes=[Mistake("the KL term is not multiplied by T²: without it the soft loss's gradient shrinks as 1/T².",
+                      lambda s, t, y, T, a: _kd_parts(s, t, y, T, a, t_squared=False)),
+              Mistake("the KL runs the wrong way: it is KL(teacher ‖ student), the teacher's probabilities weight "
+                      "the log ratio.", lambda s, t, y, T, a: _kd_parts(s, t, y, T, a, reverse=True)),
+              Mistake("the KL is averaged over every (position, character) entry: sum over the vocabulary, then "
+                      "average over positions.", lambda s, t, y, T, a: _kd_parts(s, t, y, T, a, per_element=True))]))

@@ -23,7 +23,6 @@ from __future__ import annotations
 import argparse
 import copy
 import io
-import logging
 import os
 import sys
 import time
@@ -52,7 +51,6 @@ def variants(model: GPT) -> dict[str, nn.Module]:
         out["int8 dynamic (torch.ao)"] = torch.ao.quantization.quantize_dynamic(
             copy.deepcopy(model), {nn.Linear}, dtype=torch.qint8)
     try:
-        logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)
         from torchao.quantization import (Int4WeightOnlyConfig, Int8DynamicActivationInt8WeightConfig,
                                           Int8WeightOnlyConfig, quantize_)
     except ImportError:
