@@ -11,7 +11,6 @@ Prints tokens/s of each and the speed-up; target: ≥ 3× with the cache.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 import time
@@ -21,21 +20,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from benchmarks.common import decoding_args  # noqa: E402
 from utils.gpt import GPT, GPTConfig, generate  # noqa: E402
 
 TARGET = 3.0
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best counts")
-    parser.add_argument("--new-tokens", type=int, default=256)
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = decoding_args(__doc__, new_tokens=256)
     config = GPTConfig(vocab_size=65, block_size=512, n_layer=6, n_head=6, n_embd=384)
     if args.prompt_tokens + args.new_tokens > config.block_size:
         raise SystemExit(f"prompt + new tokens must fit the context ({config.block_size}) for a fair comparison")

@@ -25,7 +25,6 @@ quantize_dynamic converts the nn.Linear layers only, and the 50,257 x 768 token 
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import io
 import os
@@ -39,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
+from benchmarks.common import decoding_args  # noqa: E402
 from utils.gpt import GPT, GPTConfig, generate  # noqa: E402
 
 
@@ -74,15 +74,7 @@ def variants(model: GPT) -> dict[str, nn.Module]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=3, help="interleaved rounds; the best counts")
-    parser.add_argument("--new-tokens", type=int, default=64)
-    parser.add_argument("--prompt-tokens", type=int, default=16)
-    parser.add_argument("--threads", type=int, default=0, help="torch threads (0 = torch's default)")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    torch.manual_seed(0)
+    args = decoding_args(__doc__, new_tokens=64)
     config = GPTConfig()  # GPT-2 small
     model = GPT(config).eval()
     prompt = torch.randint(config.vocab_size, (1, args.prompt_tokens))
