@@ -3,7 +3,7 @@ import nbformat
 PATH = "chapters/07_gpt.ipynb"
 before = nbformat.read(PATH, 4)
 orig = {c.get("id"): c.source for c in before.cells}
-for s in ("/tmp/ch7/edit_nb.py", "/tmp/ch7/edit_nb2.py"):
+for s in ("drafts/07_gpt/edit_nb.py", "drafts/07_gpt/edit_nb2.py"):
     subprocess.run([sys.executable, s], check=True)
 nb = nbformat.read(PATH, 4)
 by = {c.get("id"): c for c in nb.cells}

@@ -13,7 +13,9 @@ def cell(cid):
 
 def replace_in(cid, old, new):
     c = cell(cid)
-    assert old in c.source, (cid, old[:60])
+    if old not in c.source:  # already changed in the notebook since this script was written
+        print("SKIP", cid, repr(old[:90]))
+        return
     c.source = c.source.replace(old, new)
 
 

@@ -1,6 +1,6 @@
 import nbformat
 from nbformat.v4 import new_code_cell, new_markdown_cell
-exec(open("/tmp/ch7/edit_nb.py").read().split("# --- title, runtime, goals")[0])  # helpers, fresh read
+exec(open("drafts/07_gpt/edit_nb.py").read().split("# --- title, runtime, goals")[0])  # helpers, fresh read
 
 # LSTM verdict computed by the code, not written by hand
 replace_in("b98956a9", 'glue("lstm_val_loss", f"{lstm_val:.3f}", display=False)',
