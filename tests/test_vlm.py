@@ -281,6 +281,38 @@ def test_shapes_qa_keeps_held_out_combinations_and_phrasings_out_of_training():
     assert V.decode(ids[0, int(start[0]):]).count("<end>") == 1
 
 
+def test_captions_describe_every_shape_and_stay_on_seen_combinations():
+    from utils.shapes import HELD_OUT
+    from utils.shapes_qa import DESCRIBE, captioning, describe, shapes_qa, vocab
+
+    plain, mixed = shapes_qa(200, seed=0), shapes_qa(200, seed=0, captions=2)
+    captions = [q for q in mixed.items if q.kind == "caption"]
+    assert mixed.items[:len(plain)] == plain.items and len(captions) == 2 * len(plain.shapes)
+    assert all(q.question == DESCRIBE and q.answer == describe(mixed.shapes.scenes[q.image]) for q in captions)
+    scene = mixed.shapes.scenes[captions[0].image]
+    assert all(f"{s.colour} {s.kind}" in captions[0].answer for s in scene)
+    assert max(len(q.answer.split()) for q in captions) <= 13
+    held = {f"{c} {s}" for c, s in HELD_OUT}
+    assert not any(h in q.answer for q in captions for h in held)
+    V = vocab()
+    assert all(w in V.stoi for q in captions for w in (q.question + " " + q.answer).split())
+    test = captioning(shapes_qa(30, seed=12, combos=HELD_OUT))
+    assert len(test) == 30 and all(q.kind == "caption" for q in test.items)
+    assert any(h in q.answer for q in test.items for h in held)
+    with pytest.raises(ValueError, match="captions is how many times"):
+        shapes_qa(5, captions=-1)
+
+
+def test_token_f1_counts_shared_words():
+    from utils.vlm import token_f1
+
+    assert token_f1("a red circle", "a red circle") == 1.0
+    assert token_f1("a blue square", "a red circle") == pytest.approx(1 / 3)  # "a": p = r = 1/3
+    assert token_f1("a red circle on the left", "a red circle") == pytest.approx(2 * 0.5 * 1 / 1.5)  # p 1/2, r 1
+    assert token_f1("red red", "red") == pytest.approx(2 * 0.5 * 1 / 1.5)  # a word counts as often as it occurs
+    assert token_f1("green", "red") == 0.0 and token_f1("", "") == 1.0 and token_f1("", "red") == 0.0
+
+
 def _matches(template, question):
     import re
     pattern = "".join(".+" if part.startswith("{") else re.escape(part) for part in re.split(r"(\{\w+\})", template))

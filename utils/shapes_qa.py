@@ -8,6 +8,10 @@ Six kinds of question, each asked only where its answer is unique:
     which    "what is on the left ?"                  → "red circle"   (the shape at a place)
     yes/no   "is there a red circle ?"                → "yes" / "no"   (half and half; the "no" differs from a
                                                                         shape of the scene in colour or kind)
+A seventh task, "caption", asks `DESCRIBE` ("what do you see ?") and expects `describe(scene)`, every shape's
+colour, kind and place in one sentence ("a red circle on the left and a blue square on the right"): the
+captioning data LLaVA's first stage trains on, in miniature. `shapes_qa(..., captions=k)` adds it k times per scene;
+`captioning(data)` asks it once of every scene of `data`.
 Every kind has seen phrasings and one held-out phrasing (`TEMPLATES[kind][-1]`), made of words the seen ones
 use, so a model can be asked a question in a form it was never trained on. Held-out colour-shape
 combinations stay held out as in chapter 9: training scenes come from `SEEN`, and the "no" questions of
@@ -29,7 +33,7 @@ from torch import Tensor
 from .shapes import COLOURS, HELD_OUT, PLACES, SEEN, SHAPES, CaptionedShapes, Shape, captioned_shapes
 from .text import Vocab
 
-__all__ = ["KINDS", "TEMPLATES", "PAD", "IMAGE", "END", "QA", "ShapesQA", "scene_questions", "shapes_qa", "vocab",
+__all__ = ["KINDS", "TEMPLATES", "DESCRIBE", "describe", "captioning", "PAD", "IMAGE", "END", "QA", "ShapesQA", "scene_questions", "shapes_qa", "vocab",
            "encode", "collate"]
 
 PAD, IMAGE, END = "<pad>", "<image>", "<end>"
@@ -43,6 +47,7 @@ TEMPLATES: dict[str, tuple[str, ...]] = {  # the last phrasing of each kind is h
     "yes/no": ("is there a {colour} {shape} ?", "do you see a {colour} {shape} ?", "is a {colour} {shape} there ?"),
 }
 NUMBERS = {1: "one", 2: "two"}
+DESCRIBE = "what do you see ?"  # the captioning prompt (kind "caption"); its words are the questions'
 
 
 @dataclass(frozen=True)
@@ -93,6 +98,12 @@ def scene_questions(scene: Sequence[Shape], rng: np.random.Generator, phrasing: 
     return out
 
 
+def describe(scene: Sequence[Shape]) -> str:
+    """The caption a model is trained to give: "a {colour} {shape} {where}" for each shape, joined by "and"
+    (left before right, top before bottom, as `captioned_shapes` orders a pair). No sizes: 13 words at most."""
+    return " and ".join(f"a {s.colour} {s.kind} {PLACES[s.place][1]}" for s in scene)
+
+
 @dataclass
 class ShapesQA:
     """Scenes (a CaptionedShapes) and questions about them."""
@@ -108,9 +119,14 @@ class ShapesQA:
 
 
 def shapes_qa(n: int, seed: int = 0, combos: Sequence[tuple[str, str]] = SEEN, phrasing: str = "seen",
-              pairs: float = 0.5, per_scene: int | None = None) -> ShapesQA:
+              pairs: float = 0.5, per_scene: int | None = None, captions: int = 0) -> ShapesQA:
     """`n` scenes (`captioned_shapes(n, seed, combos=combos, pairs=pairs)`) and their questions: all of them
-    (about 6 per scene), or `per_scene` drawn at random. Same arguments → same data."""
+    (about 6 per scene), or `per_scene` drawn at random; then, if `captions` > 0, each scene's caption question
+    (`DESCRIBE` → `describe(scene)`) `captions` times, the weight of captioning in a training mix.
+    Same arguments → same data."""
+    if not isinstance(captions, int) or captions < 0:
+        raise ValueError(f"shapes_qa: captions is how many times each scene's caption is asked, an int >= 0, "
+                         f"got {captions!r}")
     shapes = captioned_shapes(n, seed=seed, combos=combos, pairs=pairs)
     rng = np.random.default_rng(seed + 10_000)
     # "no" questions name seen combinations, unless the scenes themselves show held-out ones
@@ -121,14 +137,20 @@ def shapes_qa(n: int, seed: int = 0, combos: Sequence[tuple[str, str]] = SEEN, p
         if per_scene is not None:
             qs = [qs[j] for j in sorted(rng.choice(len(qs), size=min(per_scene, len(qs)), replace=False))]
         items += [QA(i, *q) for q in qs]
+    items += [QA(i, "caption", DESCRIBE, describe(scene)) for i, scene in enumerate(shapes.scenes)] * captions
     return ShapesQA(shapes, items)
+
+
+def captioning(data: ShapesQA) -> ShapesQA:
+    """The same scenes, each asked for its caption once (kind "caption"): a test set for captioning."""
+    return ShapesQA(data.shapes, [QA(i, "caption", DESCRIBE, describe(scene)) for i, scene in enumerate(data.shapes.scenes)])
 
 
 def vocab() -> Vocab:
     """Every word the questions and answers can use, after <pad>, <image>, <end>; fixed order (alphabetical)."""
     words = {w for ts in TEMPLATES.values() for t in ts for w in t.split() if "{" not in w}
     words |= set(COLOURS) | set(SHAPES) | set(PLACES) | set(NUMBERS.values()) | {"yes", "no"}
-    words |= {w for _, where in PLACES.values() for w in where.split()}
+    words |= {w for _, where in PLACES.values() for w in where.split()} | set(DESCRIBE.split()) | {"a", "and"}
     return Vocab([PAD, IMAGE, END] + sorted(words))
 
 

@@ -30,6 +30,7 @@ Letter legend (shape comments):
 """
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +44,7 @@ from .transformer import FeedForward
 from .vit import VisionTransformer
 
 __all__ = ["VLMConfig", "MultiModalProjector", "GatedCrossAttention", "VisionLanguageModel", "image_features",
-           "merge_image_tokens", "answer_targets", "IGNORE"]
+           "merge_image_tokens", "answer_targets", "token_f1", "IGNORE"]
 
 IGNORE = -100  # a target F.cross_entropy skips: every position that is not an answer token
 STRATEGIES = ("default", "full", "pooled")
@@ -119,6 +120,20 @@ def merge_image_tokens(embeds: Tensor, ids: Tensor, image_token_id: int, visual:
                          f"{ids.shape[0]} sequence(s): each sequence needs exactly {N} image tokens, one per "
                          f"visual token, and one image")
     return embeds.masked_scatter(mask[..., None], visual.to(embeds.dtype))  # (B, T, C)
+
+
+def token_f1(said: str, expected: str) -> float:
+    """The token F1 of a generated text against the expected one (SQuAD's answer score): the words they share,
+    counted with multiplicity, as a harmonic mean of precision (share of `said`) and recall (share of
+    `expected`). Word order does not count; exact match is the stricter score. Two empty texts score 1."""
+    a, b = said.split(), expected.split()
+    if not a or not b:
+        return float(a == b)
+    common = sum((Counter(a) & Counter(b)).values())
+    if common == 0:
+        return 0.0
+    precision, recall = common / len(a), common / len(b)
+    return 2 * precision * recall / (precision + recall)
 
 
 def answer_targets(ids: Tensor, answer_start: Tensor | list[int], pad_id: int | None = None) -> Tensor:
