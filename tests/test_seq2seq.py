@@ -481,3 +481,140 @@ def test_attention_decoder_bad_kind_is_a_clear_error(vocabs):
     with pytest.raises(ValueError, match="dot attention needs hidden_size == encoder_size"):
         S.AttentionDecoder(10, 8, 16, attention="dot", encoder_size=32)
     S.AttentionDecoder(10, 8, 16, attention="general", encoder_size=32)  # general maps 16 → 32: fine
+
+
+# ---------------------------------------------------------------------------------------------- bidirectional encoder
+
+def _bi_encoder(vocab_size: int, num_layers: int = 2) -> S.Encoder:
+    """A bidirectional encoder (H = 16, 8 units per direction) in float64 with random weights, the <pad>
+    embedding included, so a padding step that was not skipped would change the results."""
+    torch.manual_seed(0)
+    enc = S.Encoder(vocab_size, 8, 16, num_layers=num_layers, bidirectional=True).double().eval()
+    with torch.no_grad():
+        for p in enc.parameters():
+            p.normal_(0.0, 0.5)
+    return enc
+
+
+def test_bidirectional_encoder_equals_torch_sequence_by_sequence(vocabs, splits):
+    """The padded, packed batch gives each source what torch's bidirectional LSTM gives it alone."""
+    src_vocab, _ = vocabs
+    enc = _bi_encoder(len(src_vocab))
+    assert enc.rnn.bidirectional and enc.rnn.hidden_size == 8 and enc.rnn.num_layers == 2
+    src, src_len = _sources(splits, src_vocab, n=8)
+    B, Smax = src.shape
+    assert len(set(src_len.tolist())) >= 3  # different lengths: padding matters
+    with torch.no_grad():
+        memory = enc(src, src_len)
+    assert memory.outputs.shape == (B, Smax, 16) and memory.mask.shape == (B, Smax)
+    assert memory.state[0].shape == memory.state[1].shape == (2, B, 16)  # (L, B, H) as unidirectional
+    assert (memory.outputs[~memory.mask] == 0).all()  # exactly zero at padding
+    for i in range(B):
+        n = int(src_len[i])
+        with torch.no_grad():  # one source alone: no padding, no packing, the same nn.LSTM
+            out, (h, c) = enc.rnn(enc.embed(src[i:i + 1, :n]))  # (1, n, 16); h, c each (2L, 1, 8)
+        torch.testing.assert_close(memory.outputs[i, :n], out[0], rtol=0, atol=1e-12)
+        for name, mine, ref in (("h", memory.state[0], h), ("c", memory.state[1], c)):
+            # torch's order: layer 0 forward, layer 0 backward, layer 1 forward, layer 1 backward
+            expected = torch.stack([torch.cat([ref[2 * layer, 0], ref[2 * layer + 1, 0]]) for layer in range(2)])
+            torch.testing.assert_close(mine[:, i], expected, rtol=0, atol=1e-12, msg=f"{name}, source {i}")
+        # top layer's final h: the forward state at the last character, the backward state at the first
+        torch.testing.assert_close(memory.state[0][-1, i], torch.cat([out[0, n - 1, :8], out[0, 0, 8:]]),
+                                   rtol=0, atol=1e-12)
+
+
+def _bidirectional_from_definition(enc: S.Encoder, x: torch.Tensor) -> torch.Tensor:
+    """Outputs (1, n, H) of one source's embeddings x (1, n, E), from two plain one-way LSTMs per layer:
+    one reads x_1..x_n, the other (torch's `_reverse` weights) reads x_n..x_1, its outputs flipped back."""
+    for layer in range(enc.rnn.num_layers):
+        halves = []
+        for suffix, flip in (("", False), ("_reverse", True)):
+            one_way = torch.nn.LSTM(x.shape[-1], enc.rnn.hidden_size, batch_first=True).double()
+            one_way.load_state_dict({f"{w}_l0": getattr(enc.rnn, f"{w}_l{layer}{suffix}")
+                                     for w in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")})
+            out, _ = one_way(x.flip(1) if flip else x)  # (1, n, H/2)
+            halves.append(out.flip(1) if flip else out)
+        x = torch.cat(halves, dim=-1)  # (1, n, H): the next layer's input
+    return x
+
+
+@torch.no_grad()
+def test_bidirectional_encoder_backward_half_reads_from_the_last_character(vocabs, splits):
+    """The backward LSTM starts at each source's last character x_n, not at padding. With one layer, output
+    s is [forward after x_1..x_s; backward after x_n..x_s]: changing x_k changes the forward half from k on
+    and the backward half up to k, nothing else. With two, layer 2 reads both halves of layer 1."""
+    src_vocab, _ = vocabs
+    src, src_len = _sources(splits, src_vocab, n=8)
+    i = int(src_len.argmin())  # the shortest source: the most padding after it
+    n = int(src_len[i])
+    assert n < src.shape[1]
+    k = n // 2
+    changed = src.clone()
+    changed[i, k] = 4 if int(src[i, k]) != 4 else 5  # another character
+    fwd, bwd = slice(0, 8), slice(8, 16)
+    enc = _bi_encoder(len(src_vocab), num_layers=2)
+    memory = enc(src, src_len)
+    reference = _bidirectional_from_definition(enc, enc.embed(src[i:i + 1, :n]))  # (1, n, 16)
+    torch.testing.assert_close(memory.outputs[i, :n], reference[0], rtol=0, atol=1e-12)
+    # two layers: the top forward half at position 0 has seen x_k through layer 1's backward half
+    assert (memory.outputs[i, 0, fwd] - enc(changed, src_len).outputs[i, 0, fwd]).abs().amax() > 1e-6
+    enc = _bi_encoder(len(src_vocab), num_layers=1)
+    memory = enc(src, src_len)
+    reference = _bidirectional_from_definition(enc, enc.embed(src[i:i + 1, :n]))  # (1, n, 16)
+    torch.testing.assert_close(memory.outputs[i, :n], reference[0], rtol=0, atol=1e-12)
+    a, b = memory.outputs, enc(changed, src_len).outputs  # (B, S, 16)
+    assert torch.equal(a[i, :k, fwd], b[i, :k, fwd])  # forward before k: has not read x_k yet
+    assert torch.equal(a[i, k + 1:, bwd], b[i, k + 1:, bwd])  # backward after k: has not read x_k yet
+    assert ((a[i, k:n, fwd] - b[i, k:n, fwd]).abs().amax(-1) > 1e-6).all()
+    assert ((a[i, :k + 1, bwd] - b[i, :k + 1, bwd]).abs().amax(-1) > 1e-6).all()  # position 0 included
+    others = torch.arange(src.shape[0]) != i
+    assert torch.equal(a[others], b[others])
+
+
+@pytest.mark.parametrize("attention", [None, "additive"])
+def test_bidirectional_seq2seq_trains_and_decodes(vocabs, splits, attention):
+    src_vocab, tgt_vocab = vocabs
+    torch.manual_seed(0)
+    config = S.Seq2SeqConfig(len(src_vocab), len(tgt_vocab), embed_dim=8, hidden_size=16, num_layers=2,
+                             bidirectional=True)
+    decoder = None if attention is None else S.AttentionDecoder(len(tgt_vocab), 8, 16, attention=attention,
+                                                                num_layers=2)
+    m = S.Seq2Seq(config, decoder=decoder)
+    assert m.encoder.rnn.bidirectional and m.encoder.rnn.hidden_size == 8
+    b = S.make_batch(splits.train[:32], src_vocab, tgt_vocab)
+    memory = m.encode(b.src, b.src_len)
+    assert memory.outputs.shape == (32, b.src.shape[1], 16)
+    assert memory.state[0].shape == memory.state[1].shape == (2, 32, 16)
+    opt = torch.optim.Adam(m.parameters(), lr=1e-2)
+    losses = []
+    for step in range(8):
+        logits = m(b.src, b.src_len, b.tgt_in)
+        assert logits.shape == (32, b.tgt_in.shape[1], len(tgt_vocab))
+        loss = S.seq2seq_loss(logits, b.tgt_out)
+        opt.zero_grad()
+        loss.backward()
+        if step == 0:  # both directions of both encoder layers learn
+            for name, p in m.named_parameters():
+                assert p.grad is not None and p.grad.abs().sum() > 0, f"{name} got no gradient"
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    m = m.double().eval()
+    src, src_len = _sources(splits, src_vocab, n=5)
+    greedy = check_beam_agrees_with_greedy(m, src, src_len, max_len=12)  # greedy_decode and beam_search
+    assert greedy.tokens.shape[0] == 5 and greedy.tokens.shape[1] <= 12
+    if attention:
+        assert greedy.attn.shape == (5, greedy.tokens.shape[1], src.shape[1])
+    else:
+        assert greedy.attn is None
+    assert len(S.translate(m, ["3 March 1998", "04/05/21"], src_vocab, tgt_vocab, max_len=12)) == 2
+
+
+def test_bidirectional_needs_an_even_hidden_size():
+    with pytest.raises(ValueError, match="even hidden_size"):
+        S.Encoder(10, 8, 15, bidirectional=True)
+    with pytest.raises(ValueError, match=r"even hidden_size .* got hidden_size=15"):
+        S.Seq2Seq(S.Seq2SeqConfig(10, 10, embed_dim=8, hidden_size=15, bidirectional=True))
+    assert not S.Seq2SeqConfig(10, 10).bidirectional
+    enc = S.Encoder(10, 8, 15)  # one direction: any size, as before
+    assert not enc.rnn.bidirectional and enc.rnn.hidden_size == 15

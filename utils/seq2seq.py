@@ -335,8 +335,10 @@ class Memory(NamedTuple):
     """What the encoder hands the decoder."""
 
     outputs: Tensor  # (B, S, H) top-layer encoder state at every source position, zero at padding
+    #                  (bidirectional: [forward; backward] states, H/2 each)
     mask: Tensor  # (B, S) True at real characters, False at padding
     state: tuple  # (h, c), each (L, B, H): the LSTM encoder's final state; () for a Transformer encoder
+    #               (bidirectional: per layer, [forward's final; backward's final], H/2 each)
 
 
 @dataclass
@@ -347,17 +349,34 @@ class Seq2SeqConfig:
     hidden_size: int = 256
     num_layers: int = 1
     dropout: float = 0.0  # between LSTM layers, training only
+    bidirectional: bool = False  # encoder reads the source both ways (H/2 units per direction)
 
 
 class Encoder(nn.Module):
-    """Embedding → LSTM over the source; padding is skipped (packed), so h_n is each source's own last step."""
+    """Embedding → LSTM over the source; padding is skipped (packed), so h_n is each source's own last step.
+
+    bidirectional=True (Bahdanau, Cho & Bengio 2015) adds a second LSTM that reads each source backwards,
+    from its own last character x_n to its first x_1. Each direction has H/2 units (hidden_size must be
+    even), so the shapes do not change. Output s is [forward state at s; backward state at s] (B, S, H),
+    an "annotation" of character s with context on both sides (with one layer: forward after x_1..x_s,
+    backward after x_n..x_s; each higher layer reads both halves of the layer below). The final (h, c)
+    of each layer is [forward's after x_n; backward's after x_1] (L, B, H).
+    """
 
     def __init__(self, vocab_size: int, embed_dim: int, hidden_size: int, num_layers: int = 1,
-                 dropout: float = 0.0) -> None:
+                 dropout: float = 0.0, bidirectional: bool = False) -> None:
         super().__init__()
+        if bidirectional and hidden_size % 2 != 0:
+            raise ValueError(f"a bidirectional encoder needs an even hidden_size (H/2 units per direction), "
+                             f"got hidden_size={hidden_size}")
         self.vocab_size = vocab_size
+        self.bidirectional = bidirectional
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
-        self.rnn = nn.LSTM(embed_dim, hidden_size, num_layers, batch_first=True, dropout=dropout)
+        if bidirectional:
+            self.rnn = nn.LSTM(embed_dim, hidden_size // 2, num_layers, batch_first=True, dropout=dropout,
+                               bidirectional=True)
+        else:
+            self.rnn = nn.LSTM(embed_dim, hidden_size, num_layers, batch_first=True, dropout=dropout)
 
     def forward(self, src: Tensor, src_len: Tensor) -> Memory:
         """src (B, S) ids, src_len (B,) → Memory(outputs (B, S, H), mask (B, S), (h, c) each (L, B, H))."""
@@ -365,7 +384,10 @@ class Encoder(nn.Module):
         x = self.embed(src)  # (B, S, E)
         packed = pack_padded_sequence(x, src_len.cpu(), batch_first=True, enforce_sorted=False)
         out, state = self.rnn(packed)  # state: (h, c) each (L, B, H), in the batch's original order
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, H)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=S)  # (B, S, H), zero at padding
+        if self.bidirectional:
+            # torch's (h, c) are each (2L, B, H/2): layer 0 forward, layer 0 backward, layer 1 forward, ...
+            state = tuple(torch.cat([s[0::2], s[1::2]], dim=-1) for s in state)  # each (L, B, H/2 + H/2)
         mask = torch.arange(S, device=src.device)[None, :] < src_len[:, None]  # (B, S)
         return Memory(out, mask, state)
 
@@ -460,7 +482,8 @@ class Seq2Seq(nn.Module):
         super().__init__()
         self.config = config
         c = config
-        self.encoder = encoder or Encoder(c.src_vocab_size, c.embed_dim, c.hidden_size, c.num_layers, c.dropout)
+        self.encoder = encoder or Encoder(c.src_vocab_size, c.embed_dim, c.hidden_size, c.num_layers, c.dropout,
+                                          c.bidirectional)
         self.decoder = decoder or LSTMDecoder(c.tgt_vocab_size, c.embed_dim, c.hidden_size, c.num_layers,
                                               c.dropout)
 
