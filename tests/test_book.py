@@ -92,6 +92,32 @@ def test_runtime_is_stated_and_budgeted(chapter):
         f"{path.name}: the top of the chapter must state the {budget:g}-minute CPU budget"
 
 
+def _stated_seconds(text: str) -> float | None:
+    """'About 3 minutes', 'About 2½ minutes', 'About 4 to 8 minutes' -> seconds (a range's midpoint)."""
+    m = re.search(r"About (\d+)(½)?(?: to (\d+)(½)?)? minutes?", text)
+    if not m:
+        return None
+    low = int(m[1]) + (0.5 if m[2] else 0)
+    high = int(m[3]) + (0.5 if m[4] else 0) if m[3] else low
+    return 60 * (low + high) / 2
+
+
+def test_stated_runtime_matches_the_last_run(chapter):
+    """The runtime the reader is promised at the top is the one measured: 'About N minutes' within 50% of
+    the last top-to-bottom run (scripts.execute_notebooks stores it as onehot.last_run_seconds), and a
+    quoted 'the last run took N s' is that run."""
+    path, nb = chapter
+    last = nb.metadata.get("onehot", {}).get("last_run_seconds")
+    assert last, f"{path.name}: metadata onehot.last_run_seconds is missing; run make execute"
+    stated = _stated_seconds(nb.cells[0].source)
+    assert stated, f"{path.name}: the top of the chapter must say 'About N minutes on a 2-core CPU'"
+    assert abs(stated / last - 1) <= 0.5, \
+        f"{path.name}: the top says about {stated / 60:g} minutes, the last run took {last:.0f} s"
+    quoted = re.search(r"the last run took (\d+) s", nb.cells[0].source)
+    assert not quoted or abs(int(quoted[1]) - last) <= 1, \
+        f"{path.name}: the top quotes a last run of {quoted[1]} s, the stored one took {last:.0f} s"
+
+
 def test_outputs_are_fresh_and_clean(chapter):
     path, nb = chapter
     code = [c for c in nb.cells if c.cell_type == "code"]
