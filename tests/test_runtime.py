@@ -47,3 +47,29 @@ def test_time_per_call_counts_calls_and_measures_time():
     assert len(calls) == 5 and 0.009 < seconds < 0.5
     with pytest.raises(ValueError, match="repeats >= 1"):
         time_per_call(lambda: None, repeats=0)
+
+
+def test_bytes_saved_for_backward_counts_what_autograd_keeps():
+    from torch import nn
+
+    from utils.runtime import bytes_saved_for_backward
+    from utils.vit import patchify
+
+    torch.manual_seed(0)
+    w = torch.randn(8, 5, requires_grad=True)
+    x = torch.randn(4, 8)
+    # the matmul keeps x and w (both excluded); exp keeps its own output, 4 x 5 float32
+    assert bytes_saved_for_backward(lambda t: (t @ w).exp(), x, [w]) == 4 * 5 * 4
+    # x needs no gradient, so the matmul keeps only x, not w; once x needs one, w is kept too (and counted)
+    assert bytes_saved_for_backward(lambda t: (t @ w).exp(), x.requires_grad_()) == 4 * 5 * 4 + w.numel() * 4
+    x.requires_grad_(False)
+    with torch.no_grad():
+        assert bytes_saved_for_backward(lambda t: (t @ w).exp(), x, [w]) == 0  # no graph, nothing kept
+    # chapter 8's claim: a patch embedding as unfold + Linear keeps a copy of the images, the convolution none
+    images = torch.rand(2, 3, 32, 32)
+    conv, linear = nn.Conv2d(3, 16, kernel_size=8, stride=8), nn.Linear(3 * 8 * 8, 16)
+    assert bytes_saved_for_backward(conv, images, conv.parameters()) == 0
+    assert bytes_saved_for_backward(lambda im: linear(patchify(im, 8)), images,
+                                    linear.parameters()) == images.numel() * 4
+    with pytest.raises(TypeError, match="must be a tensor"):
+        bytes_saved_for_backward(conv, [images])

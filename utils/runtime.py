@@ -1,6 +1,7 @@
 """Runtime set-up shared by every chapter: seeding and device choice.
 
-`setup()` is what the notebooks' setup cell calls, and `time_per_call()` is how chapters time code: it seeds every random number generator the book
+`setup()` is what the notebooks' setup cell calls, `time_per_call()` is how chapters time code and
+`bytes_saved_for_backward()` how they measure the memory autograd keeps. `setup()` seeds every random number generator the book
 uses, picks the best available device (cuda, then mps, then cpu) and returns it.
 """
 from __future__ import annotations
@@ -8,7 +9,7 @@ from __future__ import annotations
 import os
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import numpy as np
 import torch
@@ -70,3 +71,27 @@ def time_per_call(fn: Callable[[], object], repeats: int = 10, warmup: int = 1) 
         fn()
     sync()
     return (time.perf_counter() - start) / repeats
+
+
+def bytes_saved_for_backward(fn: Callable[[torch.Tensor], object], x: torch.Tensor,
+                             exclude: Iterable[torch.Tensor] = ()) -> int:
+    """Bytes of the tensors autograd keeps for the backward pass while `fn(x)` runs, not counting `x` and
+    the tensors in `exclude` (e.g. the weights), which exist anyway.
+
+    Every tensor an operation saves for its gradient passes through a `saved_tensors_hooks` pack hook;
+    each distinct storage is counted once (views of one tensor share it).
+    """
+    if not isinstance(x, torch.Tensor):
+        raise TypeError(f"bytes_saved_for_backward: x must be a tensor, got {type(x).__name__}")
+    known = {t.untyped_storage().data_ptr() for t in (x, *exclude)}
+    kept: dict[int, int] = {}
+
+    def pack(t: torch.Tensor) -> torch.Tensor:
+        storage = t.untyped_storage()
+        if storage.data_ptr() not in known:
+            kept[storage.data_ptr()] = storage.nbytes()
+        return t
+
+    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        fn(x)
+    return sum(kept.values())
