@@ -1,0 +1,66 @@
+"""The numbers the prose quotes are the numbers the code printed.
+
+Every decimal number in a chapter's text (outside the exercises, whose solutions quote runs of their own)
+must appear in one of the chapter's saved outputs, unless it is listed below with what it is instead: a
+hyperparameter, a target, a constant, a paper's figure. A re-execution that changes a result then fails
+here until the text follows it. (Numbers the text takes from myst-nb's glue are not in the markdown at
+all, so they are always right.)
+"""
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+
+from scripts.setup_cell import chapter_paths
+
+NOT_OUTPUTS = {  # number quoted in the text: what it is
+    "01_word_vectors": {"0.75": "word2vec's unigram exponent", "0.025": "the learning rate"},
+    "02_rnn": {"0.9": "Adam's beta1", "0.999": "Adam's beta2", "0.4": "read off the gradient-norm figure",
+               "0.58": "1/sqrt(3), the default init's spectral radius", "1.80": "the target"},
+    "03_lstm_gru": {"12.5": "chance, 1/8", "0.003": "the learning rate", "0.01": "AdamW's weight decay",
+                    "0.88": "sigmoid(2)", "0.5": "sigmoid(0)", "3.4": "the parameter ratio, 350,593 / 103,297",
+                    "0.8": "the sampling temperature", "0.2": "an example dropout", "1.65": "the target"},
+    "04_seq2seq": {"3.3": "the date 3.3.98", "0.6": "GNMT's length-penalty alpha"},
+    "05_attention": {"0.003": "the learning rate"},
+    "06_transformer": {"2.30": "ln 10, chance", "99.5%": "the target"},
+    "07_gpt": {"0.044715": "GPT-2's tanh-GELU constant", "1.702": "QuickGELU's constant",
+               "0.17": "GELU's minimum", "0.75": "where GELU has its minimum",
+               "10.7": "nanoGPT's GPU configuration, 10.7M parameters", "3.7": "1,800 x 2,048 characters",
+               "1.64": "chapter 2's result", "1.47": "nanoGPT's reported validation loss",
+               "1.3": "a model size, 1.3B", "3.5": "GPT-3.5; 3.5 nats/token in an exercise", "1.68": "the target",
+               "1.641": "an earlier run of the same recipe", "1.653": "an earlier run of the same recipe"},
+    "08_vision_transformer": {"0.05": "the weight decay", "1.3": "ImageNet's 1.3 million images"},
+    "09_clip": {"0.07": "CLIP's initial temperature", "14.3": "1/0.07", "2.5": "a section of the paper",
+                "2.4": "a section of the paper", "1.702": "QuickGELU's constant", "3.1": "a section of the paper",
+                "3.9": "a range of x, read off the GELU figure"},
+    "10_vision_language": {"1.5": "LLaVA-1.5", "7.6": "questions per scene, counted from the data set (not printed)", "0.03": "read off the loss figure"},
+    "11_compression": {"0.125": "the ideal int4 ratio, 1/8", "3.0": "benchmarks/quantized_decode.py's measured ratio",
+                       "3.5": "GPT-3.5; 3.5 GB of int4 weights", "0.3": "the target's byte ratio"},
+}
+NUMBER = re.compile(r"(?<![\w.$\\{])(\d+\.\d+)%?")
+
+
+@pytest.mark.parametrize("path", chapter_paths(), ids=lambda p: p.stem)
+def test_quoted_numbers_are_printed(path):
+    nb = json.loads(path.read_text())
+    printed = "".join("".join(o.get("text", "")) + json.dumps(o.get("data", {}).get("text/plain", ""))
+                      for c in nb["cells"] if c["cell_type"] == "code" for o in c.get("outputs", []))
+    allowed = NOT_OUTPUTS.get(path.stem, {})
+    missing = []
+    in_exercises = False
+    for k, cell in enumerate(nb["cells"]):
+        if cell["cell_type"] != "markdown":
+            continue
+        text = "".join(cell["source"])
+        if "## Exercises" in text:
+            in_exercises = True
+        if "## Summary" in text:
+            in_exercises = False
+        if in_exercises or "exercise" in (cell.get("metadata", {}).get("tags") or []):
+            continue
+        missing += [f"cell {k}: {m[0]}" for m in NUMBER.finditer(text)
+                    if m[0] not in printed and m[0] not in allowed]
+    assert not missing, (f"{path.name}: numbers in the text that no output prints (re-executed without "
+                         f"updating the prose?): {missing}")
