@@ -1,8 +1,8 @@
 """Runtime set-up shared by every chapter: seeding and device choice.
 
 `setup()` is what the notebooks' setup cell calls, `time_per_call()` is how chapters time code and
-`bytes_saved_for_backward()` how they measure the memory autograd keeps. `setup()` seeds every random number generator the book
-uses, picks the best available device (cuda, then mps, then cpu) and returns it.
+`bytes_saved_for_backward()` how they measure the memory autograd keeps. `setup()` seeds every random number
+generator the book uses, picks the best available device (cuda, then mps, then cpu) and returns it.
 """
 from __future__ import annotations
 

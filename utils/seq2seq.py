@@ -372,11 +372,8 @@ class Encoder(nn.Module):
         self.vocab_size = vocab_size
         self.bidirectional = bidirectional
         self.embed = nn.Embedding(vocab_size, embed_dim, padding_idx=PAD)
-        if bidirectional:
-            self.rnn = nn.LSTM(embed_dim, hidden_size // 2, num_layers, batch_first=True, dropout=dropout,
-                               bidirectional=True)
-        else:
-            self.rnn = nn.LSTM(embed_dim, hidden_size, num_layers, batch_first=True, dropout=dropout)
+        self.rnn = nn.LSTM(embed_dim, hidden_size // 2 if bidirectional else hidden_size, num_layers,
+                           batch_first=True, dropout=dropout, bidirectional=bidirectional)  # H/2 per direction
 
     def forward(self, src: Tensor, src_len: Tensor) -> Memory:
         """src (B, S) ids, src_len (B,) → Memory(outputs (B, S, H), mask (B, S), (h, c) each (L, B, H))."""
