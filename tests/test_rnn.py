@@ -352,3 +352,46 @@ def test_lm_batches_and_evaluation():
     assert loss == pytest.approx(manual, rel=1e-5)
     with pytest.raises(ValueError, match="too short"):
         R.evaluate_lm(m, data[:5], block_size=8)
+
+
+def test_stateful_batches_continue_each_lane():
+    data = torch.arange(103)  # ids = positions, so continuity is visible
+    batches = R.StatefulBatches(data, batch_size=4, block_size=5)  # lanes of 25, 5 chunks per pass
+    assert batches.chunks == 5
+    x0, y0, fresh0 = batches(0)
+    assert x0.shape == y0.shape == (4, 5) and fresh0 and torch.equal(y0, x0 + 1)
+    assert torch.equal(x0[:, 0], torch.tensor([0, 25, 50, 75]))  # lane b starts at b · 25
+    x1, _, fresh1 = batches(1)
+    assert not fresh1 and torch.equal(x1[:, 0], x0[:, -1] + 1)  # row b of the next batch continues row b
+    x5, _, fresh5 = batches(5)
+    assert fresh5 and torch.equal(x5, x0)  # the second pass starts again
+    with pytest.raises(ValueError, match="shorter than one block"):
+        R.StatefulBatches(data[:10], batch_size=4, block_size=5)
+    with pytest.raises(ValueError, match="1-D id tensor"):
+        R.StatefulBatches(data[None], batch_size=4, block_size=5)
+
+
+@pytest.mark.parametrize("kind", ["rnn", "lstm"])
+def test_evaluate_lm_stateful_equals_one_pass(kind):
+    torch.manual_seed(0)
+    m = R.CharRNN(R.CharRNNConfig(11, kind=kind, embed_dim=8, hidden_size=16))
+    data = torch.randint(11, (103,))
+    loss = R.evaluate_lm_stateful(m, data, block_size=8)  # 12 windows of 8: tokens 0..95
+    logits, _ = m(data[None, :96])
+    whole = torch.nn.functional.cross_entropy(logits[0], data[1:97]).item()
+    assert loss == pytest.approx(whole, rel=1e-5)
+    assert loss != pytest.approx(R.evaluate_lm(m, data, block_size=8), rel=1e-4)  # zero states differ
+    # 5 lanes: runs of 3, 3, 2, 2, 2 consecutive windows, each read from a zero state, every window once
+    runs = [(0, 3), (3, 6), (6, 8), (8, 10), (10, 12)]
+    by_run = sum(torch.nn.functional.cross_entropy(m(data[None, 8 * a:8 * b])[0][0], data[8 * a + 1:8 * b + 1],
+                                                   reduction="sum").item() for a, b in runs) / 96
+    assert R.evaluate_lm_stateful(m, data, block_size=8, lanes=5) == pytest.approx(by_run, rel=1e-5)
+    assert R.evaluate_lm_stateful(m, data, block_size=8, lanes=12) == pytest.approx(
+        R.evaluate_lm(m, data, block_size=8), rel=1e-5)  # one window per lane: every window from zero
+    with pytest.raises(ValueError, match="lanes must be between 1 and the 12 windows"):
+        R.evaluate_lm_stateful(m, data, block_size=8, lanes=13)
+    assert R.detach_state(None) is None
+    h = torch.ones(2, requires_grad=True) * 2
+    assert not R.detach_state(h).requires_grad and all(not s.requires_grad for s in R.detach_state((h, h)))
+    with pytest.raises(ValueError, match="too short"):
+        R.evaluate_lm_stateful(m, data[:5], block_size=8)

@@ -36,7 +36,7 @@ __all__ = [
     "RNNCell", "LSTMCell", "GRUCell",
     "RNN", "LSTM", "GRU", "make_rnn",
     "CharRNNConfig", "CharRNN", "sample", "random_lm_batch", "evaluate_lm",
-    "hidden_grad_norms",
+    "StatefulBatches", "detach_state", "evaluate_lm_stateful", "hidden_grad_norms",
 ]
 
 RNN_KINDS = ("rnn", "lstm", "gru")
@@ -596,6 +596,87 @@ def random_lm_batch(data: Tensor, batch_size: int, block_size: int,
     offsets = torch.arange(block_size + 1)  # (T+1,)
     windows = data[starts[:, None] + offsets]  # (B, T+1)
     return windows[:, :-1], windows[:, 1:]  # (B, T), (B, T)
+
+
+class StatefulBatches:
+    """Batches for truncated BPTT with the state carried across batches ("stateful" training).
+
+    `data` (N,) is cut into `batch_size` lanes of consecutive text, lane b starting at b·⌊(N-1)/B⌋; step s
+    returns chunk s mod `chunks` of every lane: inputs x and next-token targets y, each (B, T), and `fresh`,
+    True when the chunk is a lane's first (a new pass over the data: the state must start from zero).
+    So row b of batch s+1 continues row b of batch s, and a model that keeps its final state (detached,
+    `detach_state`) reads each lane as one long text, while the gradient still stops at the chunk's start."""
+
+    def __init__(self, data: Tensor, batch_size: int, block_size: int) -> None:
+        if not isinstance(data, Tensor) or data.dim() != 1:
+            raise ValueError(f"StatefulBatches: data must be a 1-D id tensor, got "
+                             f"{tuple(data.shape) if isinstance(data, Tensor) else type(data).__name__}")
+        if batch_size < 1 or block_size < 1:
+            raise ValueError(f"StatefulBatches: batch_size and block_size must be positive, got {batch_size}, "
+                             f"{block_size}")
+        lane = (len(data) - 1) // batch_size  # characters per lane (each needs one more for its last target)
+        self.chunks = lane // block_size  # chunks per pass
+        if self.chunks < 1:
+            raise ValueError(f"StatefulBatches: {len(data)} ids make lanes of {lane} for batch_size={batch_size}, "
+                             f"shorter than one block of {block_size}")
+        self.block_size = block_size
+        n = self.chunks * block_size
+        starts = torch.arange(batch_size) * lane  # (B,)
+        self.lanes = data[starts[:, None] + torch.arange(n + 1)]  # (B, n + 1)
+
+    def __call__(self, step: int) -> tuple[Tensor, Tensor, bool]:
+        c = step % self.chunks
+        a, T = c * self.block_size, self.block_size
+        return self.lanes[:, a:a + T], self.lanes[:, a + 1:a + T + 1], c == 0  # (B, T), (B, T), fresh
+
+
+def detach_state(state):
+    """A recurrent state (None, h, or an LSTM's (h, c)) cut from the graph that made it: the next chunk
+    starts from its values, and backpropagation stops there (truncated BPTT)."""
+    if state is None:
+        return None
+    if isinstance(state, Tensor):
+        return state.detach()
+    return tuple(s.detach() for s in state)
+
+
+def _first_rows(state, m: int):
+    """The first m sequences of a recurrent state (h, or an LSTM's (h, c), each (L, B, H))."""
+    return state[:, :m] if isinstance(state, Tensor) else tuple(s[:, :m] for s in state)
+
+
+@torch.no_grad()
+def evaluate_lm_stateful(model: nn.Module, data: Tensor, block_size: int = 256, lanes: int = 1) -> float:
+    """Mean loss in nats per token over `data` (N,) read as a stream: the state is carried from each
+    window of `block_size` into the next, so a token is predicted from all the text before it in its lane.
+    With `lanes` = 1 that is the whole text (the windows only bound memory: the result equals one pass
+    over it); `lanes` > 1 cuts the windows into that many consecutive runs read side by side as a batch
+    (faster; each run starts from a zero state). Scores exactly the tokens `evaluate_lm` scores (a final
+    remainder shorter than a window is dropped), so the two compare. `model(ids, state)` must return
+    (logits, state), as a `CharRNN` does."""
+    n_windows = (len(data) - 1) // block_size
+    if n_windows < 1:
+        raise ValueError(f"data of {len(data)} ids is too short for one window of {block_size}")
+    if not 1 <= lanes <= n_windows:
+        raise ValueError(f"lanes must be between 1 and the {n_windows} windows of {block_size}, got {lanes}")
+    device = next(model.parameters()).device
+    x = data[: n_windows * block_size].view(n_windows, block_size)  # (W, T)
+    y = data[1: n_windows * block_size + 1].view(n_windows, block_size)  # (W, T)
+    runs = torch.tensor_split(torch.arange(n_windows), lanes)  # consecutive windows; longer runs first
+    was_training = model.training
+    model.eval()
+    total, state = 0.0, None
+    try:
+        for k in range(len(runs[0])):
+            rows = torch.stack([r[k] for r in runs if len(r) > k])  # window k of every run still going (a prefix)
+            if state is not None:
+                state = _first_rows(state, len(rows))
+            logits, state = model(x[rows].to(device), state)  # (m, T, V)
+            total += F.cross_entropy(logits.flatten(0, 1).float(), y[rows].flatten().to(device),
+                                     reduction="sum").item()
+    finally:
+        model.train(was_training)
+    return total / (n_windows * block_size)
 
 
 @torch.no_grad()
