@@ -640,6 +640,17 @@ def detach_state(state):
     return tuple(s.detach() for s in state)
 
 
+def _lm_windows(data: Tensor, block_size: int) -> tuple[Tensor, Tensor]:
+    """`data` (N,) cut into W = ⌊(N-1)/block_size⌋ consecutive windows: inputs and next-token targets, each
+    (W, block_size); a final remainder shorter than a window is dropped."""
+    n_windows = (len(data) - 1) // block_size
+    if n_windows < 1:
+        raise ValueError(f"data of {len(data)} ids is too short for one window of {block_size}")
+    x = data[: n_windows * block_size].view(n_windows, block_size)  # (W, T)
+    y = data[1: n_windows * block_size + 1].view(n_windows, block_size)  # (W, T)
+    return x, y
+
+
 def _first_rows(state, m: int):
     """The first m sequences of a recurrent state (h, or an LSTM's (h, c), each (L, B, H))."""
     return state[:, :m] if isinstance(state, Tensor) else tuple(s[:, :m] for s in state)
@@ -654,14 +665,11 @@ def evaluate_lm_stateful(model: nn.Module, data: Tensor, block_size: int = 256, 
     (faster; each run starts from a zero state). Scores exactly the tokens `evaluate_lm` scores (a final
     remainder shorter than a window is dropped), so the two compare. `model(ids, state)` must return
     (logits, state), as a `CharRNN` does."""
-    n_windows = (len(data) - 1) // block_size
-    if n_windows < 1:
-        raise ValueError(f"data of {len(data)} ids is too short for one window of {block_size}")
+    x, y = _lm_windows(data, block_size)  # (W, T) each
+    n_windows = len(x)
     if not 1 <= lanes <= n_windows:
         raise ValueError(f"lanes must be between 1 and the {n_windows} windows of {block_size}, got {lanes}")
     device = next(model.parameters()).device
-    x = data[: n_windows * block_size].view(n_windows, block_size)  # (W, T)
-    y = data[1: n_windows * block_size + 1].view(n_windows, block_size)  # (W, T)
     runs = torch.tensor_split(torch.arange(n_windows), lanes)  # consecutive windows; longer runs first
     was_training = model.training
     model.eval()
@@ -686,12 +694,9 @@ def evaluate_lm(model: nn.Module, data: Tensor, block_size: int = 256, batch_siz
     Transformer: every window starts afresh). Deterministic: every token counts once (except a final
     remainder shorter than a window, which is dropped). `model(ids)` may return the logits (B, T, V), as
     a GPT does, or (logits, state), as a `CharRNN` does."""
-    n_windows = (len(data) - 1) // block_size
-    if n_windows < 1:
-        raise ValueError(f"data of {len(data)} ids is too short for one window of {block_size}")
+    x, y = _lm_windows(data, block_size)  # (W, T) each
+    n_windows = len(x)
     device = next(model.parameters()).device
-    x = data[: n_windows * block_size].view(n_windows, block_size)  # (W, T)
-    y = data[1: n_windows * block_size + 1].view(n_windows, block_size)  # (W, T)
     was_training = model.training
     model.eval()
     total = 0.0
