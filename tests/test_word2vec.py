@@ -192,3 +192,54 @@ def test_one_worker_is_deterministic():
     a, _ = train_word2vec(ids, counts, config, seed=3)
     b, _ = train_word2vec(ids, counts, config, seed=3)
     torch.testing.assert_close(a.vectors, b.vectors, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("cbow", [False, True], ids=["skipgram", "cbow"])
+def test_compiled_update_equals_eager(cbow):
+    # the torch.compile'd kernel (config.compile) makes the same step as the eager one, duplicates included
+    from utils.word2vec import _compiled_update, _update_tables
+    g = torch.Generator().manual_seed(0)
+    inputs = torch.randint(0, 7, (16, 4) if cbow else (16,), generator=g)
+    mask = torch.rand(16, 4, generator=g) < 0.7 if cbow else None
+    out_ids = torch.randint(0, 7, (16, 3), generator=g)
+    eager, fused = scrambled(dtype=torch.float32), scrambled(dtype=torch.float32)
+    tables = lambda m: (m.in_embed.weight.detach(), m.out_embed.weight.detach())  # noqa: E731
+    loss_eager = _update_tables(*tables(eager), inputs, out_ids, 0.2, mask, True)
+    loss_fused = _compiled_update()(*tables(fused), inputs, out_ids, torch.tensor(0.2), mask)
+    torch.testing.assert_close(loss_fused, loss_eager)
+    for a, b in zip(tables(fused), tables(eager)):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+    assert not torch.equal(tables(fused)[1], scrambled(dtype=torch.float32).out_embed.weight)  # it did change
+
+
+def test_compiled_parallel_training_learns_topics():
+    # compile + two forked workers: the kernel is compiled once before the fork (a child that had to
+    # compile again fails), and the workers' updates land in the parent's shared tables
+    g = torch.Generator().manual_seed(0)
+    topic = torch.randint(0, 2, (400,), generator=g).repeat_interleave(20)
+    ids = topic * 5 + torch.randint(0, 5, topic.shape, generator=g)
+    vocab = Vocab([f"{'ab'[i // 5]}{i % 5}" for i in range(10)], torch.bincount(ids, minlength=10).tolist())
+    config = Word2VecConfig(dim=16, epochs=3, sample=0, batch_size=128, workers=2, compile=True)
+    model, history = train_word2vec(ids, vocab.counts, config)
+    assert history.loss[-1] < history.loss[0]
+    for word in ("a0", "b3"):
+        assert all(w[0] == word[0] for w, _ in most_similar(model.vectors, vocab, word, topn=4))
+
+
+@pytest.mark.parametrize("processes", [True, False], ids=["processes", "threads"])
+def test_workers_return_in_order_and_report_errors(processes):
+    from utils.word2vec import _run_workers
+
+    def work(k):
+        return [(k, float(k))]
+
+    assert _run_workers(work, 3, processes) == [[(0, 0.0)], [(1, 1.0)], [(2, 2.0)]]
+
+    def failing(k):
+        if k == 1:
+            raise ValueError("boom in worker")
+        return []
+
+    expected = RuntimeError if processes else ValueError
+    with pytest.raises(expected, match="boom in worker"):
+        _run_workers(failing, 2, processes)

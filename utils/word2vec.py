@@ -13,11 +13,17 @@ The loss for one input vector h and output word o with negatives n_1..n_K is
     -log σ(u_o · h) - Σ_k log σ(-u_{n_k} · h)                     (Mikolov et al. 2013b, eq. 4)
 `loss()` computes it with autograd (the teaching form); `sgd_step()` applies the same SGD update
 by hand, touching only the rows in the batch, which is what makes training fast on a CPU.
+`train_word2vec` can run several lock-free workers (forked processes on a CPU) and fuse the update
+into one kernel with torch.compile (`Word2VecConfig(workers=2, compile=True)`); the speed of each
+against gensim is measured by benchmarks/word2vec_throughput.py.
 """
 from __future__ import annotations
 
+import contextlib
+import multiprocessing as mp
 import threading
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import torch
@@ -40,8 +46,9 @@ class Word2VecConfig:
     min_lr: float = 1e-4
     sg: bool = True          # True: skip-gram, False: CBOW (mean of the context vectors)
     batch_size: int = 512    # pairs (skip-gram) or windows (CBOW) per update
-    workers: int = 1         # 1: deterministic; more: lock-free parallel threads, like gensim's workers
+    workers: int = 1         # 1: deterministic; more: lock-free parallel workers, like gensim's
     noise_power: float = 0.75
+    compile: bool = False    # fuse each update into one kernel with torch.compile (see `_compiled_update`)
 
     def __post_init__(self) -> None:
         for name in ("dim", "window", "negative", "epochs", "batch_size", "workers"):
@@ -182,25 +189,48 @@ class Word2Vec(nn.Module):
     def _sgd_update(self, inputs: torch.Tensor, out_ids: torch.Tensor, lr: float,
                     mask: torch.Tensor | None, with_loss: bool) -> torch.Tensor | None:
         """`sgd_step` without the input checks; `out_ids` (B, 1+K) holds the target, then the negatives."""
-        W, U = self.in_embed.weight, self.out_embed.weight  # (V, D), (V, D)
-        (B, K1), D = out_ids.shape, W.shape[1]
-        out_ids = out_ids.reshape(-1)  # (B*(1+K),)
-        h = self.hidden(inputs, mask)  # (B, D)
-        u = U.index_select(0, out_ids).view(B, K1, D)  # (B, 1+K, D)
-        s = (u * h.unsqueeze(1)).sum(2)  # (B, 1+K)
-        loss = -(F.logsigmoid(s[:, 0]).sum() + F.logsigmoid(-s[:, 1:]).sum()) if with_loss else None
-        g = torch.sigmoid(s).neg_()  # (B, 1+K): label - sigmoid(s), the label being 1 for column 0
-        g[:, 0] += 1
-        g.mul_(lr)  # -lr * dLoss/ds
-        dh = (g.unsqueeze(2) * u).sum(1)  # (B, D)
-        U.index_add_(0, out_ids, (g.unsqueeze(2) * h.unsqueeze(1)).view(-1, D))
-        if inputs.dim() == 1:
-            W.index_add_(0, inputs, dh)
-        else:  # CBOW: h is a mean, so each context word gets dh / (number of context words)
-            m = mask.to(W.dtype)  # (B, 2W)
-            share = dh / m.sum(1, keepdim=True).clamp(min=1)  # (B, D)
-            W.index_add_(0, inputs[mask], share.unsqueeze(1).expand(-1, inputs.shape[1], -1)[mask])
-        return loss
+        return _update_tables(self.in_embed.weight, self.out_embed.weight, inputs, out_ids, lr, mask, with_loss)
+
+
+@torch.no_grad()
+def _update_tables(W: torch.Tensor, U: torch.Tensor, inputs: torch.Tensor, out_ids: torch.Tensor,
+                   lr: float | torch.Tensor, mask: torch.Tensor | None, with_loss: bool) -> torch.Tensor | None:
+    """The SGD step of `Word2Vec.sgd_step` on the tables W (inputs) and U (outputs), in place."""
+    (B, K1), D = out_ids.shape, W.shape[1]
+    out_ids = out_ids.reshape(-1)  # (B*(1+K),)
+    if inputs.dim() == 1:
+        h = W.index_select(0, inputs)  # (B, D)
+    else:  # CBOW: the mean of the real context words
+        m = mask.unsqueeze(-1).to(W.dtype)  # (B, 2W, 1)
+        h = (W.index_select(0, inputs.reshape(-1)).view(*inputs.shape, D) * m).sum(1) / m.sum(1).clamp(min=1)
+    u = U.index_select(0, out_ids).view(B, K1, D)  # (B, 1+K, D)
+    s = (u * h.unsqueeze(1)).sum(2)  # (B, 1+K)
+    loss = -(F.logsigmoid(s[:, 0]).sum() + F.logsigmoid(-s[:, 1:]).sum()) if with_loss else None
+    g = torch.sigmoid(s).neg_()  # (B, 1+K): label - sigmoid(s), the label being 1 for column 0
+    g[:, 0] += 1
+    g.mul_(lr)  # -lr * dLoss/ds
+    dh = (g.unsqueeze(2) * u).sum(1)  # (B, D)
+    U.index_add_(0, out_ids, (g.unsqueeze(2) * h.unsqueeze(1)).view(-1, D))
+    if inputs.dim() == 1:
+        W.index_add_(0, inputs, dh)
+    else:  # CBOW: h is a mean, so each real context word gets dh / (number of context words); padding gets 0
+        share = (dh / m.sum(1).clamp(min=1)).unsqueeze(1) * m  # (B, 2W, D)
+        W.index_add_(0, inputs.reshape(-1), share.view(-1, D))
+    return loss
+
+
+_compiled: dict[str, object] = {}
+
+
+def _compiled_update():
+    """`_update_tables` compiled once per process with torch.compile: the ten or so passes over the
+    (B, 1+K, D) temporaries become one fused loop (C++ on a CPU, Triton on a GPU). Shapes are fixed
+    (a batch of another size takes the eager path) and the loss is always computed."""
+    if "update" not in _compiled:
+        def update(W, U, inputs, out_ids, lr, mask):
+            return _update_tables(W, U, inputs, out_ids, lr, mask, True)
+        _compiled["update"] = torch.compile(update, dynamic=False, fullgraph=True)
+    return _compiled["update"]
 
 
 def _check_batch(inputs, targets, negatives, mask, vocab_size) -> None:
@@ -255,9 +285,15 @@ def train_word2vec(ids: torch.Tensor, counts: torch.Tensor, config: Word2VecConf
     # the total number of examples is only known epoch by epoch; estimate it for the lr schedule
     expected_per_epoch = float(keep[ids].sum()) * (config.window + 1 if config.sg else 1)
     total = expected_per_epoch * config.epochs
+    # several CPU workers run as forked processes sharing the two tables (threads elsewhere)
+    processes = config.workers > 1 and device.type == "cpu" and "fork" in mp.get_all_start_methods()
+    if processes:
+        model.share_memory()
+    W, U = model.in_embed.weight.detach(), model.out_embed.weight.detach()
+    update = _compiled_update() if config.compile else None
     done, step = 0, 0
     start = time.perf_counter()
-    for _ in range(config.epochs):
+    for epoch in range(config.epochs):
         kept = subsample(ids, keep, gen)  # (N',)
         history.words += kept.numel()
         if config.sg:
@@ -265,32 +301,44 @@ def train_word2vec(ids: torch.Tensor, counts: torch.Tensor, config: Word2VecConf
             mask = None
         else:
             targets, inputs, mask = cbow_windows(kept, config.window, gen)  # (P,), (P, 2W), (P, 2W)
-        order = torch.randperm(targets.numel(), generator=gen)
-        inputs, targets = inputs[order].to(device), targets[order].to(device)
-        mask = mask[order].to(device) if mask is not None else None
+        order = torch.randperm(targets.numel(), generator=gen)  # index_select: faster than inputs[order]
+        inputs, targets = inputs.index_select(0, order).to(device), targets.index_select(0, order).to(device)
+        mask = mask.index_select(0, order).to(device) if mask is not None else None
         P, B, workers = targets.numel(), config.batch_size, config.workers
         seeds = torch.randint(0, 2**62, (workers,), generator=gen).tolist()
+        if update is not None and epoch == 0 and P >= B:  # compile now, on copies, so forked workers inherit it
+            dummy = torch.zeros(B, 1 + config.negative, dtype=targets.dtype, device=device)
+            with _num_threads(1):  # the fused kernel runs best on one thread; one is compiled per thread count
+                update(W.clone(), U.clone(), inputs[:B], dummy, torch.tensor(config.lr, device=device),
+                       None if mask is None else mask[:B])
 
-        def work(k: int, step0: int = step, done0: int = done) -> None:
+        def work(k: int, step0: int = step, done0: int = done) -> list[tuple[int, float]]:
             # worker k trains on its share of the shuffled examples, drawing their negatives itself
             lo, hi = k * P // workers, (k + 1) * P // workers
             draws = torch.randint(0, table.numel(), (hi - lo, config.negative), dtype=torch.int32,
                                   generator=torch.Generator().manual_seed(seeds[k]))
-            out_ids = torch.cat([targets[lo:hi].unsqueeze(1), table[draws].to(device)], 1)  # (P_k, 1+K)
+            out_ids = torch.empty(hi - lo, 1 + config.negative, dtype=targets.dtype, device=device)  # (P_k, 1+K)
+            out_ids[:, 0] = targets[lo:hi]
+            out_ids[:, 1:] = table.index_select(0, draws.view(-1)).view(draws.shape).to(device)
+            logged = []
             for i in range(0, hi - lo, B):
                 sl = slice(lo + i, min(lo + i + B, hi))
                 # all workers advance together, so the whole epoch has seen about i * workers examples
                 lr = max(config.min_lr, config.lr - (config.lr - config.min_lr) * (done0 + i * workers) / total)
                 step_id = step0 + (i // B) * workers + k
                 log = step_id % log_every == 0
-                batch = out_ids[i:i + B]
-                loss = model._sgd_update(inputs[sl], batch, lr, None if mask is None else mask[sl], log)
+                batch, batch_mask = out_ids[i:i + B], None if mask is None else mask[sl]
+                if update is not None and batch.shape[0] == B:
+                    loss = update(W, U, inputs[sl], batch, torch.tensor(lr, device=device), batch_mask)
+                else:
+                    loss = _update_tables(W, U, inputs[sl], batch, lr, batch_mask, log)
                 if log:  # the loss of this batch, before its update
                     logged.append((step_id, float(loss) / batch.shape[0]))
+            return logged
 
-        logged: list[tuple[int, float]] = []
-        _run_workers(work, workers)
-        for s, value in sorted(logged):
+        with _num_threads(1 if update is not None else torch.get_num_threads()):
+            parts = _run_workers(work, workers, processes)
+        for s, value in sorted(x for part in parts for x in part):
             history.steps.append(s)
             history.loss.append(value)
         step += -(-P // B) * workers
@@ -300,34 +348,91 @@ def train_word2vec(ids: torch.Tensor, counts: torch.Tensor, config: Word2VecConf
     return model, history
 
 
-def _run_workers(work, workers: int) -> None:
-    """Run work(k) for k < workers. With one worker: in this thread, with torch's usual
+def _run_workers(work, workers: int, processes: bool = False) -> list:
+    """Return [work(k) for k < workers]. With one worker: in this process, with torch's usual
     intra-op threads. With more: "Hogwild" (Recht et al., 2011), as word2vec.c and gensim do it,
-    each Python thread updating the shared tables without locks and running its tensor operations
-    single-threaded (torch releases the GIL inside them). Results then depend on thread timing."""
+    each worker updating the shared tables without locks and running its tensor operations
+    single-threaded. Results then depend on timing. Workers are forked processes when `processes`
+    (each has its own interpreter lock, so the Python between kernels, and a compiled kernel, which
+    holds the lock, run in parallel; the tables must be in shared memory), else threads (torch
+    releases the lock inside its eager operations)."""
     if workers == 1:
-        work(0)
-        return
+        return [work(0)]
+    with _num_threads(1):
+        return _run_processes(work, workers) if processes else _run_threads(work, workers)
+
+
+@contextlib.contextmanager
+def _num_threads(n: int):
+    """torch's intra-op threads set to n inside the block, restored after it."""
     previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(previous)
+
+
+def _run_threads(work, workers: int) -> list:
+    results: list = [None] * workers
     errors: list[BaseException] = []
 
     def guarded(k: int) -> None:
         try:
-            work(k)
+            results[k] = work(k)
         except BaseException as err:  # re-raised in the calling thread
             errors.append(err)
 
-    try:
-        threads = [threading.Thread(target=guarded, args=(k,)) for k in range(workers)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    finally:
-        torch.set_num_threads(previous)
+    threads = [threading.Thread(target=guarded, args=(k,)) for k in range(workers)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
     if errors:
         raise errors[0]
+    return results
+
+
+def _run_processes(work, workers: int) -> list:
+    ctx = mp.get_context("fork")
+    procs, pipes, finished = [], [], False
+    try:
+        for k in range(workers):
+            receive, send = ctx.Pipe(duplex=False)
+            proc = ctx.Process(target=_process_worker, args=(work, k, send), daemon=True)
+            proc.start()
+            send.close()  # the child holds the sending end; EOF then means it died
+            procs.append(proc)
+            pipes.append(receive)
+        results = []
+        for k, (proc, receive) in enumerate(zip(procs, pipes)):
+            try:
+                status, value = receive.recv()
+            except EOFError:
+                proc.join()
+                raise RuntimeError(f"word2vec worker {k} died without a result (exit code {proc.exitcode})") from None
+            if status == "error":
+                raise RuntimeError(f"word2vec worker {k} failed:\n{value}")
+            results.append(value)
+        finished = True
+        return results
+    finally:  # on an error (or an interrupt) the other workers are stopped, not waited for
+        for proc in procs:
+            if not finished:
+                proc.terminate()
+            proc.join()
+        for receive in pipes:
+            receive.close()
+
+
+def _process_worker(work, k: int, send) -> None:
+    torch.compiler.set_stance("fail_on_recompile")  # compiling in a forked child can hang: fail instead
+    try:
+        send.send(("ok", work(k)))
+    except BaseException:  # reported to the parent, which raises it
+        send.send(("error", traceback.format_exc()))
+    finally:
+        send.close()
 
 
 def most_similar(vectors: torch.Tensor, vocab: Vocab, word: str, topn: int = 10) -> list[tuple[str, float]]:
