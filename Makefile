@@ -1,6 +1,7 @@
 # The two commands a new user needs (see README.md):
 #   make book   install everything and build the website into _build/html
 #   make test   install everything and run every test (unit, notebooks under nbval, site build, browser)
+#   make check  the same without executing the notebooks (a few minutes: for authors between edits)
 # and for readers and authors:
 #   make lab      open the chapters in JupyterLab (installed with the rest; e.g. LAB_ARGS=--no-browser)
 #   make execute  re-execute the chapter notebooks in place (outputs in git = what the code produces)
@@ -14,7 +15,7 @@ PY ?= .venv/bin/python
 endif
 export PY
 
-.PHONY: install book site test lab execute
+.PHONY: install book site test check lab execute
 
 install:
 	bash scripts/install.sh
@@ -26,8 +27,16 @@ site:
 
 book: install site
 
+# Two (or more: one per core) pytest-xdist workers, each with one torch thread, each running whole files
+# (a notebook's cells in order in one kernel); conftest.py starts the longest chapters first.
+TEST_WORKERS ?= auto
+PYTEST_PARALLEL = -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+
 test: install site
-	$(PY) -m pytest tests chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests chapters --nbval --nbval-sanitize-with tests/nbval_sanitize.cfg -p no:cacheprovider $(PYTEST_PARALLEL)
+
+check: install site
+	OMP_NUM_THREADS=1 $(PY) -m pytest tests -p no:cacheprovider $(PYTEST_PARALLEL)
 
 lab: install
 	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/chapters $(LAB_ARGS)
