@@ -93,11 +93,12 @@ def test_runtime_is_stated_and_budgeted(chapter):
 
 
 def _stated_seconds(text: str) -> float | None:
-    """'About 3 minutes', 'About 2½ minutes', 'About 4 to 8 minutes' -> seconds (a range's midpoint)."""
-    m = re.search(r"About (\d+)(½)?(?: to (\d+)(½)?)? minutes?", text)
-    if not m:
+    """'About 3 minutes', 'About 2½ minutes', 'About ½ minute', 'About 4 to 8 minutes' -> seconds (a range's
+    midpoint)."""
+    m = re.search(r"About (\d*)(½)?(?: to (\d+)(½)?)? minutes?", text)
+    if not m or not (m[1] or m[2]):
         return None
-    low = int(m[1]) + (0.5 if m[2] else 0)
+    low = int(m[1] or 0) + (0.5 if m[2] else 0)
     high = int(m[3]) + (0.5 if m[4] else 0) if m[3] else low
     return 60 * (low + high) / 2
 
