@@ -73,3 +73,44 @@ def test_bytes_saved_for_backward_counts_what_autograd_keeps():
                                     linear.parameters()) == images.numel() * 4
     with pytest.raises(TypeError, match="must be a tensor"):
         bytes_saved_for_backward(conv, [images])
+
+
+def _draws(seed: int):
+    torch.manual_seed(seed)
+    return (torch.rand(2).tolist(), torch.rand(2, generator=torch.Generator().manual_seed(seed)).tolist(),
+            np.random.default_rng(seed).random(), random.Random(seed).random())
+
+
+def test_shift_seeds_moves_every_seeder_and_zero_restores_them():
+    from utils.runtime import shift_seeds
+    plain_0, plain_1 = _draws(0), _draws(1)
+    try:
+        shift_seeds(1)
+        assert _draws(0) == plain_1            # seed 0 now draws what seed 1 drew
+        np.random.seed(0)
+        a = np.random.rand()
+        random.seed(0)
+        b = random.random()
+    finally:
+        shift_seeds(0)
+    np.random.seed(1)
+    random.seed(1)
+    assert (a, b) == (np.random.rand(), random.random())
+    assert _draws(0) == plain_0 and torch.Generator is torch._C.Generator
+    with pytest.raises(ValueError, match="non-negative"):
+        shift_seeds(-1)
+
+
+def test_setup_reads_the_seed_shift_from_the_environment(monkeypatch, capsys):
+    monkeypatch.setenv("ONEHOT_SEED_SHIFT", "2")
+    try:
+        setup(seed=0)
+        shifted = torch.rand(3)
+        assert "shifted by 2" in capsys.readouterr().out
+    finally:
+        monkeypatch.delenv("ONEHOT_SEED_SHIFT")
+        setup(seed=2)  # no shift any more: restores the seeders, and seed 2 draws what 0 + 2 drew
+    torch.testing.assert_close(torch.rand(3), shifted)
+    monkeypatch.setenv("ONEHOT_SEED_SHIFT", "one")
+    with pytest.raises(ValueError, match="ONEHOT_SEED_SHIFT"):
+        setup(seed=0)

@@ -44,13 +44,65 @@ def pick_device(prefer: str | None = None) -> torch.device:
     return torch.device("cpu")
 
 
+SEED_SHIFT_ENV = "ONEHOT_SEED_SHIFT"
+_ORIGINAL_SEEDERS = {"torch.manual_seed": torch.manual_seed, "torch.Generator": torch.Generator,
+                     "np.random.seed": np.random.seed, "np.random.default_rng": np.random.default_rng,
+                     "random.seed": random.seed, "random.Random": random.Random}
+
+
+def shift_seeds(shift: int) -> None:
+    """From now on in this process, add `shift` to every integer seed that is set: `torch.manual_seed`,
+    `torch.Generator().manual_seed`, NumPy's `seed` and `default_rng`, Python's `random.seed` and
+    `random.Random`. Shift 0 restores the originals.
+
+    For robustness runs only (`make seeds`, through the environment variable ONEHOT_SEED_SHIFT, which
+    `setup()` reads): a chapter run with shift 1 draws other data, other initial weights and other batches,
+    so its asserts show whether a target holds beyond the one seed the text reports.
+    """
+    if not isinstance(shift, int) or isinstance(shift, bool) or shift < 0:
+        raise ValueError(f"shift must be a non-negative int, got {shift!r}")
+    o = _ORIGINAL_SEEDERS
+    if shift == 0:
+        torch.manual_seed, torch.Generator = o["torch.manual_seed"], o["torch.Generator"]
+        np.random.seed, np.random.default_rng = o["np.random.seed"], o["np.random.default_rng"]
+        random.seed, random.Random = o["random.seed"], o["random.Random"]
+        return
+
+    def moved(seed):
+        return seed + shift if isinstance(seed, int) and not isinstance(seed, bool) else seed
+
+    class ShiftedGenerator(o["torch.Generator"]):
+        def manual_seed(self, seed):
+            return super().manual_seed(moved(seed))
+
+    class ShiftedRandom(o["random.Random"]):
+        def seed(self, a=None, version=2):
+            super().seed(moved(a), version)
+
+    torch.manual_seed = lambda seed: o["torch.manual_seed"](moved(seed))
+    torch.Generator = ShiftedGenerator
+    np.random.seed = lambda seed=None: o["np.random.seed"](moved(seed))
+    np.random.default_rng = lambda seed=None: o["np.random.default_rng"](moved(seed))
+    random.seed = lambda a=None, version=2: o["random.seed"](moved(a), version)
+    random.Random = ShiftedRandom
+
+
 def setup(seed: int = 0, device: str | None = None, quiet: bool = False) -> torch.device:
-    """Seed everything, pick the device, print one line about both, and return the device."""
+    """Seed everything, pick the device, print one line about both, and return the device.
+
+    With the environment variable ONEHOT_SEED_SHIFT=N (a robustness run, `make seeds`), every seed the
+    process sets from here on is N larger (`shift_seeds`), and the line says so.
+    """
+    shift = os.environ.get(SEED_SHIFT_ENV, "0").strip() or "0"
+    if not shift.isdigit():
+        raise ValueError(f"{SEED_SHIFT_ENV} must be a non-negative integer, got {shift!r}")
+    shift_seeds(int(shift))
     seed_everything(seed)
     dev = pick_device(device)
     if not quiet:
         name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else dev.type
-        print(f"torch {torch.__version__.split('+')[0]} | device: {name} | seed: {seed}")
+        note = f" (every seed shifted by {shift}: a robustness run)" if int(shift) else ""
+        print(f"torch {torch.__version__.split('+')[0]} | device: {name} | seed: {seed}{note}")
     return dev
 
 
