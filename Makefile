@@ -44,10 +44,10 @@ check: install site
 # holds for one seed only fails here. About 25 minutes per shift on a 2-core machine.
 SEED_SHIFTS ?= 1 2
 seeds: install
-	for shift in $(SEED_SHIFTS); do \
+	status=0; for shift in $(SEED_SHIFTS); do \
 	  echo "== every seed shifted by $$shift"; \
-	  ONEHOT_SEED_SHIFT=$$shift OMP_NUM_THREADS=1 $(PY) -m pytest chapters --nbval-lax -p no:cacheprovider $(PYTEST_PARALLEL) || exit 1; \
-	done
+	  ONEHOT_SEED_SHIFT=$$shift OMP_NUM_THREADS=1 $(PY) -m pytest chapters --nbval-lax -p no:cacheprovider $(PYTEST_PARALLEL) || status=1; \
+	done; exit $$status
 
 lab: install
 	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/chapters $(LAB_ARGS)
