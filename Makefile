@@ -4,7 +4,7 @@
 #   make check  the same without executing the notebooks (a few minutes: for authors between edits)
 #   make seeds  before a release: every chapter again with other seeds, its asserts only (SEED_SHIFTS)
 # and for readers and authors:
-#   make lab      open the chapters in JupyterLab (installed with the rest; e.g. LAB_ARGS=--no-browser)
+#   make lab      open the chapters in JupyterLab (installs the Python packages only; e.g. LAB_ARGS=--no-browser)
 #   make execute  re-execute the chapter notebooks in place (outputs in git = what the code produces)
 #
 # Python: the active virtual environment if there is one ($VIRTUAL_ENV), else the project's own .venv,
@@ -16,10 +16,13 @@ PY ?= .venv/bin/python
 endif
 export PY
 
-.PHONY: install book site test check seeds lab execute
+.PHONY: install install-python book site test check seeds lab execute
 
 install:
 	bash scripts/install.sh
+
+install-python:  # the Python packages only: no Chromium, no npm, no sudo
+	bash scripts/install.sh python
 
 site:
 	$(PY) -m scripts.site_assets
@@ -43,14 +46,14 @@ check: install site
 # weights and batches. Outputs are not compared (--nbval-lax), the asserts in the cells run: a target that
 # holds for one seed only fails here. About 25 minutes per shift on a 2-core machine.
 SEED_SHIFTS ?= 1 2
-seeds: install
+seeds: install-python
 	status=0; for shift in $(SEED_SHIFTS); do \
 	  echo "== every seed shifted by $$shift"; \
 	  ONEHOT_SEED_SHIFT=$$shift OMP_NUM_THREADS=1 $(PY) -m pytest chapters --nbval-lax -p no:cacheprovider $(PYTEST_PARALLEL) || status=1; \
 	done; exit $$status
 
-lab: install
+lab: install-python
 	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/chapters $(LAB_ARGS)
 
-execute:
+execute: install-python
 	$(PY) -m scripts.execute_notebooks

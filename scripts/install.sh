@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
-# Install everything the book needs, idempotently: Python packages (requirements.txt) into a virtual
-# environment, Debian's Chromium for the browser test, and the npm packages that serve MathJax and the
-# widget manager offline.
+# Install what the book needs, idempotently:
+#   bash scripts/install.sh          everything (make book, make test, make check): the Python packages
+#                                    (requirements.txt) into a virtual environment, Debian's Chromium for the
+#                                    browser test, and the npm packages that serve MathJax and the widget
+#                                    manager offline;
+#   bash scripts/install.sh python   the Python packages only (make lab, make execute): no Chromium, no npm,
+#                                    no sudo (unless Debian's python3-venv is missing).
 #
 # Python: PY (set by the Makefile) is the interpreter of the environment to install into: the active
 # virtual environment's, or the project's own .venv/bin/python, which this script creates when it does
@@ -10,12 +14,22 @@
 # its sha256) and every pin is still installed at its version.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+what=${1:-all}
+case "$what" in
+  all|python) ;;
+  *) echo "usage: bash scripts/install.sh [all|python]" >&2; exit 2 ;;
+esac
 if [ -z "${PY:-}" ]; then  # as the Makefile chooses: the active virtual environment, else .venv
   if [ -n "${VIRTUAL_ENV:-}" ]; then PY=$VIRTUAL_ENV/bin/python; else PY=.venv/bin/python; fi
 fi
 BASE_PYTHON=${BASE_PYTHON:-python3}
 
-sudo_() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+sudo_() {  # as root, or through sudo; without sudo, say what to run
+  if [ "$(id -u)" = 0 ]; then "$@"
+  elif command -v sudo >/dev/null 2>&1; then sudo "$@"
+  else echo "This step needs root and there is no sudo here: run as root: $*" >&2; return 1
+  fi
+}
 
 if [ ! -x "$PY" ]; then
   case "$PY" in
@@ -75,8 +89,18 @@ else
   echo "$want" > "$stamp"
 fi
 
+if [ "$what" = python ]; then
+  exit 0
+fi
+
 echo "== Chromium (browser test)"
 if ! command -v chromium >/dev/null 2>&1; then
+  if ! command -v apt-get >/dev/null 2>&1; then
+    echo "Chromium is missing and this system has no apt-get: install Chromium with your package manager" >&2
+    echo "(it must be on PATH as 'chromium'); it is needed by make book, make test and make check only." >&2
+    echo "To read and run the chapters, make lab needs the Python packages alone." >&2
+    exit 1
+  fi
   sudo_ apt-get update -qq
   sudo_ apt-get install -y -qq chromium >/dev/null
 fi
@@ -84,7 +108,8 @@ chromium --version
 
 echo "== npm packages (MathJax, ipywidgets HTML manager)"
 if ! command -v npm >/dev/null 2>&1; then
-  echo "npm is missing: install Node.js (e.g. 'apt-get install nodejs npm') and run again" >&2
+  echo "npm is missing: install Node.js (e.g. 'apt-get install nodejs npm') and run again;" >&2
+  echo "it is needed by make book, make test and make check only (make lab needs the Python packages alone)." >&2
   exit 1
 fi
 if [ ! -d node_modules/mathjax ] || [ ! -d node_modules/@jupyter-widgets/html-manager ] \

@@ -254,3 +254,44 @@ def test_make_uses_the_active_environment_else_dot_venv(active):
     shown = subprocess.run(["make", "-s", "--no-print-directory", "-f", "-", "show"], cwd=ROOT, env=env, text=True,
                            input="include Makefile\nshow:\n\t@echo $$PY\n", capture_output=True, check=True).stdout
     assert shown.strip() == python, "install.sh is handed the same Python (exported PY)"
+
+
+# --- make lab installs the Python packages only ---------------------------------------------------------
+
+def _path_without(tmp_path: Path, hidden: set[str]) -> str:
+    """A PATH holding every program of the current PATH except those named in `hidden`."""
+    folder = tmp_path / "bin"
+    folder.mkdir(parents=True)
+    for directory in os.environ["PATH"].split(os.pathsep):
+        if not os.path.isdir(directory):
+            continue
+        for program in sorted(Path(directory).iterdir()):
+            link = folder / program.name
+            if program.name in hidden or link.exists() or not (program.is_file() and os.access(program, os.X_OK)):
+                continue
+            link.symlink_to(program)
+    return str(folder)
+
+
+def _install(tmp_path: Path, hidden: set[str], *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PATH": _path_without(tmp_path, hidden), "PY": sys.executable}
+    return subprocess.run(["bash", str(ROOT / "scripts" / "install.sh"), *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_make_lab_installs_without_chromium_npm_or_sudo(tmp_path):
+    """`make lab` and `make execute` run `install.sh python`: the Python packages, nothing that needs a browser,
+    Node.js or root."""
+    for target in ("lab", "execute"):
+        plan = subprocess.run(["make", "-n", target], cwd=ROOT, capture_output=True, text=True, check=True).stdout
+        assert "bash scripts/install.sh python" in plan and "install.sh\n" not in plan, plan
+    run = _install(tmp_path, {"chromium", "npm", "node", "sudo", "apt-get"}, "python")
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert "Python packages" in run.stdout and "Chromium" not in run.stdout and "npm" not in run.stdout
+
+
+def test_full_install_without_apt_says_what_to_install(tmp_path):
+    run = _install(tmp_path, {"chromium", "apt-get", "sudo"})
+    assert run.returncode == 1
+    assert "install Chromium with your package manager" in run.stderr and "make lab" in run.stderr, run.stderr
+    assert _install(tmp_path / "x", set(), "everything").returncode == 2  # an unknown argument is refused
