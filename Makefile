@@ -44,7 +44,7 @@ check: install site
 
 # Every chapter re-run with every seed shifted (utils.runtime.shift_seeds): other data draws, initial
 # weights and batches. Outputs are not compared (--nbval-lax), the asserts in the cells run: a target that
-# holds for one seed only fails here. About 25 minutes per shift on a 2-core machine.
+# holds for one seed only fails here. About 21 minutes per shift on a 2-core machine.
 SEED_SHIFTS ?= 1 2
 seeds: install-python
 	status=0; for shift in $(SEED_SHIFTS); do \
