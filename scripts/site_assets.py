@@ -1,7 +1,7 @@
 """Copy the website's offline JavaScript from node_modules/ into site_assets/.
 
-The website never loads anything from a CDN. Its two pieces of JavaScript come from npm (versions
-pinned in package.json / package-lock.json) and are copied here into the git-ignored folder
+The website never loads anything from a CDN. Its JavaScript comes from npm (versions
+pinned in package.json / package-lock.json) and is copied here into the git-ignored folder
 site_assets/, which Sphinx serves as _static/ (`html_static_path` in _config.yml):
 
 - site_assets/mathjax/: MathJax 3's es5 `tex-chtml.js` (`mathjax_path` in _config.yml) and every file
@@ -13,9 +13,12 @@ site_assets/, which Sphinx serves as _static/ (`html_static_path` in _config.yml
   a CDN is needed; `nb_ipywidgets_js` in _config.yml) and the Font Awesome fonts it references,
   which webpack resolves next to the script. A few lines in front of it let the widgets typeset
   with MathJax 3 (they call MathJax 2's API).
+- site_assets/axe/axe.min.js: axe-core, the accessibility checker that tests/test_site.py runs on every page.
+  It is served with the site but named in no page (it is not in `html_js_files`): only the browser test
+  adds it to a page, so a reader never downloads it.
 
 Run from the repository root, after `npm ci --ignore-scripts` (or `npm install`):  python -m scripts.site_assets
-Idempotent: site_assets/mathjax and site_assets/widgets are rebuilt from scratch on every run.
+Idempotent: site_assets/mathjax, widgets and axe are rebuilt from scratch on every run.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ OUT = ROOT / "site_assets"
 
 MATHJAX = "mathjax"
 WIDGETS = "@jupyter-widgets/html-manager"
+AXE = "axe-core"
 
 # Paths inside node_modules/mathjax/es5 (files or whole folders) that tex-chtml.js loads.
 MATHJAX_ES5 = [
@@ -122,12 +126,18 @@ def build_widgets(dest: Path) -> None:
         _copy(dist / name, dest / name)
 
 
+def build_axe(dest: Path) -> None:
+    pkg = _package_dir(AXE)
+    _copy(pkg / "axe.min.js", dest / "axe.min.js")
+    _copy(pkg / "LICENSE", dest / "LICENSE")  # MPL-2.0: the licence travels with the file
+
+
 def main() -> int:
     try:
-        for name in (MATHJAX, WIDGETS):  # check node_modules before touching site_assets/
+        for name in (MATHJAX, WIDGETS, AXE):  # check node_modules before touching site_assets/
             _package_dir(name)
         OUT.mkdir(exist_ok=True)
-        for name, build in (("mathjax", build_mathjax), ("widgets", build_widgets)):
+        for name, build in (("mathjax", build_mathjax), ("widgets", build_widgets), ("axe", build_axe)):
             tmp = OUT / f".{name}.tmp"
             shutil.rmtree(tmp, ignore_errors=True)
             build(tmp)
@@ -137,7 +147,8 @@ def main() -> int:
         print(f"site_assets: error: {err}", file=sys.stderr)
         return 1
     size = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
-    print(f"site_assets: wrote {OUT.relative_to(ROOT)}/mathjax and {OUT.relative_to(ROOT)}/widgets "
+    print(f"site_assets: wrote {OUT.relative_to(ROOT)}/mathjax, {OUT.relative_to(ROOT)}/widgets and "
+          f"{OUT.relative_to(ROOT)}/axe "
           f"({size / 1e6:.1f} MB)")
     return 0
 
