@@ -372,3 +372,42 @@ def test_failed_save_leaves_no_partial_file(tok, tmp_path, monkeypatch):
         other.save(tmp_path / "new.json")
     assert path.read_bytes() == before  # the old file is untouched
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tok.json"]  # and no temporary file is left
+
+
+
+# ------------------------------------------------------------------------------------------------
+# Against a production trainer: Hugging Face `tokenizers` (the Rust BPE trainer behind the Hub's
+# tokenizers), on the same chunks. Both trainers merge the most frequent pair and break a tie by the
+# smallest pair of ids. Ours numbers a byte by its value. `tokenizers` numbers its alphabet by code
+# point, and its ByteLevel step shows bytes as GPT-2's printable stand-ins, which moves space, newline
+# and the other unprintable bytes behind the letters, so the two break some ties differently (and
+# the merges that follow can differ too). Here each byte b is shown to `tokenizers` as the letter
+# chr(256 + b), so its ids are the byte values too: then every merge must agree, in order.
+# ------------------------------------------------------------------------------------------------
+def as_letters(chunk: str) -> str:
+    return "".join(chr(256 + b) for b in chunk.encode("utf-8"))  # U+0100..U+01FF: letters, no spaces
+
+
+@pytest.mark.parametrize("vocab_size", [300, 420])  # 420: near the end, where most steps tie at count 3
+def test_bpe_training_equals_huggingface_tokenizers(vocab_size):
+    tokenizers = pytest.importorskip("tokenizers")
+    text = CORPUS + "naïve café, déjà vu -- Ærøskøbing 2024!\n" * 2  # some multi-byte characters too
+    ours = BPETokenizer(GPT2_SPLIT_PATTERN_RE).train(text, vocab_size=vocab_size)
+    hf = tokenizers.Tokenizer(tokenizers.models.BPE())
+    hf.pre_tokenizer = tokenizers.pre_tokenizers.WhitespaceSplit()  # our chunks, joined by spaces below
+    alphabet = [chr(256 + b) for b in range(256)]
+    hf.train_from_iterator([" ".join(as_letters(c) for c in ours.chunks(text))], tokenizers.trainers.BpeTrainer(
+        vocab_size=vocab_size, initial_alphabet=alphabet, special_tokens=[], show_progress=False))
+    assert [hf.token_to_id(c) for c in alphabet] == list(range(256))  # its byte ids are ours
+
+    as_bytes = lambda s: bytes(ord(c) - 256 for c in s)  # noqa: E731
+    hf_merges = [tuple(as_bytes(s) for s in (m.split(" ") if isinstance(m, str) else m))
+                 for m in json.loads(hf.to_str())["model"]["merges"]]
+    assert len(hf_merges) == vocab_size - 256
+    assert [(ours.vocab[a], ours.vocab[b]) for a, b in ours.merges] == hf_merges  # same merges, same order
+    for i, token in ours.vocab.items():  # same ids for every merged token
+        assert hf.token_to_id("".join(chr(256 + b) for b in token)) == i
+
+    # Encoding unseen text (words the corpus never had, and a script it never saw): the same ids.
+    unseen = "Before we proceed, you know all: speak, Citizen! Is't resolved? déjà vu, Ærø 東京 xylophone"
+    assert ours.encode(unseen) == [i for c in ours.chunks(unseen) for i in hf.encode(as_letters(c)).ids]
