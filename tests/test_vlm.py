@@ -198,6 +198,46 @@ def test_generation_with_and_without_cache_agree(fusion, strategy):
     assert stopped.shape[1] <= 8
 
 
+def test_generation_never_picks_the_image_token():
+    """A model whose logits rank the image token first (an early checkpoint can) still answers: the
+    image token is skipped and the next best token taken, with and without the cache."""
+    model = tiny_vlm("prefix")
+    N = model.num_image_tokens
+    ids, x = prompt(2, N, text=4, seed=3), images(2, seed=4)
+    boost = model.language_model.lm_head.register_forward_hook(
+        lambda module, inputs, out: out + 1e3 * F.one_hot(torch.tensor(IMAGE), V).to(out.dtype))
+    try:
+        with torch.no_grad():
+            logits = model(x, ids)[:, -1]  # (B, V)
+        assert bool((logits.argmax(-1) == IMAGE).all())  # the hook works: the image token ranks first
+        runner_up = logits.clone()
+        runner_up[:, IMAGE] = float("-inf")
+        for use_cache in (True, False):
+            out = model.generate(x, ids, 5, use_cache=use_cache)
+            assert out.shape == (2, 5) and not bool((out == IMAGE).any())
+            assert torch.equal(out[:, 0], runner_up.argmax(-1))
+    finally:
+        boost.remove()
+
+
+def test_generation_may_end_one_past_the_context_window():
+    """The last new token is never fed back: with block_size 32, a 28-token prompt takes 5 new tokens (the 5th
+    comes from a forward pass over 32 positions), and 6 is refused."""
+    model = tiny_vlm("prefix", block_size=32)
+    N = model.num_image_tokens  # 16
+    ids, x = prompt(2, N, text=32 - 4 - N, seed=8), images(2, seed=9)
+    assert ids.shape[1] == 28
+    cached, plain = model.generate(x, ids, 5, use_cache=True), model.generate(x, ids, 5, use_cache=False)
+    assert cached.shape == (2, 5) and torch.equal(cached, plain)
+    with torch.no_grad():
+        full = model(x, torch.cat([ids, cached[:, :4]], dim=1))  # (B, 32, V): all the model ever reads
+    masked = full[:, -1].clone()
+    masked[:, IMAGE] = float("-inf")
+    assert torch.equal(cached[:, 4], masked.argmax(-1))
+    with pytest.raises(ValueError, match="does not fit the context window"):
+        model.generate(x, ids, 6)
+
+
 def test_return_attn_shapes():
     for fusion in ("prefix", "cross"):
         model = tiny_vlm(fusion)

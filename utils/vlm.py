@@ -368,12 +368,14 @@ class VisionLanguageModel(nn.Module):
         """Greedy answers: images (B, 3, S, S), prompts ids (B, T0) (all of one length) → the new tokens
         (B, ≤ max_new_tokens). Generation stops when every sequence has produced `eos_id`; after its end a
         sequence is continued with `eos_id`. use_cache=True feeds one new token per step through
-        `forward_cached`; use_cache=False reruns the whole sequence: both give the same tokens."""
+        `forward_cached`; use_cache=False reruns the whole sequence: both give the same tokens. The image
+        token is never chosen (prefix fusion): it marks where visual tokens go and cannot be an answer. The
+        last new token is never fed back, so prompt + max_new_tokens may exceed block_size by one."""
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ValueError(f"generate: max_new_tokens must be an int ≥ 1, got {max_new_tokens!r}")
         self._check_text(ids)
         bs = self.language_model.config.block_size
-        if ids.shape[1] + max_new_tokens > bs:
+        if ids.shape[1] + max_new_tokens - 1 > bs:  # the model reads prompt + all new tokens but the last
             raise ValueError(f"generate: a prompt of {ids.shape[1]} tokens (image tokens included) plus "
                              f"{max_new_tokens} new ones does not fit the context window block_size={bs}; shorten "
                              "the question or ask for fewer tokens")
@@ -382,8 +384,12 @@ class VisionLanguageModel(nn.Module):
             logits, cache = self.forward_cached(ids, visual) if use_cache else (self(None, ids, visual=visual), None)
             out = ids
             done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)  # (B,)
+            image_id = self.config.image_token_id if self.config.fusion == "prefix" else None
             for step in range(max_new_tokens):
-                nxt = logits[:, -1].argmax(dim=-1, keepdim=True)  # (B, 1)
+                last = logits[:, -1]  # (B, V)
+                if image_id is not None:  # an early checkpoint may rank the image token first
+                    last = last.index_fill(-1, torch.tensor([image_id], device=last.device), float("-inf"))
+                nxt = last.argmax(dim=-1, keepdim=True)  # (B, 1)
                 if eos_id is not None:
                     nxt = nxt.masked_fill(done[:, None], eos_id)
                     done |= nxt[:, 0] == eos_id
