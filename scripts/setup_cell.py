@@ -1,8 +1,13 @@
 """The set-up cell that opens every chapter, generated from one template.
 
-The repository URL is read from `_config.yml` (the only place it is written). Run
-`python -m scripts.setup_cell` to (re)write the cell into every chapter listed in `_toc.yml`;
-`tests/test_book.py` checks that every chapter's cell equals `render()`.
+The repository URL is read from `_config.yml` (the only place it is written), and so is the default
+of the cell's `REF` (a Colab form field): `repository.branch`, which also names the ref the website's
+Colab buttons open. A course that pins a term sets `repository.branch` to its tag, runs this script,
+commits and tags that commit (book/how_to_use.md). In Colab the cell fetches REF with `git fetch
+--depth 1 <url> <ref>`, which takes a branch, a tag or a full commit hash alike, and fetches again
+when REF changes. Run `python -m scripts.setup_cell` to (re)write the cell into every chapter listed
+in `_toc.yml`; `tests/test_book.py` checks that every chapter's cell equals `render()`, and
+`tests/test_setup_cell.py` runs the cell against a local repository at a branch, a tag and a commit.
 """
 from __future__ import annotations
 
@@ -23,20 +28,28 @@ REPO_URL_VARIABLE = "ONEHOT_REPO_URL"
 
 TEMPLATE = string.Template('''\
 # Set-up (the same in every chapter). Locally: find the repository root and make it importable.
-# In Colab: fetch the repository, then install at its pinned version each package the book needs
-# that is missing or older than its minimum ("# min" in requirements.txt). Then seed, pick a device.
+# In Colab: fetch the repository at REF, then install at its pinned version each package the book
+# needs that is missing or older than its minimum ("# min" in requirements.txt). Then seed, pick a device.
 import importlib.metadata as md, os, pathlib, re, subprocess, sys
 
-# $variable may point at a fork or a local clone.
+REF = "$ref"  # @param {type:"string"}
+# REF (Colab only): the book's version to fetch, a branch, a tag or a full commit hash; a course
+# sets its term's tag here. $variable may point at a fork or a local clone.
 REPO_URL = os.environ.get("$variable", "$url")
 here, name = pathlib.Path.cwd(), "$name"
 candidates = [here, *here.parents, here / name]  # the repository: here, above, or in here/name
 ROOT = next((p for p in candidates if (p / "utils" / "runtime.py").is_file()), None)
 if "google.colab" in sys.modules:
-    if ROOT is None:
-        ROOT = here / name
-        subprocess.run(["git", "clone", "-q", "--depth", "1", "-b", "$branch", REPO_URL, str(ROOT)],
-                       check=True)
+    ROOT = ROOT or here / name
+    fetched = ROOT / ".git" / "onehot-ref"  # the REF this cell fetched last
+    if ROOT == here / name and (not fetched.is_file() or fetched.read_text() != REF):  # not yet, or another REF
+        ROOT.mkdir(exist_ok=True)
+        git = ["git", "-C", str(ROOT)]
+        for args in (["init", "-q"], ["fetch", "-q", "--depth", "1", REPO_URL, REF], ["checkout", "-qf", "FETCH_HEAD"]):
+            subprocess.run(git + args, check=True)
+        fetched.write_text(REF)
+        commit = subprocess.run(git + ["log", "-1", "--format=%h of %cs"], capture_output=True, text=True).stdout
+        print(f"The book at {REF}: commit {commit.strip()}")
 
     def release(version):  # "2.8.0+cu126" -> (2, 8, 0)
         return tuple(int(x) for x in re.match(r"\\d+(\\.\\d+)*", version)[0].split("."))
@@ -77,7 +90,7 @@ def repository() -> tuple[str, str]:
 
 def render() -> str:
     url, branch = repository()
-    return TEMPLATE.substitute(url=url, branch=branch, name=url.rsplit("/", 1)[-1], variable=REPO_URL_VARIABLE,
+    return TEMPLATE.substitute(url=url, ref=branch, name=url.rsplit("/", 1)[-1], variable=REPO_URL_VARIABLE,
                                min_line=MIN_LINE)
 
 
