@@ -4,19 +4,28 @@
 #   make check  the same without executing the notebooks (a few minutes: for authors between edits)
 #   make seeds  before a release: every chapter again with other seeds, its asserts only (SEED_SHIFTS)
 # and for readers and authors:
-#   make lab      open the chapters in JupyterLab (installs the Python packages only; e.g. LAB_ARGS=--no-browser)
+#   make lab      open the chapters in JupyterLab (installs the Python packages only; e.g. LAB_ARGS=--no-browser):
+#                 the reader notebooks in notebooks/en by default; authors open the MyST sources with LAB_DIR=chapters
 #   make execute  re-execute the chapter notebooks in place (outputs in git = what the code produces)
+#   make notebooks  rewrite notebooks/en/ (the chapters without MyST, for Colab and JupyterLab) after any chapter edit
+#   make student  the student edition in _build/student/ (checkable exercises' solutions removed) and the key
 #
 # Python: the active virtual environment if there is one ($VIRTUAL_ENV), else the project's own .venv,
 # which `make install` creates with python3 (3.11+; another with BASE_PYTHON=python3.12). PY=... overrides.
-ifdef VIRTUAL_ENV
-PY ?= $(VIRTUAL_ENV)/bin/python
+# A virtual environment keeps its Python in bin/python, on Windows in Scripts/python.exe.
+ifeq ($(OS),Windows_NT)
+VENV_PYTHON = Scripts/python.exe
 else
-PY ?= .venv/bin/python
+VENV_PYTHON = bin/python
+endif
+ifdef VIRTUAL_ENV
+PY ?= $(VIRTUAL_ENV)/$(VENV_PYTHON)
+else
+PY ?= .venv/$(VENV_PYTHON)
 endif
 export PY
 
-.PHONY: install install-python book site test check seeds lab execute
+.PHONY: install install-python book site test check seeds lab execute notebooks student
 
 install:
 	bash scripts/install.sh
@@ -28,6 +37,7 @@ site:
 	$(PY) -m scripts.site_assets
 	rm -rf _build/html _build/.doctrees
 	$(PY) -c "from jupyter_book.cli.main import main; main()" build . --warningiserror --keep-going
+	$(PY) -m scripts.reader_notebooks --site _build/html
 
 book: install site
 
@@ -52,8 +62,19 @@ seeds: install-python
 	  ONEHOT_SEED_SHIFT=$$shift OMP_NUM_THREADS=1 $(PY) -m pytest chapters --nbval-lax -p no:cacheprovider $(PYTEST_PARALLEL) || status=1; \
 	done; exit $$status
 
+# Opens the reader notebooks (notebooks/en: no MyST, so glued numbers, citations and folded solutions read
+# right); LAB_DIR=chapters opens the MyST sources the website is built from, which authors edit.
+LAB_DIR ?= notebooks/en
 lab: install-python
-	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/chapters $(LAB_ARGS)
+	$(PY) -m jupyterlab --ServerApp.root_dir=. --LabApp.default_url=/lab/tree/$(LAB_DIR) $(LAB_ARGS)
 
 execute: install-python
 	$(PY) -m scripts.execute_notebooks
+
+# The reader notebooks notebooks/en/*.ipynb, rewritten from chapters/ (committed; tests fail when stale).
+notebooks: install-python
+	$(PY) -m scripts.reader_notebooks
+
+# _build/student/: chapters/ for students (no solution of a checkable exercise), key/ for the instructor.
+student: install-python
+	$(PY) -m scripts.student_edition $(STUDENT_ARGS)

@@ -8,7 +8,8 @@
 - The Colab set-up cell, run in a fresh virtual environment that has no copy of the repository, clones
   it, installs only what is missing or too old at the pinned versions, imports `utils`, and does nothing
   more on a second run (`test_colab_setup_cell`).
-- `make` uses the active virtual environment, else the project's own `.venv`.
+- `make` uses the active virtual environment, else the project's own `.venv` (on Windows, its
+  `Scripts/python.exe`).
 """
 from __future__ import annotations
 
@@ -242,14 +243,18 @@ def test_colab_setup_cell(tmp_path):
 
 # --- which Python make uses -----------------------------------------------------------------------------
 
+@pytest.mark.parametrize("windows", [False, True], ids=["posix", "windows"])
 @pytest.mark.parametrize("active", [None, "/opt/some-env"])
-def test_make_uses_the_active_environment_else_dot_venv(active):
-    """Without an active virtual environment make uses (and install.sh creates) ./.venv; with one, that one."""
-    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PY", "MAKEFLAGS", "MAKELEVEL")}
+def test_make_uses_the_active_environment_else_dot_venv(active, windows):
+    """Without an active virtual environment make uses (and install.sh creates) ./.venv; with one, that one.
+    On Windows (OS=Windows_NT, set by Windows itself) a virtual environment's Python is Scripts/python.exe."""
+    env = {k: v for k, v in os.environ.items() if k not in ("VIRTUAL_ENV", "PY", "MAKEFLAGS", "MAKELEVEL", "OS")}
     if active:
         env["VIRTUAL_ENV"] = active
+    if windows:
+        env["OS"] = "Windows_NT"
     plan = subprocess.run(["make", "-n", "book"], cwd=ROOT, env=env, capture_output=True, text=True, check=True).stdout
-    python = f"{active}/bin/python" if active else ".venv/bin/python"
+    python = (active or ".venv") + ("/Scripts/python.exe" if windows else "/bin/python")
     assert f"{python} -m scripts.site_assets" in plan and "bash scripts/install.sh" in plan, plan
     shown = subprocess.run(["make", "-s", "--no-print-directory", "-f", "-", "show"], cwd=ROOT, env=env, text=True,
                            input="include Makefile\nshow:\n\t@echo $$PY\n", capture_output=True, check=True).stdout
