@@ -618,3 +618,59 @@ def test_bidirectional_needs_an_even_hidden_size():
     assert not S.Seq2SeqConfig(10, 10).bidirectional
     enc = S.Encoder(10, 8, 15)  # one direction: any size, as before
     assert not enc.rnn.bidirectional and enc.rnn.hidden_size == 15
+
+
+def test_beam_search_equals_huggingface_generate(vocabs):
+    """Against a production beam search: transformers' `generate(num_beams=K, early_stopping=True)`.
+
+    Both searches are given the same next-token log-probabilities: a random bigram table, which our
+    BigramDecoder returns and which a logits processor writes over the output of a tiny GPT-2 in
+    `generate`. Their settings match ours: the 2K best extensions, an <eos> counts only among the K
+    best, stop once K candidates have finished, scores log p / |y|^alpha with <eos> counted. The one
+    difference, at `max_len` (transformers finalises the live beams when fewer than K finished,
+    ours only when none did; at the last step it counts every one of the K best as finished), is kept out:
+    the cases whose search reaches `max_len` are skipped (and counted).
+    """
+    transformers = pytest.importorskip("transformers")
+    src_vocab, tgt_vocab = vocabs
+    V = len(tgt_vocab)
+    hf = transformers.GPT2LMHeadModel(transformers.GPT2Config(
+        vocab_size=V, n_positions=32, n_embd=8, n_layer=1, n_head=1, bos_token_id=S.SOS, eos_token_id=S.EOS,
+        pad_token_id=S.PAD)).eval()
+
+    class TableLogits(transformers.LogitsProcessor):
+        def __init__(self, log_table):
+            self.log_table = log_table.float()
+
+        def __call__(self, input_ids, scores):
+            return self.log_table[input_ids[:, -1]]  # (K, V): the bigram row of each beam's last token
+
+    src = src_vocab.encode("3 March 1998")
+    compared = 0
+    for seed in range(6):
+        g = torch.Generator().manual_seed(seed)
+        logits = 2.5 * torch.randn(V, V, generator=g, dtype=torch.float64)
+        logits[:, [S.PAD, S.SOS]] = -30.0  # never produced: plain tokens to one search, special to the other
+        logits[:, S.EOS] += 1.0  # candidates finish within a few steps
+        probs = logits.softmax(-1)
+        table = {prev: dict(enumerate(probs[prev].tolist())) for prev in range(V)}
+        m = S.Seq2Seq(S.Seq2SeqConfig(len(src_vocab), V, embed_dim=4, hidden_size=4),
+                      decoder=BigramDecoder(table, V)).double().eval()
+        for K, alpha in ((2, 0.0), (3, 1.0), (4, 0.6)):
+            ours = S.beam_search(m, src, beam_width=K, max_len=12, alpha=alpha)
+            if len(ours) < K or max(len(c.tokens) for c in ours) == 12:  # the search reached max_len: skip
+                continue
+            out = hf.generate(torch.tensor([[S.SOS]]), num_beams=K, num_return_sequences=K, max_new_tokens=12,
+                              early_stopping=True, length_penalty=alpha, do_sample=False, eos_token_id=S.EOS,
+                              pad_token_id=S.PAD, logits_processor=transformers.LogitsProcessorList(
+                                  [TableLogits(m.decoder.log_table)]),
+                              return_dict_in_generate=True, output_scores=True)
+            theirs = [[t for t in seq.tolist()[1:]] for seq in out.sequences]
+            theirs = [seq[: seq.index(S.EOS) + 1] for seq in theirs]  # cut the padding after <eos>
+            assert [c.tokens for c in ours] == theirs
+            torch.testing.assert_close(torch.tensor([c.score for c in ours], dtype=torch.float64),
+                                       out.sequences_scores.double(),
+                                       atol=1e-5, rtol=0)
+            compared += 1
+            assert max(len(t) for t in theirs) > 2  # not only one-step answers
+    assert compared == 13  # of 18: the other 5 reach max_len
