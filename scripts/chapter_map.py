@@ -86,7 +86,7 @@ CHAPTERS = [
 EDGES = [
     (1, 2, ""), (2, 3, ""), (3, 4, ""), (4, 5, ""), (5, 6, ""),
     (6, 7, "decoder blocks"), (6, 8, "encoder blocks"),
-    (7, 9, "BPE, text tower"), (8, 9, "image tower"),
+    (7, 9, "BPE, causal design"), (8, 9, "image tower"),
     (7, 10, ""), (9, 10, ""), (7, 11, ""),
 ]
 
