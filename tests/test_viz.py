@@ -848,3 +848,148 @@ def test_similarity_explorer_rejects_mismatched_features():
         viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(3, 4), torch.randn(2, 4), default_image=3)
     with pytest.raises(ValueError, match=r"top must be a positive int"):
         viz.similarity_explorer(toy_images(3), ["a", "b"], torch.randn(3, 4), torch.randn(2, 4), top=0)
+
+
+# ---------------------------------------------------------------------------------------- accessibility
+
+def _images_in(box):
+    """Every ipywidgets.Image in an explorer, on every page of its stacks (shown or not)."""
+    import ipywidgets as widgets
+
+    found = []
+
+    def walk(w):  # depth first, in the order the pages are shown
+        if isinstance(w, widgets.Image):
+            found.append(w)
+        for child in getattr(w, "children", ()):
+            walk(child)
+
+    walk(box)
+    return list(dict.fromkeys(found))
+
+
+def _check_alt(images, *must):
+    """Every picture has a tooltip (the website's alt text) that is a sentence, not a file name, and the pictures
+    of different views say different things; `must` are words every one of them says."""
+    assert images
+    alts = [img.tooltip for img in images]
+    for alt in alts:
+        assert alt and len(alt) > 30 and not re.search(r"\.(png|jpe?g|svg)\b|_images/|/", alt), alt
+        for word in must:
+            assert word in alt, (word, alt)
+    return alts
+
+
+def test_every_explorer_picture_says_what_it_shows():
+    box = viz.word_explorer({"toy": lambda w: {"king": [("queen", 0.9)], "queen": [("king", 0.9)]}[w]},
+                            np.array([[0.0, 0.0], [1.0, 1.0]]), ["king", "queen"], default="king",
+                            examples=["queen", "zebra"], title="toy map")
+    alts = _check_alt(_images_in(box), "toy map", "2 words")
+    assert "“king” is highlighted; so are its nearest neighbours by toy that are on it: queen." in alts[0]
+    assert any("“zebra” is not on the map" in a for a in alts) and len(set(alts)) == 3
+
+    box = viz.gate_viewer(lambda t: {"forget": torch.zeros(len(t), 3), "cell": torch.ones(len(t), 3)}, "to be",
+                          examples=["or not"])
+    alts = _check_alt(_images_in(box), "2 heatmaps (forget, cell)", "3 units as rows")
+    assert {"“to be”" in a and "6 characters" not in a and "5 characters" in a for a in alts} == {True, False}
+
+    maps = {"long": transformer_view(2, 4, 5, 6), "short": transformer_view(1, 2, 3, 4, seed=5)}
+    alts = _check_alt(_images_in(viz.attention_explorer(maps, title="toy")), "toy (", "queries as rows")
+    assert any("(cross-attention, layer 1) for “long”: one heatmap, head 3, with the 5 queries as rows and the 6 keys"
+               in a for a in alts), alts
+    assert any("one heatmap per head, 4 heads" in a for a in alts) and any("mean over 2 heads" in a for a in alts)
+    assert len(set(alts)) == len(alts)  # one picture per view, each described as itself
+
+    box = viz.patch_explorer(np.random.default_rng(1).uniform(0, 1, (16, 16, 3)), [8, 4], patch=3)  # at 8 px
+    size, stack, pages = patch_explorer_parts(box)
+    alts = _check_alt([pages[4][2], pages[8][2]], "patches")
+    assert "4×4 grid of 4×4-pixel patches, patch 15 (row 3, column 3) outlined" in alts[0] and "(16 rows)" in alts[0]
+    assert "2×2 grid of 8×8-pixel patches, patch 3 (row 1, column 1)" in alts[1] and "(4 rows)" in alts[1]
+    pages[4][0].value = 1  # a redrawn picture is described anew
+    assert "patch 1 (row 0, column 1)" in pages[4][2].tooltip
+
+    box = viz.similarity_explorer(toy_images(5), ["zero", "one", "two", "three"], torch.eye(4)[[0, 1, 2, 3, 0]],
+                                  torch.eye(4), grid=3)
+    alts = _check_alt(_images_in(box), "image")
+    assert any("first 3 images as rows" in a and "first 3 captions as columns" in a for a in alts)
+    assert {a for a in alts if a.startswith("image #")} == {
+        f"image #{i} of the 5; the caption it scores highest: “{c}”" for i, c in enumerate(["zero", "one", "two", "three", "zero"])}
+
+    rng = np.random.default_rng(0)
+    views = [[dict(question="what is on the left ?", answer=["red", "circle"], attention=rng.uniform(0, 1, (2, 4, 4)))],
+             [dict(question="how many ?", answer=[], attention=rng.uniform(0, 1, (1, 4, 4)))]]
+    alts = _check_alt(_images_in(viz.answer_explorer(rng.uniform(0, 1, (2, 8, 8, 3)), views, ["left", "right"])),
+                      "4×4 patch grid")
+    assert alts[0].startswith("left, asked “what is on the left ?”, answered “red circle”") and "each of the 2" in alts[0]
+    assert "answered “(nothing)”" in alts[1] and "each of the 1" in alts[1]
+
+    w = torch.randn(6, 8, generator=torch.Generator().manual_seed(0))
+    box = viz.compression_explorer(w, {(8, "row"): dict(weights=w + 0.01, val_loss=2.1, bytes=0.25, sample="s")},
+                                   {0.5: dict(weights=w * (w.abs() > 0.5), val_loss=2.5, bytes=1.0, sample="p")},
+                                   {"val_loss": 2.0, "sample": "ref"}, default_bits=8, matrix_name="mlp.c_fc")
+    alts = _check_alt(_images_in(box), "mlp.c_fc", "error w − ŵ")
+    assert any(a.startswith("int8, scale per row:") and "max |error| 0.0100" in a for a in alts)
+    assert any(a.startswith("50% of weights pruned:") for a in alts)
+
+
+def test_an_explorer_picture_without_an_alt_text_is_refused():
+    from utils.viz.explorers import _picture
+
+    png = viz.figure_to_png(plt.figure())
+    for alt in (None, "", "   "):
+        with pytest.raises(ValueError, match="alt text"):
+            _picture(png, alt=alt)
+    assert _picture(png, alt="a blank figure").tooltip == "a blank figure"
+
+
+# Machado, Oliveira and Fernandes (2009), "A physiologically-based model for simulation of color vision
+# deficiency", severity 1.0: what a reader with protanopia, deuteranopia or tritanopia sees, in linear RGB.
+CVD = {"protanopia": [[0.152286, 1.052583, -0.204868], [0.114503, 0.786281, 0.099216], [-0.003882, -0.048116, 1.051998]],
+       "deuteranopia": [[0.367322, 0.860646, -0.227968], [0.280085, 0.672501, 0.047413], [-0.011820, 0.042940, 0.968881]],
+       "tritanopia": [[1.255528, -0.076749, -0.178779], [-0.078411, 0.930809, 0.147602], [0.004733, 0.691367, 0.303900]]}
+
+
+def _lab(rgb):
+    """CIELAB (D65) of sRGB values in [0, 1]."""
+    lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+    xyz = lin @ np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]]).T
+    xyz = xyz / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 216 / 24389, np.cbrt(xyz), (24389 / 27 * xyz + 16) / 116)
+    return np.array([116 * f[1] - 16, 500 * (f[0] - f[1]), 200 * (f[1] - f[2])])
+
+
+def _closest_pair_as_seen(colours, deficiency):
+    """The smallest colour difference (CIE76 ΔE) between two of `colours` as a reader with `deficiency` sees them."""
+    seen = []
+    for c in colours:
+        rgb = np.array(mcolors.to_rgb(c))
+        lin = np.where(rgb <= 0.04045, rgb / 12.92, ((rgb + 0.055) / 1.055) ** 2.4)
+        out = np.clip(np.array(CVD[deficiency]) @ lin, 0, 1)
+        seen.append(_lab(np.where(out <= 0.0031308, 12.92 * out, 1.055 * out ** (1 / 2.4) - 0.055)))
+    return min(np.linalg.norm(a - b) for i, a in enumerate(seen) for b in seen[i + 1:])
+
+
+def test_the_book_colours_stay_apart_for_colour_blind_readers():
+    cycle = viz.STYLE["axes.prop_cycle"].by_key()["color"]
+    assert len(cycle) >= 6
+    tab10 = plt.get_cmap("tab10").colors[:4]  # matplotlib's default: its green meets its red and its orange
+    assert _closest_pair_as_seen(tab10, "deuteranopia") < 10 and _closest_pair_as_seen(tab10, "protanopia") < 10
+    for deficiency in CVD:
+        assert _closest_pair_as_seen(cycle, deficiency) > 15, deficiency
+        assert _closest_pair_as_seen([viz.BASE, viz.HIGHLIGHT], deficiency) > 50, deficiency
+    with viz.style():
+        assert plt.rcParams["axes.prop_cycle"].by_key()["color"] == cycle
+
+
+def test_runs_on_one_plot_differ_by_marker_as_well_as_colour():
+    runs = {"a": make_history(30), "b": make_history(30), "c": [3.0, 2.0, 1.0]}
+    ax = viz.loss_curves(runs)
+    train = [line for line in ax.lines if "(val_loss)" not in line.get_label()]
+    assert len({line.get_marker() for line in train}) == 3 and len({line.get_color() for line in train}) == 3
+    assert ax.lines[0].get_marker() == ax.lines[1].get_marker()  # a run's train and eval lines share its marker
+    assert ax.lines[0].get_markevery() == 2  # about a dozen markers on a line, not one per step
+    solo = viz.loss_curves({"a": make_history(30)})
+    assert solo.lines[0].get_marker() in (None, "None", "")  # one run: nothing to tell apart
+    lengths = np.array([5] * 10 + [10] * 10)
+    ax = viz.accuracy_by_length({"x": (lengths, np.ones(20)), "y": (lengths, np.zeros(20))})
+    assert ax.lines[0].get_marker() != ax.lines[1].get_marker()

@@ -58,9 +58,12 @@ def answer_explorer(images: Any, views: Sequence[Sequence[Mapping[str, Any]]], l
             with style():
                 fig = attention_on_images(imgs[k][None], maps[None], col_titles=[f"“{t}”" for t in answer] or ["—"],
                                           title=title)
+            alt = (f"{labels[k]}, asked “{q}”, answered “{said}”: the scene and, for each of the "
+                   f"{max(1, len(answer))} answer tokens, a map of where that token attended over the "
+                   f"{maps.shape[1]}×{maps.shape[2]} patch grid.")
             cards.append(widgets.VBox([widgets.HTML(f"<b>Q:</b> {q} &nbsp; <b>A:</b> {said}{verdict}"),
                                        widgets.Image(value=figure_to_png(fig), format="png",
-                                                     layout=widgets.Layout(max_width="640px"))]))
+                                                     layout=widgets.Layout(max_width="640px"), tooltip=alt)]))
         stack = widgets.Stack(children=cards, selected_index=0)
         links.append(widgets.jslink((question, "index"), (stack, "selected_index")))
         question.observe(lambda change, s=stack: setattr(s, "selected_index", change["new"]), names="value")

@@ -82,7 +82,10 @@ def compression_explorer(original: Any, quantized: Mapping[tuple[int, str], Mapp
                 f"this matrix: max |error| {np.abs(err).max():.4f}, relative error {rel:.1%}")
         sample = ("<pre style='white-space:pre-wrap;font-size:13px;line-height:1.35;border:1px solid #8888;"
                   f"padding:8px;margin-top:4px'>{html.escape(view['sample'])}</pre>")
-        return widgets.VBox([widgets.HTML(text), _picture(_small_png(fig), "1000px"),
+        alt = (f"{label}: left, histograms of the values of {matrix_name} in float32 and compressed (log count); "
+               f"right, a heatmap of the error w − ŵ, output rows by inputs, blue negative and red positive "
+               f"(max |error| {np.abs(err).max():.4f}, relative error {rel:.1%}).")
+        return widgets.VBox([widgets.HTML(text), _picture(_small_png(fig), "1000px", alt),
                              widgets.HTML("<i>a sample from the compressed model</i>" + sample)])
 
     links: list[Any] = []

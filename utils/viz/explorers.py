@@ -55,10 +55,14 @@ def _small_png(fig: Any) -> bytes:
     return buffer.getvalue() if buffer.tell() < len(png) else png
 
 
-def _picture(png: bytes, max_width: str = "100%") -> Any:
+def _picture(png: bytes, max_width: str = "100%", alt: str | None = None) -> Any:
+    """An Image widget; `alt` says what the picture shows, for readers who cannot see it. It is the widget's
+    tooltip: the browser shows it as the picture's title, and the website makes it the alt text."""
     import ipywidgets as widgets
 
-    return widgets.Image(value=png, format="png", layout=widgets.Layout(max_width=max_width))
+    if not alt or not str(alt).strip():
+        raise ValueError("every explorer picture needs an alt text that says what it shows")
+    return widgets.Image(value=png, format="png", layout=widgets.Layout(max_width=max_width), tooltip=str(alt))
 
 
 def _choices(control: Any) -> tuple[str, int]:
@@ -204,7 +208,12 @@ def word_explorer(neighbours: Mapping[str, Callable[[str], Sequence[tuple[str, f
         highlight = [w for w in [word, *(first or [])] if w in on_map]
         ax = scatter_2d(xy, labels, highlight=highlight, max_labels=map_labels,
                         title=title if word in on_map else f"{title} (“{word}” is not on the map)")
-        return widgets.VBox([table, _picture(_small_png(ax), "640px")])
+        marked = [w for w in highlight if w != word]
+        alt = (f"{title}: {len(labels)} words as points, up to {map_labels} of them labelled. "
+               + (f"“{word}” is highlighted" if word in on_map else f"“{word}” is not on the map")
+               + (f"; so are its nearest neighbours by {next(iter(neighbours))} that are on it: {', '.join(marked)}."
+                  if marked else "."))
+        return widgets.VBox([table, _picture(_small_png(ax), "640px", alt)])
 
     words = [w.strip().lower() for w in [default, *examples]]
     chooser = _Examples(words, lambda w: w.strip().lower(), [], page, "word", free_text=True,
@@ -325,8 +334,12 @@ def gate_viewer(compute: Callable[[str], Mapping[str, Any]], default: str, examp
                 ax.tick_params(axis="x", labelrotation=0, labelsize=8)
             fig.suptitle(title)
             png = _small_png(fig)
+        units = next(iter(maps.values())).shape[1]
+        alt = (f"{title} for the text “{text}”: {len(maps)} heatmap{'s' if len(maps) > 1 else ''} "
+               f"({', '.join(maps)}), each with the {units} units as rows and the {len(text)} characters as "
+               "columns; the colour is the unit's value at that character.")
         return widgets.VBox([widgets.HTML(f"<b>{html.escape(text)}</b> ({len(text)} characters)"),
-                             _picture(png, "1000px")])
+                             _picture(png, "1000px", alt)])
 
     try:
         prepare(default)
@@ -488,6 +501,10 @@ def patch_explorer(image: Any, patch_sizes: Sequence[int], default_patch_size: i
                              f"column {c}.")
         pictures[P].value = figure_to_png(patch_grid(data, P, chosen[P], cmap=cmap, title=title,
                                                      grid_color=grid_color))
+        pictures[P].tooltip = (f"The image cut into a {rows}×{cols} grid of {P}×{P}-pixel patches, patch "
+                               f"{chosen[P]} (row {r}, column {c}) outlined; beside it that patch enlarged, and the "
+                               f"sequence the model reads, one row of pixels per patch ({rows * cols} rows), "
+                               "with the patch's row outlined.")
         drawn[P] = chosen[P]
 
     for p in sizes:
@@ -641,7 +658,11 @@ def attention_explorer(maps: Mapping[str, Mapping[str, tuple[Any, Any, Any]]] | 
                 parts.append(note)
             caption = (" · ".join(parts) + f" <span style='opacity:.7'>(L, H, T, S) = {(L, H, T, S)}: "
                        f"{T} queries × {S} keys</span>")
-            cache[key] = widgets.VBox([widgets.HTML(caption), _picture(_small_png(fig))])
+            shown = {"one": "one heatmap", "all": f"one heatmap per head, {H} heads",
+                     "mean": f"one heatmap, the mean over {H} heads"}.get(which, f"one heatmap, head {which}")
+            alt = (f"{title} ({where}) for “{name}”: {shown}, with the {T} queries as rows and the {S} keys "
+                   "as columns; a bright cell is a key that query attends to.")
+            cache[key] = widgets.VBox([widgets.HTML(caption), _picture(_small_png(fig), alt=alt)])
         return cache[key]
 
     chooser = _Examples(options, lambda name: prepared[name] if name in prepared else get_view(name),
@@ -712,12 +733,16 @@ def similarity_explorer(images: Any, captions: Sequence[str], image_features: An
     def picture(i: int) -> Any:  # one Image widget per image, shown wherever the image is ranked
         if i not in pictures:
             pictures[i] = widgets.Image(value=_png(thumbs[i], thumbnail), format="png",
-                                        layout=widgets.Layout(width=f"{thumbnail}px"))
+                                        layout=widgets.Layout(width=f"{thumbnail}px"),
+                                        tooltip=f"image #{i} of the {len(thumbs)}; the caption it scores highest: "
+                                                f"“{captions[int(np.argmax(txt @ img[i]))]}”")
         return pictures[i]
 
     g_i, g_t = min(grid, len(thumbs)), min(grid, len(captions))
     matrix = _picture(_small_png(similarity_matrix(img[:g_i] @ txt[:g_t].T, thumbs[:g_i], captions[:g_t],
-                                                   title=title, mark_best=True)))
+                                                   title=title, mark_best=True)),
+                      alt=f"{title}: a heatmap with the first {g_i} images as rows (each shown as a thumbnail) and the "
+                          f"first {g_t} captions as columns; the caption each image scores highest is outlined.")
 
     def feature_of(text: str) -> tuple[str, np.ndarray]:
         if not text.strip():

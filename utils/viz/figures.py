@@ -30,6 +30,12 @@ from matplotlib.figure import Figure
 
 from ..train import History
 
+# Line colours that stay apart for colour-blind readers: Okabe and Ito's palette ("Color Universal Design",
+# 2002; yellow left out, too pale on white). tab10, matplotlib's default, puts its green beside its orange
+# and red, which protan and deutan readers cannot tell apart. Runs drawn by `loss_curves` and
+# `accuracy_by_length` also get a marker of their own, so no line is told from another by its colour alone.
+CYCLE = ("#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#000000")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X")
 STYLE: dict[str, Any] = {
     "figure.dpi": 100,
     "savefig.dpi": 100,
@@ -48,7 +54,7 @@ STYLE: dict[str, Any] = {
     "grid.alpha": 0.3,
     "lines.linewidth": 1.8,
     "image.cmap": "viridis",
-    "axes.prop_cycle": mpl.cycler(color=plt.get_cmap("tab10").colors),
+    "axes.prop_cycle": mpl.cycler(color=CYCLE),
 }
 HIGHLIGHT = "#d62728"  # the colour of emphasised points (tab10 red)
 BASE = "#1f77b4"       # the colour of ordinary points (tab10 blue)
@@ -212,17 +218,21 @@ def loss_curves(histories: Mapping[str, History | Mapping[str, Any] | Sequence[f
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, (name, run) in enumerate(histories.items()):
         color = colors[i % len(colors)]
+        # a second cue besides the colour when several runs share the axes: the run's own marker, about 12 per line
+        marked = {} if len(histories) == 1 else dict(marker=MARKERS[i % len(MARKERS)], markersize=5)
         run = _as_history(run, name)
         if isinstance(run, np.ndarray):
             if x == "seconds":
                 raise ValueError(f"histories[{name!r}] is a plain list of losses with no times; "
                                  "use x='step' or pass the History")
-            ax.plot(np.arange(1, run.size + 1), run, color=color, label=str(name))
+            ax.plot(np.arange(1, run.size + 1), run, color=color, label=str(name),
+                    **marked, **({"markevery": max(1, run.size // 12)} if marked else {}))
             continue
         drawn = 0
         xs, ys = run.series("loss", x)
         if xs:
-            ax.plot(xs, ys, color=color, label=f"{name} (train)")
+            ax.plot(xs, ys, color=color, label=f"{name} (train)",
+                    **marked, **({"markevery": max(1, len(xs) // 12)} if marked else {}))
             drawn += 1
         names = list(dict.fromkeys(k for r in run.eval for k in r.metrics))
         wanted = [m for m in names if "loss" in m] if eval_metrics is None else list(eval_metrics)
@@ -231,8 +241,8 @@ def loss_curves(histories: Mapping[str, History | Mapping[str, Any] | Sequence[f
             raise KeyError(f"histories[{name!r}] has no evaluation metric(s) {unknown}; it has {names}")
         for j, metric in enumerate(wanted):
             xs, ys = run.series(metric, x)
-            ax.plot(xs, ys, color=color, linestyle=["--", ":", "-."][j % 3], marker="o", markersize=3,
-                    label=f"{name} ({metric})")
+            ax.plot(xs, ys, color=color, linestyle=["--", ":", "-."][j % 3], marker=marked.get("marker", "o"),
+                    markersize=3 if not marked else 4, label=f"{name} ({metric})")
             drawn += 1
         if drawn == 0:
             raise ValueError(f"histories[{name!r}] recorded nothing to plot (no train records, no evaluations)")
@@ -361,7 +371,7 @@ def accuracy_by_length(runs: Mapping[str, tuple[Any, Any]], bins: int | Sequence
         if edges.ndim != 1 or edges.size < 2 or np.any(np.diff(edges) <= 0):
             raise ValueError("bins as a sequence must be at least two increasing bin edges")
     ax = _new_axes(ax, (6.5, 4.0))
-    for name, (lengths, correct) in data.items():
+    for i, (name, (lengths, correct)) in enumerate(data.items()):
         groups = (np.searchsorted(edges, lengths, side="right") - 1) if edges is not None else lengths
         if edges is not None:  # the last edge closes the last bin; outside values are dropped
             groups = np.where(lengths == edges[-1], edges.size - 2, groups)
@@ -376,7 +386,7 @@ def accuracy_by_length(runs: Mapping[str, tuple[Any, Any]], bins: int | Sequence
         if not xs:
             raise ValueError(f"runs[{name!r}]: no bin has at least min_count={min_count} examples; "
                              "use fewer bins or a smaller min_count")
-        ax.plot(xs, ys, marker="o", markersize=4, label=str(name))
+        ax.plot(xs, ys, marker=MARKERS[i % len(MARKERS)], markersize=5, label=str(name))  # colour and marker per model
     ax.set_ylim(-0.03, 1.03)
     ax.yaxis.set_major_formatter(mpl.ticker.PercentFormatter(1.0))
     ax.set_xlabel(xlabel)
