@@ -8,6 +8,9 @@ page in `_toc.yml` plus the book's root page (book/intro). On each page:
   (d) widgets: where the page has saved widget state, every widget view was rendered, offline;
   (e) launch links: a chapter links to itself in Colab and Binder (derived from _config.yml).
 A full-page screenshot of each page goes to _build/screenshots/<page>.png.
+Accessibility, on every page of the build: axe-core (npm, served from _static/axe/ but named in no page)
+finds no critical or serious WCAG 2.0/2.1 A/AA violation apart from the theme's listed in THEME_FINDINGS, and no
+image (widget pictures included) has a missing or file-name alt text.
 
 Build first (see README):
     npm ci --ignore-scripts && python -m scripts.site_assets && jupyter-book build . -W --keep-going
@@ -406,6 +409,10 @@ VIEW_JS = """async (i) => {
 }""" % (STACK, STACK)
 
 
+UNNAMED_PICTURES_JS = """(i) => Array.from(document.querySelectorAll(`[data-explorer="${i}"] img`))
+  .filter(img => img.getClientRects().length > 0 && !(img.getAttribute('alt') || '').trim()).length"""
+
+
 CONTROL_MODELS = ("DropdownModel", "ComboboxModel", "ToggleButtonsModel", "IntSliderModel", "FloatSliderModel",
                   "SelectionSliderModel", "TextModel")
 
@@ -493,6 +500,9 @@ def test_explorers_work_without_a_kernel(page: str, site: Path, base_url: str, b
                 changed = page_.evaluate(VIEW_JS, ex["index"])
                 assert changed != first, (f"{page}: changing {control['kind']} {control['label']!r} of explorer "
                                           f"{ex['index']} ({ex['title']!r}) did not change the view")
+                unnamed = page_.evaluate(UNNAMED_PICTURES_JS, ex["index"])
+                assert not unnamed, (f"{page}: after changing {control['label']!r} of explorer {ex['index']}, "
+                                     f"{unnamed} of its pictures have no alt text (book/static/onehot-a11y.js)")
                 _change(page_, ex["index"], c, control["kind"], undo=how)
                 page_.wait_for_timeout(300)
                 assert page_.evaluate(VIEW_JS, ex["index"]) == first, (
@@ -611,3 +621,116 @@ def test_code_and_printed_output_are_not_cut_off_at_the_right_edge(page: str, si
     finally:
         context.close()
     assert not cut, f"{page}: lines cut off at the right edge: {cut[:3]}"
+
+
+# ----------------------------------------------------------------------------- accessibility (WCAG 2.1 AA)
+
+def _built_pages() -> list[str]:
+    """Every HTML page of the build (the toc's pages, the index and search pages, any other), without .html;
+    not _static/ or _sources/, nor a page that only redirects (the root index.html)."""
+    if not SITE_DIR.is_dir():
+        return PAGES
+    pages = []
+    for path in sorted(SITE_DIR.rglob("*.html")):
+        rel = path.relative_to(SITE_DIR)
+        if rel.parts[0] in {"_static", "_sources"}:
+            continue
+        head = path.read_text(encoding="utf-8", errors="replace")[:2000].lower()
+        if 'http-equiv="refresh"' in head and "<body" not in head.split("refresh", 1)[1][:400]:
+            continue  # a redirect, not a page
+        pages.append(str(rel.with_suffix("")))
+    return pages
+
+
+ALL_PAGES = _built_pages()
+
+# axe-core from npm (package.json), copied into the build by scripts/site_assets.py and added to a page by this
+# test only: no page names it. The rules: WCAG 2.0 and 2.1, levels A and AA.
+AXE_URL = "/_static/axe/axe.min.js"
+AXE_TAGS = ["wcag2a", "wcag2aa", "wcag21a", "wcag21aa"]
+
+# Findings in the theme's own markup (pydata-sphinx-theme 0.17, under sphinx-book-theme 1.3) that only the theme
+# can fix: the buttons are written by its templates and redrawn by its scripts, so a page cannot change them.
+# Each is (axe rule, CSS selector of the element): why.
+THEME_FINDINGS = {
+    ("label-content-name-mismatch", ".search-button__button"):
+        "the search button's aria-label is 'Search' while its visible text also shows the shortcut "
+        "'Ctrl+K' (theme template search-button-field.html); a speech user who says what they see still "
+        "reaches it by 'Search'",
+    ("label-content-name-mismatch", ".theme-switch-button"):
+        "the colour-mode button's aria-label is 'Color mode' while its three icons carry the titles "
+        "'Light', 'Dark', 'System Settings', which axe reads as its visible text (theme template "
+        "theme-switcher.html; the theme's script swaps the icons)",
+}
+
+AXE_JS = """async ([tags, allowed]) => {
+  // Let the book's script (onehot-a11y.js) name what the widget manager drew in the last frames.
+  await new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)));
+  const result = await axe.run(document, {runOnly: {type: 'tag', values: tags}, resultTypes: ['violations']});
+  const found = [], theme = [];
+  for (const v of result.violations) {
+    for (const node of v.nodes) {
+      const el = node.target.length === 1 ? document.querySelector(node.target[0]) : null;
+      const finding = {rule: v.id, impact: node.impact || v.impact, target: node.target.join(' '),
+                       html: node.html.slice(0, 160), why: (node.failureSummary || '').replace(/\\s+/g, ' ').slice(0, 240)};
+      if (el && allowed.some(([rule, selector]) => rule === v.id && el.matches(selector))) theme.push(finding);
+      else found.push(finding);
+    }
+  }
+  return {found: found, theme: theme};
+}"""
+
+ALTS_JS = """() => Array.from(document.images).filter(img => !img.closest('[aria-hidden="true"]')
+                                                    && img.getAttribute('role') !== 'presentation')
+  .map(img => ({alt: img.getAttribute('alt'), src: (img.getAttribute('src') || '').slice(0, 80),
+                content: !!img.closest('.cell_output, .output, figure, .widget-subarea, article'),
+                widget: img.classList.contains('widget-image')}))"""
+
+FILE_LIKE_ALT = re.compile(r"(\.(png|jpe?g|gif|svg|webp|bmp)\b)|_images/|^\S*/\S*$|^[0-9a-f]{16,}", re.IGNORECASE)
+
+
+def _bad_alt(alt: str | None, content: bool) -> str | None:
+    """What is wrong with an image's alt text, or None: missing, empty on a content image, or a file name/path."""
+    if alt is None:
+        return "no alt attribute"
+    if not alt.strip():
+        return "an empty alt text on a content image" if content else None
+    if FILE_LIKE_ALT.search(alt.strip()):
+        return f"an alt text that is a file name or path ({alt[:60]!r})"
+    return None
+
+
+def test_the_alt_text_check_would_catch_what_the_site_used_to_show():
+    """The check below is not vacuous: the alt texts Sphinx wrote before (the image's path) and the ones it
+    writes for an image without any fail it; a sentence and a decorative image's empty alt pass."""
+    for alt in ("../_images/a4ecd5f0c2b1d3e4f5a6b7c8d9e0f1a2.png", "_images/x.png", "figure.PNG",
+                "chapters/figures/map.svg", "a4ecd5f0c2b1d3e4f5a6b7c8"):
+        assert _bad_alt(alt, content=True), alt
+    assert _bad_alt(None, content=False) and _bad_alt("  ", content=True)
+    assert _bad_alt("", content=False) is None
+    assert _bad_alt("Line plot of loss against step: both runs fall to 1.5 by step 2,000.", content=True) is None
+
+
+@pytest.mark.parametrize("page", ALL_PAGES)
+def test_page_meets_wcag_21_aa_by_axe_and_names_every_image(page: str, site: Path, base_url: str, browser):
+    """Every page of the built site, with its widgets rendered, run through axe-core (WCAG 2.0/2.1 A and AA):
+    no critical or serious violation apart from THEME_FINDINGS; and every image, widget pictures included, has
+    an alt text that is not a file name (empty only for a decorative image outside the content)."""
+    assert (site / AXE_URL.lstrip("/")).is_file(), (
+        f"{AXE_URL} is not in the build: run `npm ci` and `python -m scripts.site_assets` before building")
+    context, page_ = _open(browser, base_url, page)
+    try:
+        page_.add_script_tag(url=base_url + AXE_URL)
+        result = page_.evaluate(AXE_JS, [AXE_TAGS, [list(k) for k in THEME_FINDINGS]])
+        images = page_.evaluate(ALTS_JS)
+    finally:
+        external = context.external
+        context.close()
+    assert not external, f"{page} requested resources outside {LOCAL_HOST}:\n" + "\n".join(external)
+    serious = [f for f in result["found"] if f["impact"] in ("critical", "serious")]
+    minor = [f for f in result["found"] if f not in serious]
+    print(f"{page}: {len(serious)} critical/serious, {len(minor)} moderate/minor, {len(result['theme'])} theme findings")
+    assert not serious, f"{page}: axe-core found {len(serious)} critical or serious violations:\n" + "\n".join(
+        f"  [{f['impact']}] {f['rule']} at {f['target']}: {f['why']}\n      {f['html']}" for f in serious)
+    bad = [f"{img['src']}: {why}" for img in images if (why := _bad_alt(img["alt"], img["content"]))]
+    assert not bad, f"{page}: images without a proper alt text:\n" + "\n".join(bad)
