@@ -34,6 +34,7 @@ sudo_() {  # as root, or through sudo; without sudo, say what to run
 if [ ! -x "$PY" ]; then
   case "$PY" in
     */bin/python) venv=${PY%/bin/python} ;;
+    */Scripts/python.exe) venv=${PY%/Scripts/python.exe} ;;  # Windows (Git Bash, MSYS2)
     *) echo "PY=$PY is not an executable Python" >&2; exit 1 ;;
   esac
   if ! command -v "$BASE_PYTHON" >/dev/null 2>&1 \
@@ -63,7 +64,7 @@ fi
 echo "== Python packages (requirements.txt) for $PY"
 prefix=$("$PY" -c 'import sys; print(sys.prefix)')
 stamp="$prefix/.onehot-requirements.sha256"
-want=$(sha256sum requirements.txt | cut -d' ' -f1)
+want=$("$PY" -c 'import hashlib; print(hashlib.sha256(open("requirements.txt", "rb").read()).hexdigest())')  # no sha256sum on macOS
 pins_installed() {  # every "name==version" of requirements.txt is installed at that version (+local labels ok)
   "$PY" - <<'EOF'
 import importlib.metadata as md, re, sys
