@@ -61,7 +61,8 @@ def _check_line(ex_id: str, name: str, cases: str) -> str:
 CELLS: list[Cell] = [
     # -- chapter 1 -------------------------------------------------------------------------------
     Cell("01.5", "Your negative-sampling loss.", """
-Write the skip-gram negative-sampling loss (eq. 4 of Mikolov et al. 2013b) from the two tables: `W`
+Write the skip-gram negative-sampling loss (eq. 4 of Mikolov, Sutskever et al. 2013, *Distributed
+Representations of Words and Phrases*) from the two tables: `W`
 (V, D) holds the word vectors of the centre words, `U` (V, D) the output vectors of the context words
 and of the negatives. For each example, $-\\log\\sigma(\\mathbf{u}_o^\\top\\mathbf{w}_c) -
 \\sum_k \\log\\sigma(-\\mathbf{u}_{n_k}^\\top\\mathbf{w}_c)$; return the mean over the batch, as
@@ -312,19 +313,19 @@ def my_merge(ids, pair, new_id):
 '''),
     # -- chapter 8 -------------------------------------------------------------------------------
     Cell("08.6", "Patchify with reshapes.", """
-Cut a batch of images (B, C, H, W) into non-overlapping P×P patches with `reshape` and `permute`
-only: patches numbered row by row, each flattened channel first (channel, row, column), so the result
-is (B, N, C·P·P) with N = (H/P)(W/P), as `utils.vit.patchify` returns. """ + _check_line(
+Cut a batch of images (B, C_in, height, width) into non-overlapping P×P patches with `reshape` and
+`permute` only: patches numbered row by row, each flattened channel first (channel, row, column), so the
+result is (B, N, C_in·P·P) with N = (height/P)(width/P), as `utils.vit.patchify` returns. """ + _check_line(
         "08.6", "my_patchify", "five batches (non-square images, a single patch, float64)"), '''
 def my_patchify(images, P):
-    # images (B, C, H, W), P divides H and W → patches (B, N, C·P·P)
+    # images (B, C_in, height, width), P divides height and width → patches (B, N, C_in·P·P)
     raise NotImplementedError  # your code here
 ''', '''
 def my_patchify(images, P):
-    B, C, H, W = images.shape
-    x = images.reshape(B, C, H // P, P, W // P, P)  # (B, C, rows, P, cols, P)
-    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, rows, cols, C, P, P)
-    return x.reshape(B, (H // P) * (W // P), C * P * P)  # (B, N, C·P·P)
+    B, C_in, height, width = images.shape
+    x = images.reshape(B, C_in, height // P, P, width // P, P)  # (B, C_in, rows, P, cols, P)
+    x = x.permute(0, 2, 4, 1, 3, 5)  # (B, rows, cols, C_in, P, P)
+    return x.reshape(B, (height // P) * (width // P), C_in * P * P)  # (B, N, C_in·P·P)
 '''),
     Cell("08.7", "Attention rollout.", """
 Write attention rollout for one image: from the maps `attn` (L, H, T, T) of L layers, average the
@@ -431,18 +432,19 @@ def my_fake_quantize(w, bits, group_size):
 '''),
     Cell("11.7", "Hinton's loss.", """
 Write the distillation loss for logits (…, V): α T² KL(p_T ‖ q_T) + (1 − α) CE(student, targets), where
-p_T and q_T are the teacher's and the student's softmax at temperature T, the KL summed over the
-vocabulary and averaged over positions, and the cross-entropy taken at T = 1.
+p_T and q_T are the teacher's and the student's softmax at temperature T (Hinton et al.'s letter, as in
+the section above; elsewhere the book writes a temperature τ), the KL summed over the vocabulary and
+averaged over positions, and the cross-entropy taken at T = 1.
 """ + _check_line("11.7", "my_kd_loss", "four batches (T = 1, 2, 4, float64, a student equal to its "
                   "teacher)"), '''
 def my_kd_loss(student_logits, teacher_logits, targets, T, alpha):
-    # logits (B, T, V), targets (B, T) → a scalar
+    # logits (..., V), targets (...) ids, T the temperature → a scalar
     raise NotImplementedError  # your code here
 ''', '''
 def my_kd_loss(student_logits, teacher_logits, targets, T, alpha):
     V = student_logits.shape[-1]
-    log_q = F.log_softmax(student_logits.reshape(-1, V) / T, dim=-1)  # (N, V) student
-    log_p = F.log_softmax(teacher_logits.reshape(-1, V) / T, dim=-1)  # (N, V) teacher
+    log_q = F.log_softmax(student_logits.reshape(-1, V) / T, dim=-1)  # (positions, V) student
+    log_p = F.log_softmax(teacher_logits.reshape(-1, V) / T, dim=-1)  # (positions, V) teacher
     kl = (log_p.exp() * (log_p - log_q)).sum(dim=-1).mean()  # per position, then averaged
     ce = F.cross_entropy(student_logits.reshape(-1, V), targets.reshape(-1))
     return alpha * T ** 2 * kl + (1 - alpha) * ce

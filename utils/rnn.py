@@ -128,10 +128,10 @@ class _Cell(nn.Module):
         _check_sizes(input_size, hidden_size)
         self.input_size, self.hidden_size, self.bias = input_size, hidden_size, bias
         G = self.gate_rows * hidden_size
-        self.weight_ih = nn.Parameter(torch.empty(G, input_size))  # (G, C)
-        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size))  # (G, H)
-        self.bias_ih = nn.Parameter(torch.empty(G)) if bias else None  # (G,)
-        self.bias_hh = nn.Parameter(torch.empty(G)) if bias else None  # (G,)
+        self.weight_ih = nn.Parameter(torch.empty(G, input_size))  # (gate_rows·H, C)
+        self.weight_hh = nn.Parameter(torch.empty(G, hidden_size))  # (gate_rows·H, H)
+        self.bias_ih = nn.Parameter(torch.empty(G)) if bias else None  # (gate_rows·H,)
+        self.bias_hh = nn.Parameter(torch.empty(G)) if bias else None  # (gate_rows·H,)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:
@@ -226,11 +226,11 @@ class _Recurrent(nn.Module):
         G = self.gate_rows * hidden_size
         for k in range(num_layers):  # registered in torch.nn's order, so named_parameters() line up
             c_in = input_size if k == 0 else hidden_size
-            setattr(self, f"weight_ih_l{k}", nn.Parameter(torch.empty(G, c_in)))  # (G, C) or (G, H)
-            setattr(self, f"weight_hh_l{k}", nn.Parameter(torch.empty(G, hidden_size)))  # (G, H)
+            setattr(self, f"weight_ih_l{k}", nn.Parameter(torch.empty(G, c_in)))  # (gate_rows·H, C or H)
+            setattr(self, f"weight_hh_l{k}", nn.Parameter(torch.empty(G, hidden_size)))  # (gate_rows·H, H)
             if bias:
-                setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(G)))  # (G,)
-                setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(G)))  # (G,)
+                setattr(self, f"bias_ih_l{k}", nn.Parameter(torch.empty(G)))  # (gate_rows·H,)
+                setattr(self, f"bias_hh_l{k}", nn.Parameter(torch.empty(G)))  # (gate_rows·H,)
         self.reset_parameters()
 
     def reset_parameters(self) -> None:

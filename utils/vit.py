@@ -135,7 +135,7 @@ class ViTConfig:
     layers: int = 4  # L
     heads: int = 4  # H
     mlp_ratio: float = 4.0  # F = int(mlp_ratio * C)
-    num_classes: int = 0  # K > 0: a classification head nn.Linear(C, K) named `head`
+    num_classes: int = 0  # > 0: a classification head nn.Linear(C, num_classes) named `head`
     output_dim: int | None = None  # E: CLIP's `proj` Parameter (C, E), no bias
     patch_bias: bool = True  # CLIP's conv1 has no bias
     ln_pre: bool = False  # CLIP: a LayerNorm after adding the positions
@@ -286,7 +286,7 @@ class VisionTransformer(nn.Module):
 
     def forward_head(self, tokens: Tensor) -> Tensor:
         """tokens (B, T, C) from `forward_features` → the class token's output: (B, E) = x @ proj if
-        output_dim, else logits (B, K) = head(x) if num_classes, else the class token itself (B, C)."""
+        output_dim, else logits (B, num_classes) = head(x) if num_classes, else the class token itself (B, C)."""
         C = self.config.width
         if not isinstance(tokens, Tensor) or tokens.dim() != 3 or tokens.shape[-1] != C:
             got = tuple(tokens.shape) if isinstance(tokens, Tensor) else type(tokens).__name__
@@ -296,7 +296,7 @@ class VisionTransformer(nn.Module):
         if self.proj is not None:
             return x @ self.proj  # (B, C) @ (C, E) -> (B, E)
         if self.head is not None:
-            return self.head(x)  # (B, K)
+            return self.head(x)  # (B, num_classes)
         return x  # (B, C)
 
     def forward(self, images: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:

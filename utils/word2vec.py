@@ -1,4 +1,4 @@
-"""Word2Vec: skip-gram and CBOW with negative sampling (Mikolov et al., 2013a; 2013b).
+"""Word2Vec: skip-gram and CBOW with negative sampling (Mikolov, Chen et al., 2013; Mikolov, Sutskever et al., 2013).
 
 Letter legend for shapes: B pairs (or windows) in a batch, K negatives per pair, D embedding
 dimension, V vocabulary size, W window size, N tokens in the corpus.
@@ -10,7 +10,7 @@ Two embedding tables, as in the original C tool and gensim:
   for the true word and for the K noise words drawn from the unigram distribution raised to 0.75.
 
 The loss for one input vector h and output word o with negatives n_1..n_K is
-    -log σ(u_o · h) - Σ_k log σ(-u_{n_k} · h)                     (Mikolov et al. 2013b, eq. 4)
+    -log σ(u_o · h) - Σ_k log σ(-u_{n_k} · h)                     (Mikolov, Sutskever et al. 2013, eq. 4)
 `loss()` computes it with autograd (the teaching form); `sgd_step()` applies the same SGD update
 by hand, touching only the rows in the batch, which is what makes training fast on a CPU.
 `train_word2vec` can run several lock-free workers (forked processes on a CPU) and fuse the update
@@ -167,7 +167,7 @@ class Word2Vec(nn.Module):
 
     def loss(self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
              mask: torch.Tensor | None = None, reduction: str = "mean") -> torch.Tensor:
-        """Negative-sampling loss, eq. 4 of Mikolov et al. (2013b), averaged (or summed) over the batch."""
+        """Negative-sampling loss, eq. 4 of Mikolov, Sutskever et al. (2013), averaged (or summed) over the batch."""
         _check_batch(inputs, targets, negatives, mask, self.in_embed.num_embeddings)
         s = self.scores(self.hidden(inputs, mask), targets, negatives)  # (B, 1+K)
         per_example = -F.logsigmoid(s[:, 0]) - F.logsigmoid(-s[:, 1:]).sum(1)  # (B,)
