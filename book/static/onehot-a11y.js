@@ -31,11 +31,24 @@
     });
   }
 
-  // The first line of the HTML widget just before the picture in its box (an explorer's caption of the view).
-  function captionBefore(img) {
-    for (var el = img.previousElementSibling; el; el = el.previousElementSibling) {
-      var line = text(el.querySelector(".widget-html-content") || el).split(/\s*[\n\r]+\s*/)[0];
+  function firstLine(el) {
+    var lines = (el.innerText || el.textContent || "").split(/[\n\r]+/);
+    for (var i = 0; i < lines.length; i++) {
+      var line = lines[i].replace(/\s+/g, " ").trim();
       if (line) return line.length > 200 ? line.slice(0, 197) + "…" : line;
+    }
+    return "";
+  }
+
+  // The first line of the text widget just before the picture in its box (an explorer's caption of the view),
+  // or, in a box of just the picture and its label (a thumbnail), of the label after it.
+  function caption(img) {
+    var el, line;
+    for (el = img.previousElementSibling; el; el = el.previousElementSibling) {
+      if ((line = firstLine(el))) return line;
+    }
+    if (img.parentElement && img.parentElement.children.length === 2 && img.nextElementSibling) {
+      return firstLine(img.nextElementSibling);
     }
     return "";
   }
@@ -54,10 +67,10 @@
         return;
       }
       if (img.hasAttribute("alt")) return;
-      var caption = captionBefore(img);
+      var words = caption(img);
       var section = sectionTitle(img);
-      img.setAttribute("alt", caption ? "Explorer picture for: " + caption
-                                      : "Explorer picture" + (section ? " in the section “" + section + "”" : ""));
+      img.setAttribute("alt", words ? "Explorer picture for: " + words
+                                    : "Explorer picture" + (section ? " in the section “" + section + "”" : ""));
     });
   }
 
