@@ -711,6 +711,30 @@ def test_the_alt_text_check_would_catch_what_the_site_used_to_show():
     assert _bad_alt("Line plot of loss against step: both runs fall to 1.5 by step 2,000.", content=True) is None
 
 
+def test_every_figure_of_the_chapters_has_an_alt_text_where_it_is_drawn():
+    """Before any build: every chapter code cell that draws a figure (an image output) says what it shows in its
+    metadata, mystnb.image.alt, which myst-nb puts on the <img> (without it Sphinx writes the file's path)."""
+    import nbformat
+
+    missing, bad, figures = [], [], 0
+    for path in sorted((BOOK_DIR / "chapters").glob("*.ipynb")):
+        for i, cell in enumerate(nbformat.read(path, as_version=4).cells):
+            if cell.cell_type != "code" or not any(
+                    m.startswith("image/") for o in cell.get("outputs", []) for m in o.get("data", {})):
+                continue
+            figures += 1
+            alt = ((cell.metadata.get("mystnb") or {}).get("image") or {}).get("alt")
+            where = f"{path.name} cell {i} ({cell.get('id')})"
+            if not alt:
+                missing.append(where)
+            elif (why := _bad_alt(alt, content=True)) or len(alt) < 40:
+                bad.append(f"{where}: {why or 'too short to say what the figure shows'}")
+    assert figures, "no figures found in the chapters"
+    assert not missing, ("figures without an alt text (set the cell's metadata mystnb.image.alt to what the "
+                         "figure shows: axes, what is compared, the trend):\n" + "\n".join(missing))
+    assert not bad, "\n".join(bad)
+
+
 @pytest.mark.parametrize("page", ALL_PAGES)
 def test_page_meets_wcag_21_aa_by_axe_and_names_every_image(page: str, site: Path, base_url: str, browser):
     """Every page of the built site, with its widgets rendered, run through axe-core (WCAG 2.0/2.1 A and AA):
