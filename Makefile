@@ -70,6 +70,7 @@ lab: install-python
 
 execute: install-python
 	$(PY) -m scripts.execute_notebooks
+	$(PY) -m scripts.reader_notebooks
 
 # The reader notebooks notebooks/en/*.ipynb, rewritten from chapters/ (committed; tests fail when stale).
 notebooks: install-python
