@@ -76,13 +76,16 @@ PAGES = _pages()
 
 def _launch_prefixes(page: str) -> tuple[str, str, str]:
     """Colab and Binder URL prefixes for a chapter page and its notebook's path in the repository,
-    from _config.yml, as sphinx-book-theme builds them."""
+    from _config.yml, as sphinx-book-theme builds them. Where the chapter has a reader notebook
+    (notebooks/en/, written by scripts/reader_notebooks.py), the buttons open that copy instead."""
     config = yaml.safe_load((BOOK_DIR / "_config.yml").read_text())
     repo, launch = config["repository"], config.get("launch_buttons", {})
     owner_repo = urlsplit(repo["url"]).path.strip("/").removesuffix(".git")
     branch = repo.get("branch", "main")
     book = (repo.get("path_to_book") or "").strip("/")
-    notebook = f"{book}/{page}.ipynb" if book else f"{page}.ipynb"
+    reader = f"notebooks/en/{Path(page).name}.ipynb"
+    target = reader if (BOOK_DIR / reader).is_file() else f"{page}.ipynb"
+    notebook = f"{book}/{target}" if book else target
     colab = launch.get("colab_url", "https://colab.research.google.com").rstrip("/")
     binder = launch.get("binderhub_url", "https://mybinder.org").rstrip("/")
     return (f"{colab}/github/{owner_repo}/blob/{branch}/{notebook}",
