@@ -317,7 +317,7 @@ def train_word2vec(ids: torch.Tensor, counts: torch.Tensor, config: Word2VecConf
             lo, hi = k * P // workers, (k + 1) * P // workers
             draws = torch.randint(0, table.numel(), (hi - lo, config.negative), dtype=torch.int32,
                                   generator=torch.Generator().manual_seed(seeds[k]))
-            out_ids = torch.empty(hi - lo, 1 + config.negative, dtype=targets.dtype, device=device)  # (P_k, 1+K)
+            out_ids = torch.empty(hi - lo, 1 + config.negative, dtype=targets.dtype, device=device)  # (pairs in this chunk, 1+K)
             out_ids[:, 0] = targets[lo:hi]
             out_ids[:, 1:] = table.index_select(0, draws.view(-1)).view(draws.shape).to(device)
             logged = []

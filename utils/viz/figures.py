@@ -403,9 +403,9 @@ def _image_hwc(image: Any, name: str = "image") -> np.ndarray:
     is_uint8 = getattr(image, "dtype", None) in (np.uint8, torch.uint8)
     data = _to_numpy(image, name)
     if data.ndim == 2:
-        data = data[..., None]  # (H, W) → (H, W, 1)
+        data = data[..., None]  # (height, width) → (height, width, 1)
     elif data.ndim == 3 and data.shape[0] in (1, 3) and data.shape[-1] not in (1, 3):
-        data = data.transpose(1, 2, 0)  # (C, H, W) → (H, W, C)
+        data = data.transpose(1, 2, 0)  # (C, height, width) → (height, width, C)
     if data.ndim != 3 or data.shape[-1] not in (1, 3) or 0 in data.shape:
         raise ValueError(f"{name} must be one image of shape (H, W), (H, W, 3) or (3, H, W), got shape "
                          f"{tuple(_to_numpy(image, name).shape)}; for a batch, pick one image first, e.g. images[0]")
@@ -568,7 +568,7 @@ def attention_on_images(images: Any, maps: Any, row_labels: Sequence[str] | None
         for k in range(K):
             m = data[i, k]
             m = m / m.max() if m.max() > 0 else m
-            big = np.kron(m, np.ones((H // Gh, W // Gw)))  # (H, W): each patch's weight over its pixels
+            big = np.kron(m, np.ones((H // Gh, W // Gw)))  # (height, width): each patch's weight over its pixels
             ax = axes[i, k + 1]
             if image.shape[-1] == 1:  # grey: the map, and the image's outline (half its range) over it
                 ax.imshow(big, cmap=cmap, vmin=0.0, vmax=1.0, interpolation="nearest")
