@@ -3,12 +3,14 @@
     python -m scripts.exercise_cells chapters/06_transformer.ipynb   # run under the chapter's lock
     python -m scripts.exercise_cells                                 # every chapter that has some
 
-Each exercise becomes two cells at the end of its chapter's "Exercises" section (before "Summary"),
-both tagged `exercise`: a markdown cell (the numbered statement and the solution in a folded
-`dropdown`) and a code cell (the stub to fill in and the `check` call). The script reads the notebook
-fresh, removes the cells it put there before, and inserts the current ones, so it can be run again.
-The number k of exercise "NN.k" must continue the chapter's own numbered list; the script refuses to
-write if it does not (someone added an exercise: renumber here and in utils/exercises.py).
+Each exercise becomes two cells at the end of its chapter's "Exercises" section (before "Summary", or
+before the first hand-written exercise numbered after the checkable ones), both tagged `exercise`: a
+markdown cell (the numbered statement and the solution in a folded `dropdown`) and a code cell (the
+stub to fill in and the `check` call). The script reads the notebook fresh, removes the cells it put
+there before, and inserts the current ones, so it can be run again. The number k of exercise "NN.k"
+must continue the chapter's own numbered list (the hand-written exercises before the checkable ones,
+then those after them); the script refuses to write if it does not (someone added an exercise:
+renumber here and in utils/exercises.py).
 
 nbval runs the stubs as they are: each check prints its "not attempted yet" line, the same every
 time. That the solutions pass is tested in tests/test_exercises.py, on the solutions in the page.
@@ -469,13 +471,18 @@ def insert(path: Path) -> int:
     nb.cells = [c for c in nb.cells if TAG not in c.metadata.get("tags", [])]
     start = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Exercises" in c.source)
     end = next(i for i, c in enumerate(nb.cells) if c.cell_type == "markdown" and "## Summary" in c.source)
-    existing = [n for c in nb.cells[start:end] if c.cell_type == "markdown" for n in _numbered(c.source)]
     wanted = [int(c.id.split(".")[1]) for c in cells]
-    if existing != list(range(1, len(existing) + 1)) or wanted != list(range(len(existing) + 1,
-                                                                               len(existing) + 1 + len(cells))):
-        raise SystemExit(f"{path.name}: the chapter's exercises are numbered {existing}, so the checkable ones "
-                         f"should continue from {len(existing) + 1}, but they are {wanted}: renumber them in "
-                         "scripts/exercise_cells.py and utils/exercises.py")
+    # hand-written exercises numbered below the checkable ones come before them, those numbered above after
+    # them (chapter 1: 1-4, then 01.5 and 01.6, then 7): the cells are inserted before the first of those
+    marked = [(i, _numbered(c.source)) for i, c in enumerate(nb.cells[start:end], start) if c.cell_type == "markdown"]
+    after = [i for i, numbers in marked if numbers and wanted and numbers[0] > wanted[-1]]
+    end = after[0] if after else end
+    before = [n for i, numbers in marked if i < end for n in numbers]
+    later = [n for i, numbers in marked if i >= end for n in numbers]
+    if before + wanted + later != list(range(1, len(before) + len(wanted) + len(later) + 1)):
+        raise SystemExit(f"{path.name}: the hand-written exercises {before}, then the checkable ones {wanted}, "
+                         f"then the hand-written {later} are not numbered 1, 2, 3, ... in order: renumber them in "
+                         "scripts/exercise_cells.py and utils/exercises.py, or in the chapter")
     new = []
     for c in cells:
         new.append(nbformat.v4.new_markdown_cell(c.markdown(), metadata={"tags": [TAG]}))

@@ -138,6 +138,9 @@ def test_speeches_keep_the_bodies_and_drop_the_headings():
     from utils.text import words
     body_words = [w for _, body in data.speeches(text) for w in words(body)]
     assert "ii" not in body_words and "richard" not in body_words and body_words.count("romeo") == 1
+    # a running title left at the end of a speech is not spoken: dropped; a spoken line in capitals stays
+    assert data.speeches("EXETER:\nAnd I, I hope, shall reconcile them all.\n3 KING HENRY VI\n\nLEAR:\nO!\nI\n") == [
+        ("EXETER", "And I, I hope, shall reconcile them all."), ("LEAR", "O!\nI")]
     with pytest.raises(ValueError, match="heading"):
         data.speeches("ROMEO:\nhello\n\nthis block has no heading\nat all")
 
@@ -148,6 +151,9 @@ def test_speeches_cover_tiny_shakespeare():
     text = data.tiny_shakespeare(allow_download=False)
     parts = data.speeches(text)
     assert len(parts) == 7222 and parts[0][0] == "First Citizen"
-    # heading + body, joined back, is the file again (up to the extra blank line between plays)
+    # the 27 running titles ("3 KING HENRY VI" at the end of a speech) are gone, and nothing else is
+    assert text.count("\n3 KING HENRY VI\n") == 27
+    assert not any(line.isupper() and " " in line for _, body in parts for line in body.split("\n"))
+    # heading + body, joined back, is the file again without them (up to the extra blank line between plays)
     joined = "\n\n".join(f"{name}:\n{body}" if body else f"{name}:" for name, body in parts)
-    assert joined == re.sub(r"\n{3,}", "\n\n", text.strip("\n"))
+    assert joined == re.sub(r"\n{3,}", "\n\n", text.strip("\n").replace("\n3 KING HENRY VI\n", "\n"))

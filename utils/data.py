@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import socket
 import tempfile
 import urllib.error
@@ -151,6 +152,9 @@ def train_val_split(text: str, train_fraction: float = 0.9) -> tuple[str, str]:
     return text[:n], text[n:]
 
 
+TITLE_LINE = re.compile(r"[0-9A-Z]+( [0-9A-Z]+)+")  # a running title such as "3 KING HENRY VI"
+
+
 def speeches(text: str) -> list[tuple[str, str]]:
     """Split Tiny Shakespeare into (speaker, speech) pairs.
 
@@ -159,6 +163,10 @@ def speeches(text: str) -> list[tuple[str, str]]:
     speech bodies: the headings are about 5% of the tokens but most of the occurrences of names
     such as *romeo* or *benvolio* and of regnal numbers (*ii*, *iii*), so counted as words they teach
     who speaks after whom. A heading may have an empty body (a line given to a silent speaker).
+
+    Title lines are dropped too: the file carries a play's running title ("3 KING HENRY VI", 27 times) as
+    the last line of some speeches, a line nobody speaks (`TITLE_LINE`: capitals, digits and spaces only,
+    two words or more; no spoken line of the file has that form).
     """
     out = []
     for k, block in enumerate(text.strip("\n").split("\n\n")):
@@ -166,5 +174,6 @@ def speeches(text: str) -> list[tuple[str, str]]:
         if not heading.endswith(":") or heading.strip() != heading or len(heading) < 2:
             raise ValueError(f"block {k} does not start with a 'NAME:' heading line: {block[:60]!r}; "
                              "speeches() expects Tiny Shakespeare's format (heading, lines, blank line)")
+        body = "\n".join(line for line in body.split("\n") if not TITLE_LINE.fullmatch(line))
         out.append((heading[:-1], body))
     return out
