@@ -993,3 +993,25 @@ def test_runs_on_one_plot_differ_by_marker_as_well_as_colour():
     lengths = np.array([5] * 10 + [10] * 10)
     ax = viz.accuracy_by_length({"x": (lengths, np.ones(20)), "y": (lengths, np.zeros(20))})
     assert ax.lines[0].get_marker() != ax.lines[1].get_marker()
+
+
+def test_explorer_pictures_carry_a_description_so_their_tooltip_draws():
+    """ipywidgets' front end (8.1: JupyterLab, Colab, the website) reads `description.length` when a widget
+    has a tooltip; an Image has no description, and its view then fails to draw (an error icon instead of the
+    picture). The explorers' pictures sync an empty one, and so must every stored picture with a tooltip."""
+    import json
+
+    from scripts.setup_cell import chapter_paths
+    from utils.viz.explorers import image_widget
+
+    picture = image_widget(value=b"", format="png", tooltip="a picture")
+    state = picture.get_state()
+    assert state["_model_name"] == "ImageModel" and state["description"] == "" and state["tooltip"] == "a picture"
+    broken = []
+    for path in chapter_paths():
+        widgets = json.loads(path.read_text())["metadata"].get("widgets", {})
+        for model_id, model in widgets.get("application/vnd.jupyter.widget-state+json", {}).get("state", {}).items():
+            s = model["state"]
+            if s.get("_model_name") == "ImageModel" and s.get("tooltip") and "description" not in s:
+                broken.append(f"{path.name}: {model_id}")
+    assert not broken, f"stored Image widgets with a tooltip but no description (they fail to draw): {broken[:5]}"

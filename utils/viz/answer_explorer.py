@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 
+from .explorers import image_widget
 from .figures import _to_numpy, attention_on_images, figure_to_png, style
 
 
@@ -62,7 +63,7 @@ def answer_explorer(images: Any, views: Sequence[Sequence[Mapping[str, Any]]], l
                    f"{max(1, len(answer))} answer tokens, a map of where that token attended over the "
                    f"{maps.shape[1]}×{maps.shape[2]} patch grid.")
             cards.append(widgets.VBox([widgets.HTML(f"<b>Q:</b> {q} &nbsp; <b>A:</b> {said}{verdict}"),
-                                       widgets.Image(value=figure_to_png(fig), format="png",
+                                       image_widget(value=figure_to_png(fig), format="png",
                                                      layout=widgets.Layout(max_width="640px"), tooltip=alt)]))
         stack = widgets.Stack(children=cards, selected_index=0)
         links.append(widgets.jslink((question, "index"), (stack, "selected_index")))

@@ -55,6 +55,26 @@ def _small_png(fig: Any) -> bytes:
     return buffer.getvalue() if buffer.tell() < len(png) else png
 
 
+_IMAGE_CLASS: Any = None
+
+
+def image_widget(**kwargs: Any) -> Any:
+    """An `ipywidgets.Image` that may carry a `tooltip`. ipywidgets' own front end (8.1, in JupyterLab, Colab
+    and the website's HTML manager) reads `description.length` when a widget has a tooltip, and an Image has
+    no description: the view fails to draw. This Image syncs an empty `description` (read by nothing else),
+    so the tooltip works everywhere."""
+    global _IMAGE_CLASS
+    if _IMAGE_CLASS is None:
+        import ipywidgets as widgets
+        from traitlets import Unicode
+
+        class DescribedImage(widgets.Image):
+            description = Unicode("").tag(sync=True)
+
+        _IMAGE_CLASS = DescribedImage
+    return _IMAGE_CLASS(**kwargs)
+
+
 def _picture(png: bytes, max_width: str = "100%", alt: str | None = None) -> Any:
     """An Image widget; `alt` says what the picture shows, for readers who cannot see it. It is the widget's
     tooltip: the browser shows it as the picture's title, and the website makes it the alt text."""
@@ -62,7 +82,7 @@ def _picture(png: bytes, max_width: str = "100%", alt: str | None = None) -> Any
 
     if not alt or not str(alt).strip():
         raise ValueError("every explorer picture needs an alt text that says what it shows")
-    return widgets.Image(value=png, format="png", layout=widgets.Layout(max_width=max_width), tooltip=str(alt))
+    return image_widget(value=png, format="png", layout=widgets.Layout(max_width=max_width), tooltip=str(alt))
 
 
 def _choices(control: Any) -> tuple[str, int]:
@@ -486,7 +506,7 @@ def patch_explorer(image: Any, patch_sizes: Sequence[int], default_patch_size: i
     sliders = {p: widgets.IntSlider(value=chosen[p], min=0, max=(H // p) * (W // p) - 1, description="patch",
                                     continuous_update=False) for p in sizes}  # one per page: right on a static page
     captions = {p: widgets.HTML() for p in sizes}
-    pictures = {p: widgets.Image(format="png", layout=widgets.Layout(width="100%", max_width="1100px"))
+    pictures = {p: image_widget(format="png", layout=widgets.Layout(width="100%", max_width="1100px"))
                 for p in sizes}
     drawn: dict[int, int] = {}
 
@@ -732,7 +752,7 @@ def similarity_explorer(images: Any, captions: Sequence[str], image_features: An
 
     def picture(i: int) -> Any:  # one Image widget per image, shown wherever the image is ranked
         if i not in pictures:
-            pictures[i] = widgets.Image(value=_png(thumbs[i], thumbnail), format="png",
+            pictures[i] = image_widget(value=_png(thumbs[i], thumbnail), format="png",
                                         layout=widgets.Layout(width=f"{thumbnail}px"),
                                         tooltip=f"image #{i} of the {len(thumbs)}; the caption it scores highest: "
                                                 f"“{captions[int(np.argmax(txt @ img[i]))]}”")
