@@ -39,14 +39,18 @@ def shape_tuples(source: str):
                 yield line.strip(), m[0], [x for xs in letters for x in xs]
 
 
-def _sources() -> list[tuple[str, str]]:
+def _cells(kind: str) -> list[tuple[str, str]]:
+    """(where, source) of every chapter cell of `kind` ("code" or "markdown")."""
     out = []
     for path in chapter_paths():
         nb = json.loads(path.read_text())
         out += [(f"{path.stem} cell {k}", "".join(c["source"])) for k, c in enumerate(nb["cells"])
-                if c["cell_type"] == "code"]
-    out += [(str(p.relative_to(ROOT)), p.read_text()) for p in sorted((ROOT / "utils").rglob("*.py"))]
+                if c["cell_type"] == kind]
     return out
+
+
+def _sources() -> list[tuple[str, str]]:
+    return _cells("code") + [(str(p.relative_to(ROOT)), p.read_text()) for p in sorted((ROOT / "utils").rglob("*.py"))]
 
 
 def unlisted(sources, letters: set[str]) -> list[str]:
@@ -69,12 +73,7 @@ def misused(sources) -> list[str]:
 
 
 def _markdown() -> list[tuple[str, str]]:
-    out = []
-    for path in chapter_paths():
-        nb = json.loads(path.read_text())
-        out += [(f"{path.stem} cell {k}", "".join(c["source"])) for k, c in enumerate(nb["cells"])
-                if c["cell_type"] == "markdown"]
-    return out
+    return _cells("markdown")
 
 
 def sqrt_d(markdown) -> list[str]:
