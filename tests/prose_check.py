@@ -54,7 +54,7 @@ def rounds_to(number: str, text: str) -> bool:
         step = Decimal(10) ** (len(plain) - len(plain.rstrip("0"))) if plain.strip("0") else Decimal(1)
     for m in re.finditer(r"(?<![\d.,])(\d{1,3}(?:,\d{3})+|\d+(?:\.\d+)?)", text):
         have = Decimal(m[1].replace(",", ""))
-        if step > 1 and have >= 1000 or step <= 1:
+        if step <= 1 or have >= 1000:  # a rounded large number is matched by large numbers only
             if abs(have - want) <= step / 2 and have != 0:
                 return True
     return False
