@@ -1042,7 +1042,7 @@ def _groups_cases() -> list[Case]:
 
 
 def _groups_ref(w, bits, group_size):
-    from utils.compress import quantize
+    from utils.quantize import quantize
     return quantize(w, bits, group_size).dequantize()
 
 
