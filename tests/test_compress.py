@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import prune
 
-from utils.compress import (LinearAttention, causal_linear_attention, distillation_loss, head_ablation_scores,
-                            kv_cache_bytes, linear_attention_gpt, linear_attention_recurrent, magnitude_mask,
-                            mlp_neuron_scores, prune_mlp_neurons_, prune_unstructured_, sparsity, train_student)
+from utils.attention import MultiHeadAttention
+from utils.compress import (GroupedQueryAttention, LinearAttention, causal_linear_attention, distillation_loss,
+                            grouped_query_gpt_, head_ablation_scores, kv_cache_bytes, linear_attention_gpt,
+                            linear_attention_recurrent, magnitude_mask, mlp_neuron_scores, prune_mlp_neurons_,
+                            prune_unstructured_, sparsity, train_student)
 from utils.gpt import GPT, GPTConfig, Recipe
 from utils.quantize import quantize
 
@@ -249,3 +251,93 @@ def test_compression_explorer_rejects_bad_input():
         viz.compression_explorer(w[:4], q, p, ref)
     with pytest.raises(ValueError, match=r"sparsities must be in \[0, 1\)"):
         viz.compression_explorer(w, q, {1.0: p[0.5]}, ref)
+
+
+# ---------------------------------------------------------------------------------------------- GQA
+
+def _mha(C=24, H=4, seed=0, dtype=torch.float64):
+    torch.manual_seed(seed)
+    attn = MultiHeadAttention(C, H).to(dtype)
+    with torch.no_grad():  # scrambled: every weight and bias matters, every head different
+        for p in attn.parameters():
+            p.copy_(torch.randn_like(p) * 0.4)
+    return attn.eval()
+
+
+@pytest.mark.parametrize("n_kv", [1, 2, 4])
+def test_gqa_equals_torch_sdpa_with_enable_gqa_on_mean_pooled_heads(n_kv):
+    """The reference: torch's own grouped-query attention (F.scaled_dot_product_attention(enable_gqa=True)),
+    fed with key/value heads pooled as Ainslie et al. describe, the mean written out head by head."""
+    C, H, B, T = 24, 4, 3, 7
+    D, r = C // H, H // n_kv
+    mha = _mha(C, H)
+    gqa = GroupedQueryAttention.from_mha(mha, n_kv).eval()
+    x = torch.randn(B, T, C, dtype=torch.float64)
+    Wq, Wk, Wv = mha.in_proj.weight.split(C)
+    bq, bk, bv = mha.in_proj.bias.split(C)
+    Wk_g = torch.cat([sum(Wk[(g * r + j) * D:(g * r + j + 1) * D] for j in range(r)) / r for g in range(n_kv)])
+    Wv_g = torch.cat([sum(Wv[(g * r + j) * D:(g * r + j + 1) * D] for j in range(r)) / r for g in range(n_kv)])
+    bk_g = torch.cat([sum(bk[(g * r + j) * D:(g * r + j + 1) * D] for j in range(r)) / r for g in range(n_kv)])
+    bv_g = torch.cat([sum(bv[(g * r + j) * D:(g * r + j + 1) * D] for j in range(r)) / r for g in range(n_kv)])
+    q = (x @ Wq.T + bq).view(B, T, H, D).transpose(1, 2)  # (B, H, T, D)
+    k = (x @ Wk_g.T + bk_g).view(B, T, n_kv, D).transpose(1, 2)  # (B, Hkv, T, D)
+    v = (x @ Wv_g.T + bv_g).view(B, T, n_kv, D).transpose(1, 2)
+    ref = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)  # (B, H, T, D)
+    ref = mha.out_proj(ref.transpose(1, 2).reshape(B, T, C))
+    out, _ = gqa(x, is_causal=True)
+    torch.testing.assert_close(out, ref, rtol=1e-10, atol=1e-10)
+    out2, attn = gqa(x, is_causal=True, return_attn=True)  # the explicit path agrees too
+    torch.testing.assert_close(out2, ref, rtol=1e-10, atol=1e-10)
+    assert attn.shape == (B, H, T, T) and torch.allclose(attn.sum(-1), torch.ones(B, H, T, dtype=torch.float64))
+    assert gqa.in_proj.weight.shape == (C + 2 * n_kv * D, C)
+
+
+def test_gqa_with_as_many_kv_heads_as_heads_is_the_original_attention():
+    mha = _mha()
+    x = torch.randn(2, 6, 24, dtype=torch.float64)
+    torch.testing.assert_close(GroupedQueryAttention.from_mha(mha, 4)(x, is_causal=True)[0], mha(x, is_causal=True)[0],
+                               rtol=1e-10, atol=1e-10)
+    # and with fewer KV heads it is not (the pooling changed something): the test above can fail
+    assert not torch.allclose(GroupedQueryAttention.from_mha(mha, 1)(x, is_causal=True)[0], mha(x, is_causal=True)[0])
+
+
+def test_gqa_cache_holds_kv_heads_and_decoding_equals_the_full_forward():
+    gqa = GroupedQueryAttention.from_mha(_mha(), 2).eval()
+    x = torch.randn(2, 9, 24, dtype=torch.float64)
+    full, _ = gqa(x, is_causal=True)
+    out, _, (k, v) = gqa(x[:, :5], is_causal=True, use_cache=True)
+    assert k.shape == v.shape == (2, 2, 5, 6)  # (B, H_kv, P, D): half the heads of MHA's cache
+    steps = [out]
+    out, _, (k, v) = gqa(x[:, 5:7], is_causal=True, past_kv=(k, v), use_cache=True)  # two at once
+    steps.append(out)
+    for t in (7, 8):  # then one at a time
+        out, _, (k, v) = gqa(x[:, t:t + 1], is_causal=True, past_kv=(k, v), use_cache=True)
+        steps.append(out)
+    torch.testing.assert_close(torch.cat(steps, 1), full, rtol=1e-10, atol=1e-10)
+
+
+def test_grouped_query_gpt_converts_every_block_and_shrinks_the_cache():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=4, n_embd=16)).eval()
+    ids = torch.randint(11, (2, 10))
+    before = model(ids)
+    grouped_query_gpt_(model, 1)
+    assert all(isinstance(b.attn, GroupedQueryAttention) and b.attn.num_kv_heads == 1 for b in model.transformer.h)
+    after = model(ids)
+    assert after.shape == before.shape and not torch.allclose(after, before)
+    _, cache = model.forward_cached(ids)
+    assert cache[0][0].shape == (2, 1, 10, 4)  # one KV head
+    logits_cached, _ = model.forward_cached(ids[:, -1:], model.forward_cached(ids[:, :-1])[1])
+    torch.testing.assert_close(logits_cached[:, -1], after[:, -1], rtol=1e-5, atol=1e-5)
+
+
+def test_gqa_rejects_bad_input():
+    with pytest.raises(ValueError, match="num_kv_heads"):
+        GroupedQueryAttention(24, 4, 3)
+    with pytest.raises(TypeError, match="MultiHeadAttention"):
+        GroupedQueryAttention.from_mha(nn.Linear(3, 3), 1)
+    gqa = GroupedQueryAttention(24, 4, 2)
+    with pytest.raises(ValueError, match="causal self-attention only"):
+        gqa(torch.randn(1, 3, 24))
+    with pytest.raises(ValueError, match=r"\(B, H_kv, P, D\)"):
+        gqa(torch.randn(1, 3, 24), is_causal=True, past_kv=(torch.randn(1, 4, 2, 6), torch.randn(1, 4, 2, 6)))

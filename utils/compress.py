@@ -17,7 +17,10 @@
   (D x D) state, so each new token costs O(D²) whatever the length  →  `causal_linear_attention`
   (the parallel form, O(T² D)), `linear_attention_recurrent` (the recurrent form, O(T D²)),
   `LinearAttention` (a drop-in for the GPT's MultiHeadAttention) and `linear_attention_gpt`.
-- Multi-query / grouped-query attention (Shazeer 2019; Ainslie et al. 2023): `kv_cache_bytes`.
+- Multi-query / grouped-query attention (Shazeer 2019, "Fast transformer decoding"; Ainslie et al. 2023,
+  "GQA", section 2): H query heads share H_kv key/value heads  →  `GroupedQueryAttention` (its KV cache
+  holds H_kv heads), `GroupedQueryAttention.from_mha` (a trained layer converted by mean-pooling the key
+  and value heads of each group, Ainslie et al.'s section 2.1), `grouped_query_gpt_`, and `kv_cache_bytes`.
 
 Letter legend (shape comments):
     B  batch size     T  sequence length     C  channels      H  heads      D  head dim
@@ -32,7 +35,7 @@ import torch.nn.functional as F
 from einops import rearrange
 from torch import Tensor, nn
 
-from .attention import MultiHeadAttention
+from .attention import MultiHeadAttention, scaled_dot_product_attention
 from .gpt import GPT, GPTConfig, Recipe
 from .quantize import compressible_weights
 from .rnn import random_lm_batch
@@ -44,7 +47,7 @@ __all__ = [
     "mlp_neuron_scores", "prune_mlp_neurons_", "head_ablation_scores",
     "distillation_loss", "train_student",
     "elu_feature_map", "causal_linear_attention", "linear_attention_recurrent", "LinearAttention",
-    "linear_attention_gpt", "kv_cache_bytes",
+    "linear_attention_gpt", "GroupedQueryAttention", "grouped_query_gpt_", "kv_cache_bytes",
 ]
 
 # ----------------------------------------------------------------------------------------------
@@ -57,7 +60,9 @@ def _check_sparsity(amount: float) -> None:
 
 def magnitude_mask(w: Tensor, amount: float) -> Tensor:
     """Keep-mask (True = kept) of w that removes the round(amount * numel) smallest |w| (ties: the
-    earlier index goes first). Same as torch.nn.utils.prune.l1_unstructured(module, name, amount)."""
+    earlier index goes first). The same mask as torch.nn.utils.prune.l1_unstructured(module, name, amount)
+    when no two |w| tie at the threshold; torch picks among tied weights with torch.topk, whose order for
+    ties is unspecified."""
     _check_sparsity(amount)
     n_prune = round(amount * w.numel())
     mask = torch.ones(w.numel(), dtype=torch.bool, device=w.device)
@@ -159,8 +164,10 @@ def head_ablation_scores(model: GPT, batches: list[tuple[Tensor, Tensor]]) -> Te
             for h in range(H):
                 saved = w[:, h * D:(h + 1) * D].clone()
                 w[:, h * D:(h + 1) * D] = 0
-                out[l, h] = loss() - base
-                w[:, h * D:(h + 1) * D] = saved
+                try:
+                    out[l, h] = loss() - base
+                finally:  # the head comes back even if the loss raises
+                    w[:, h * D:(h + 1) * D] = saved
     finally:
         model.train(was)
     return out
@@ -325,3 +332,105 @@ def kv_cache_bytes(n_layer: int, n_head: int, head_dim: int, seq_len: int, batch
         raise ValueError(f"kv_cache_bytes: n_head={n_head} is not a multiple of n_kv_head={n_kv}; each group of "
                          "query heads shares one key/value head")
     return 2 * n_layer * n_kv * head_dim * seq_len * batch * bytes_per_number
+
+
+# ----------------------------------------------------------------------------------------------
+# Grouped-query attention
+
+class GroupedQueryAttention(MultiHeadAttention):
+    """Causal grouped-query self-attention (Ainslie et al. 2023, "GQA: training generalized multi-query
+    transformer models from multi-head checkpoints", section 2): H query heads share H_kv key/value heads,
+    query head h reading key/value head h // (H / H_kv). H_kv = H is multi-head attention, H_kv = 1
+    multi-query attention (Shazeer 2019). The KV cache holds H_kv heads instead of H.
+
+    `in_proj` = nn.Linear(C, C + 2 H_kv D) whose rows are [W^Q (C rows); W^K (H_kv D); W^V (H_kv D)];
+    `out_proj` = W^O, as MultiHeadAttention. `from_mha` converts a trained MultiHeadAttention by
+    mean-pooling the key and value heads of each group (Ainslie et al., section 2.1, figure 1).
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int, num_kv_heads: int, dropout: float = 0.0,
+                 bias: bool = True) -> None:
+        if not isinstance(num_kv_heads, int) or isinstance(num_kv_heads, bool) or num_kv_heads < 1 \
+                or num_heads % num_kv_heads:
+            raise ValueError(f"GroupedQueryAttention: num_kv_heads must be a positive int dividing num_heads="
+                             f"{num_heads} (each group of query heads shares one key/value head), got {num_kv_heads!r}")
+        super().__init__(embed_dim, num_heads, dropout, bias)
+        self.num_kv_heads = num_kv_heads
+        kv = 2 * num_kv_heads * self.head_dim
+        self.in_proj = nn.Linear(embed_dim, embed_dim + kv, bias=bias)  # rows [W^Q; W^K; W^V]
+        self.reset_parameters()
+
+    @classmethod
+    def from_mha(cls, attn: MultiHeadAttention, num_kv_heads: int) -> GroupedQueryAttention:
+        """A GQA layer whose query and output projections are `attn`'s and whose key (value) head g is the
+        mean of `attn`'s key (value) heads g·(H/H_kv) … (g+1)·(H/H_kv) − 1, weights and biases alike."""
+        if not isinstance(attn, MultiHeadAttention) or isinstance(attn, GroupedQueryAttention):
+            raise TypeError(f"from_mha converts a MultiHeadAttention, got {type(attn).__name__}")
+        new = cls(attn.embed_dim, attn.num_heads, num_kv_heads, attn.dropout, attn.bias)
+        new = new.to(device=attn.in_proj.weight.device, dtype=attn.in_proj.weight.dtype)
+        C, H, D = attn.embed_dim, attn.num_heads, attn.head_dim
+
+        def pool(t: Tensor) -> Tensor:  # (H D, ...) → (H_kv D, ...): mean over the heads of each group
+            return rearrange(t, "(g r d) ... -> g r d ...", g=num_kv_heads, r=H // num_kv_heads, d=D
+                             ).mean(1).flatten(0, 1)
+
+        with torch.no_grad():
+            params = [("weight", attn.in_proj.weight)] + ([("bias", attn.in_proj.bias)] if attn.bias else [])
+            for name, p in params:
+                q, k, v = p.split(C, dim=0)  # 3 × (C, ...)
+                getattr(new.in_proj, name).copy_(torch.cat([q, pool(k), pool(v)]))  # (C + 2 H_kv D, ...)
+            new.out_proj.load_state_dict(attn.out_proj.state_dict())
+        return new
+
+    def forward(self, query: Tensor, key: Tensor | None = None, value: Tensor | None = None,
+                key_padding_mask: Tensor | None = None, attn_mask: Tensor | None = None, is_causal: bool = False,
+                return_attn: bool = False, past_kv: tuple[Tensor, Tensor] | None = None,
+                use_cache: bool = False) -> tuple[Tensor, ...]:
+        """Causal self-attention x (B, T, C) → (B, T, C), attn (B, H, T, S) if `return_attn`. The cache
+        `past_kv` / `use_cache=True` holds (keys, values), each (B, H_kv, S, D): H / H_kv times fewer
+        numbers than MultiHeadAttention's."""
+        if (key is not None and key is not query) or (value is not None and value is not query) \
+                or key_padding_mask is not None or attn_mask is not None or not is_causal:
+            raise ValueError("GroupedQueryAttention computes causal self-attention only: call it as attn(x, "
+                             "is_causal=True), without key/value, key_padding_mask or attn_mask")
+        self._check(query, query, query, None, None)
+        B, T, _ = query.shape
+        Hkv, D, r = self.num_kv_heads, self.head_dim, self.num_heads // self.num_kv_heads
+        P = 0
+        if past_kv is not None:
+            ok = (isinstance(past_kv, (tuple, list)) and len(past_kv) == 2 and all(isinstance(t, Tensor) for t in past_kv)
+                  and past_kv[0].dim() == 4 and past_kv[0].shape == past_kv[1].shape
+                  and tuple(past_kv[0].shape[:2]) == (B, Hkv) and past_kv[0].shape[3] == D)
+            if not ok:
+                got = [tuple(t.shape) for t in past_kv] if isinstance(past_kv, (tuple, list)) else type(past_kv).__name__
+                raise ValueError(f"GroupedQueryAttention: past_kv must be (keys, values), each (B, H_kv, P, D) = "
+                                 f"({B}, {Hkv}, P, {D}), got {got}")
+            P = past_kv[0].shape[2]
+        q, k, v = self.in_proj(query).split([self.embed_dim, Hkv * D, Hkv * D], dim=-1)  # (B, T, C), 2 × (B, T, Hkv D)
+        q = rearrange(q, "b t (h d) -> b h t d", h=self.num_heads)  # (B, H, T, D)
+        k = rearrange(k, "b t (h d) -> b h t d", h=Hkv)  # (B, Hkv, T, D)
+        v = rearrange(v, "b t (h d) -> b h t d", h=Hkv)  # (B, Hkv, T, D)
+        if past_kv is not None:
+            k = torch.cat([past_kv[0], k], dim=2)  # (B, Hkv, P + T, D)
+            v = torch.cat([past_kv[1], v], dim=2)  # (B, Hkv, P + T, D)
+        S = k.shape[2]
+        k_all = k.repeat_interleave(r, dim=1)  # (B, H, S, D): query head h reads key head h // r
+        v_all = v.repeat_interleave(r, dim=1)  # (B, H, S, D)
+        mask = None if P == 0 else torch.ones(T, S, dtype=torch.bool, device=q.device).tril(P)  # (T, S)
+        dropout_p = self.dropout if self.training else 0.0
+        if return_attn:
+            out, attn = scaled_dot_product_attention(q, k_all, v_all, mask=mask, is_causal=P == 0, dropout_p=dropout_p,
+                                                     training=self.training, return_attn=True)  # (B, H, T, D)
+        else:
+            out, attn = F.scaled_dot_product_attention(q, k_all, v_all, attn_mask=mask, is_causal=P == 0,
+                                                       dropout_p=dropout_p), None  # (B, H, T, D)
+        out = self.out_proj(rearrange(out, "b h t d -> b t (h d)"))  # (B, T, C)
+        return (out, attn, (k, v)) if use_cache else (out, attn)
+
+
+def grouped_query_gpt_(model: GPT, n_kv_head: int) -> GPT:
+    """Convert every block of `model` to `GroupedQueryAttention` with `n_kv_head` key/value heads by
+    mean-pooling (`GroupedQueryAttention.from_mha`), in place; Ainslie et al. then uptrain briefly."""
+    for block in model.transformer.h:
+        block.attn = GroupedQueryAttention.from_mha(block.attn, n_kv_head)
+    return model
