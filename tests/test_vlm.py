@@ -392,3 +392,93 @@ def test_answer_explorer_switches_scenes_and_questions_in_the_browser():
         viz.answer_explorer(pictures[:1], [[dict(question="q", answer=["a", "b"], attention=np.zeros((1, 4, 4)))]])
     with pytest.raises(ValueError, match="one per entry of views"):
         viz.answer_explorer(pictures, views[:1])
+
+
+# ---------------------------------------------------------------------------------------------- training stages
+
+STAGE_PARTS = {"align": {"multi_modal_projector"}, "instruct": {"multi_modal_projector", "language_model"},
+               "xattn": {"multi_modal_projector", "cross_attn"},
+               "all": {"multi_modal_projector", "language_model", "cross_attn"}}  # LLaVA stages 1 and 2, Flamingo
+
+
+@pytest.mark.parametrize("fusion, stage", [("prefix", "align"), ("prefix", "instruct"), ("prefix", "all"),
+                                           ("cross", "xattn"), ("cross", "instruct"), ("cross", "all")])
+def test_stage_trains_exactly_its_parts(fusion, stage):
+    """After one backward pass exactly the stage's parts hold gradients (every tensor of them non-zero) and the
+    frozen ones None; an AdamW step with weight decay over *all* parameters leaves the frozen ones bit-identical."""
+    from utils.vlm import count_parameters, set_stage
+
+    model = tiny_vlm(fusion, dtype=torch.float32)
+    counts = set_stage(model, stage)
+    learns = STAGE_PARTS[stage] & set(model.parts)
+    part_of = {id(p): name for name, m in model.parts.items() for p in m.parameters()}
+    assert set(part_of.values()) == set(model.parts)
+    model.train()
+    N = model.num_image_tokens if fusion == "prefix" else 0
+    ids = prompt(3, N, text=6, seed=2, fusion=fusion)
+    x = images(3, dtype=torch.float32)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-2, weight_decay=0.1)
+    _, loss = model(x, ids, answer_targets(ids, [N + 2, N + 3, N + 4]))
+    loss.backward()
+    for name, p in model.named_parameters():
+        if part_of[id(p)] in learns:
+            assert p.requires_grad and p.grad is not None and p.grad.abs().sum() > 0, name
+        else:
+            assert not p.requires_grad and p.grad is None, name
+    opt.step()
+    for name, p in model.named_parameters():
+        if part_of[id(p)] in learns:
+            assert not torch.equal(p, before[name]), name
+        else:
+            assert torch.equal(p, before[name]), name  # bit-identical
+    # the counts: trainable parts in full, frozen ones 0; the tied token table counted once
+    totals = count_parameters(model)
+    assert counts == {n: (t if n in learns else 0) for n, (_, t) in totals.items()}
+    assert sum(t for _, t in totals.values()) == model.num_params()
+    assert sum(counts.values()) == model.num_params(trainable=True)
+    lm = model.language_model
+    assert totals["language_model"][1] == lm.num_params()
+    assert totals["language_model"][1] == sum(p.numel() for _, p in lm.named_parameters(remove_duplicate=False)) - \
+        lm.transformer.wte.weight.numel()  # lm_head.weight is wte.weight
+
+
+def test_frozen_parts_stay_in_eval_mode_and_stages_switch():
+    """A frozen language model runs without dropout in model.train() (its output is then deterministic), a
+    trained one with it; switching from LLaVA's stage 1 to stage 2 unfreezes the language model."""
+    from utils.vlm import set_stage, set_trainable
+
+    torch.manual_seed(0)
+    lm = GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=2, n_head=4, n_embd=C_LM, dropout=0.5))
+    model = VisionLanguageModel(tiny_tower(dtype=torch.float32), lm, VLMConfig(image_token_id=IMAGE))
+    N = model.num_image_tokens
+    ids, x = prompt(2, N, text=4, seed=1), images(2, dtype=torch.float32)
+    set_stage(model, "align")
+    model.train()
+    assert model.training and model.multi_modal_projector.training
+    assert not any(m.training for m in lm.modules()) and not model.vision_tower.training
+    with torch.no_grad():
+        torch.testing.assert_close(model(x, ids), model(x, ids), atol=0, rtol=0)  # no dropout anywhere
+    set_stage(model, "instruct")
+    assert model.training and lm.training and all(p.requires_grad for p in lm.parameters())
+    with torch.no_grad():
+        assert not torch.equal(model(x, ids), model(x, ids))  # dropout in the language model again
+    model.eval()
+    assert not any(m.training for m in model.modules())
+    set_trainable(model, ["vision_tower", "multi_modal_projector"])  # the tower ablation: the tower learns
+    assert not model.config.freeze_vision and model.frozen_parts == ("language_model",)
+    assert all(p.requires_grad for p in model.vision_tower.parameters())
+
+
+def test_stage_errors_are_named():
+    from utils.vlm import set_stage, set_trainable
+
+    prefix, cross = tiny_vlm("prefix"), tiny_vlm("cross")
+    with pytest.raises(ValueError, match="unknown stage 'pretrain'.*'align', 'instruct', 'xattn', 'all'"):
+        set_stage(prefix, "pretrain")
+    with pytest.raises(ValueError, match="has no 'cross_attn'.*fusion='cross'"):
+        set_stage(prefix, "xattn")
+    with pytest.raises(ValueError, match="unknown part 'projector'"):
+        set_trainable(cross, ["projector"])
+    with pytest.raises(TypeError, match="VisionLanguageModel"):
+        set_stage(prefix.language_model, "align")

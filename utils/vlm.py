@@ -44,10 +44,19 @@ from .transformer import FeedForward
 from .vit import VisionTransformer
 
 __all__ = ["VLMConfig", "MultiModalProjector", "GatedCrossAttention", "VisionLanguageModel", "image_features",
-           "merge_image_tokens", "answer_targets", "token_f1", "IGNORE"]
+           "merge_image_tokens", "answer_targets", "token_f1", "IGNORE", "PARTS", "STAGES", "set_trainable",
+           "set_stage", "count_parameters"]
 
 IGNORE = -100  # a target F.cross_entropy skips: every position that is not an answer token
 STRATEGIES = ("default", "full", "pooled")
+PARTS = ("vision_tower", "multi_modal_projector", "cross_attn", "language_model")  # the model's submodules
+# Training stages: the parts that learn (the others are frozen). The image tower is frozen in every named stage.
+STAGES = {
+    "align": ("multi_modal_projector",),  # LLaVA stage 1, feature alignment: the projector against a frozen LM
+    "instruct": ("multi_modal_projector", "language_model"),  # LLaVA stage 2, instruction tuning
+    "xattn": ("multi_modal_projector", "cross_attn"),  # Flamingo: the new layers learn, the LM stays frozen
+    "all": ("multi_modal_projector", "cross_attn", "language_model"),  # everything but the tower, from scratch
+}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -248,8 +257,13 @@ class VisionLanguageModel(nn.Module):
                 raise ValueError(f"VisionLanguageModel: {self.num_image_tokens} image tokens leave no room for text "
                                  f"in the context window block_size={lm.block_size}; build the GPT with a larger "
                                  "block_size, use larger patches, or the 'pooled' strategy (1 token)")
-        if c.freeze_vision:
-            vision_tower.requires_grad_(False)
+        self.frozen_parts: tuple[str, ...] = ()
+        set_trainable(self, [p for p in self.parts if p != "vision_tower" or not c.freeze_vision])
+
+    @property
+    def parts(self) -> dict[str, nn.Module]:
+        """The model's parts by name, in `PARTS` order: those it has ("cross_attn" only in "cross" fusion)."""
+        return {name: getattr(self, name) for name in PARTS if getattr(self, name) is not None}
 
     @property
     def num_image_tokens(self) -> int:
@@ -258,10 +272,11 @@ class VisionLanguageModel(nn.Module):
         return {"default": G * G, "full": G * G + 1, "pooled": 1}[strategy]
 
     def train(self, mode: bool = True) -> VisionLanguageModel:
-        """As nn.Module.train, but a frozen image tower stays in eval mode."""
+        """As nn.Module.train, but the frozen parts (`frozen_parts`, e.g. the image tower) stay in eval mode: a
+        frozen module is a fixed function, so its dropout stays off."""
         super().train(mode)
-        if self.config.freeze_vision:
-            self.vision_tower.eval()
+        for name in self.frozen_parts:
+            getattr(self, name).eval()
         return self
 
     # -- the image path ------------------------------------------------------------------------
@@ -405,3 +420,70 @@ class VisionLanguageModel(nn.Module):
     def num_params(self, trainable: bool = False) -> int:
         """Parameters (each tied tensor counted once); `trainable`: only those that get a gradient."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad or not trainable)
+
+
+# ----------------------------------------------------------------------------------------------
+# Training stages: which parts learn
+
+def set_trainable(model: VisionLanguageModel, parts: Any) -> dict[str, int]:
+    """Let exactly the named parts of `model` learn and freeze the rest; returns the trainable parameters per part.
+
+    parts: names from `PARTS` that the model has ("vision_tower", "multi_modal_projector", "cross_attn" in
+    "cross" fusion, "language_model"). A frozen part gets requires_grad=False (no gradient, so an optimizer
+    skips it, weight decay included) and is kept in eval mode by `model.train()` (no dropout: a frozen module
+    is a fixed function); gradients still flow through it to the parts before it (LLaVA's stage 1 trains the
+    projector through the frozen language model). `config.freeze_vision` follows the tower. Gradients already
+    stored on parameters that become frozen are cleared.
+    """
+    if not isinstance(model, VisionLanguageModel):
+        raise TypeError(f"set_trainable: expected a VisionLanguageModel, got {type(model).__name__}")
+    if isinstance(parts, str):
+        parts = [parts]
+    parts = list(parts)
+    has = model.parts
+    for name in parts:
+        if name not in PARTS:
+            raise ValueError(f"set_trainable: unknown part {name!r}; the parts are {PARTS}")
+        if name not in has:
+            raise ValueError(f"set_trainable: this {model.config.fusion!r} model has no {name!r} (its parts: "
+                             f"{tuple(has)}); gated cross-attention layers exist only with fusion='cross'")
+    for name, module in has.items():
+        learns = name in parts
+        for p in module.parameters():
+            p.requires_grad_(learns)
+            if not learns:
+                p.grad = None
+    model.frozen_parts = tuple(name for name in has if name not in parts)
+    model.config.freeze_vision = "vision_tower" in model.frozen_parts
+    model.train(model.training)  # frozen parts to eval mode now
+    return {name: n for name, (n, _) in count_parameters(model).items()}
+
+
+def set_stage(model: VisionLanguageModel, stage: str) -> dict[str, int]:
+    """Freeze `model` for a training stage of `STAGES` and return the trainable parameters per part:
+
+        "align"     the projector only: LLaVA's stage 1, feature alignment (Liu et al. 2023, section 4.2)
+        "instruct"  projector + language model: LLaVA's stage 2, fine-tuning end to end (tower frozen)
+        "xattn"     gated cross-attention layers + projector, the language model frozen (Alayrac et al. 2022,
+                    section 2.2; "cross" fusion only)
+        "all"       every part but the image tower (joint training from scratch)
+
+    "all" skips "cross_attn" in a "prefix" model; "xattn" on a "prefix" model is an error."""
+    if stage not in STAGES:
+        raise ValueError(f"set_stage: unknown stage {stage!r}; the stages are {tuple(STAGES)} "
+                         "(or call set_trainable with the parts that should learn)")
+    parts = STAGES[stage]
+    if stage == "all":
+        parts = tuple(p for p in parts if p in model.parts)
+    return set_trainable(model, parts)
+
+
+def count_parameters(model: VisionLanguageModel) -> dict[str, tuple[int, int]]:
+    """(trainable, total) parameters of each part the model has, in `PARTS` order; a tensor shared within a part
+    (the GPT's token embedding, which is also its output head) counts once. The totals add up to
+    `model.num_params()`."""
+    counts = {}
+    for name, module in model.parts.items():
+        params = list(module.parameters())  # unique tensors: the tied head is not listed twice
+        counts[name] = (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
+    return counts
