@@ -18,8 +18,16 @@ combinations stay held out as in chapter 9: training scenes come from `SEEN`, an
 training name seen combinations only.
 
 `ShapesQA` holds a `CaptionedShapes` and (image, kind, question, answer) items; `vocab()` is the word
-vocabulary with the special tokens <pad>, <image>, <end>; `encode` lays out a sequence as
+vocabulary with the special tokens <pad>, <image>, <end>, <user>, <assistant>; `encode` lays out a sequence as
 N × <image>, the question, "?", the answer, <end>, and says where the answer starts.
+
+The chat template (LLaVA's instruction tuning, Liu et al. 2023, section 4.2 and table 2, in miniature):
+`chat` lays out a conversation about one image as
+    <user> N × <image> question_1 <assistant> answer_1 <end> <user> question_2 <assistant> answer_2 <end> ...
+and marks the tokens the model is trained to predict: each answer's words and the <end> that closes it, never
+the user's turns nor the image (LLaVA's eq. 3: the likelihood of the assistant's answers given the image and the
+instructions). `chat_collate` pads a batch and turns the marks into next-token targets (-100 where nothing is
+scored); with 0 image tokens the same template is a text-only conversation.
 """
 from __future__ import annotations
 
@@ -33,10 +41,13 @@ from torch import Tensor
 from .shapes import COLOURS, HELD_OUT, PLACES, SEEN, SHAPES, CaptionedShapes, Shape, captioned_shapes
 from .text import Vocab
 
-__all__ = ["KINDS", "TEMPLATES", "DESCRIBE", "describe", "captioning", "PAD", "IMAGE", "END", "QA", "ShapesQA", "scene_questions", "shapes_qa", "vocab",
-           "encode", "collate"]
+__all__ = ["KINDS", "TEMPLATES", "DESCRIBE", "describe", "captioning", "PAD", "IMAGE", "END", "USER", "ASSISTANT",
+           "IGNORE", "QA", "ShapesQA", "scene_questions", "shapes_qa", "vocab", "encode", "collate", "chat",
+           "chat_collate", "by_scene"]
 
 PAD, IMAGE, END = "<pad>", "<image>", "<end>"
+USER, ASSISTANT = "<user>", "<assistant>"  # the chat template's role markers
+IGNORE = -100  # a target F.cross_entropy skips (the same value as utils.vlm.IGNORE)
 KINDS = ("colour", "shape", "count", "where", "which", "yes/no")
 TEMPLATES: dict[str, tuple[str, ...]] = {  # the last phrasing of each kind is held out of training
     "colour": ("what colour is the {shape} ?", "which colour is the {shape} ?", "the {shape} is which colour ?"),
@@ -147,11 +158,12 @@ def captioning(data: ShapesQA) -> ShapesQA:
 
 
 def vocab() -> Vocab:
-    """Every word the questions and answers can use, after <pad>, <image>, <end>; fixed order (alphabetical)."""
+    """Every word the questions and answers can use, after <pad>, <image>, <end>, <user>, <assistant>; fixed order
+    (alphabetical)."""
     words = {w for ts in TEMPLATES.values() for t in ts for w in t.split() if "{" not in w}
     words |= set(COLOURS) | set(SHAPES) | set(PLACES) | set(NUMBERS.values()) | {"yes", "no"}
     words |= {w for _, where in PLACES.values() for w in where.split()} | set(DESCRIBE.split()) | {"a", "and"}
-    return Vocab([PAD, IMAGE, END] + sorted(words))
+    return Vocab([PAD, IMAGE, END, USER, ASSISTANT] + sorted(words))
 
 
 def encode(v: Vocab, question: str, answer: str | None, image_tokens: int) -> tuple[list[int], int]:
@@ -169,3 +181,59 @@ def collate(v: Vocab, items: Sequence[QA], image_tokens: int) -> tuple[Tensor, T
     pad = v.index(PAD)
     ids = torch.tensor([ids + [pad] * (T - len(ids)) for ids, _ in encoded])  # (B, T)
     return ids, torch.tensor([start for _, start in encoded])  # (B, T), (B,)
+
+
+def by_scene(data: ShapesQA) -> list[list[int]]:
+    """The indices of `data.items` grouped by scene: entry i lists the items about scene i, in order."""
+    groups: list[list[int]] = [[] for _ in range(len(data.shapes))]
+    for i, q in enumerate(data.items):
+        groups[q.image].append(i)
+    return groups
+
+
+def chat(v: Vocab, turns: Sequence[tuple[str, str | None]], image_tokens: int) -> tuple[list[int], list[bool]]:
+    """One conversation about one image in the chat template:
+
+        <user> N × <image> q_1 <assistant> a_1 <end> <user> q_2 <assistant> a_2 <end> ...
+
+    `turns` are (question, answer) pairs; the last answer may be None, and the conversation then ends with
+    <assistant>, a prompt for the model's answer. Returns the ids and, for each id, whether it is scored: True
+    exactly at the answers' words and the <end> after each (LLaVA's eq. 3 takes the likelihood of the assistant's
+    turns only), False at the roles, the image and the questions."""
+    if not turns:
+        raise ValueError("chat: a conversation needs at least one (question, answer) turn")
+    if not isinstance(image_tokens, int) or image_tokens < 0:
+        raise ValueError(f"chat: image_tokens is how many <image> placeholders to put in, an int >= 0, got "
+                         f"{image_tokens!r}")
+    tokens: list[str] = []
+    scored: list[bool] = []
+    for k, (question, answer) in enumerate(turns):
+        if answer is None and k != len(turns) - 1:
+            raise ValueError(f"chat: only the last turn may leave its answer out (None), turn {k} of {len(turns)} does")
+        prompt = [USER] + [IMAGE] * (image_tokens if k == 0 else 0) + question.split() + [ASSISTANT]
+        tokens += prompt
+        scored += [False] * len(prompt)
+        if answer is not None:
+            reply = answer.split() + [END]
+            tokens += reply
+            scored += [True] * len(reply)
+    return v.encode(tokens).tolist(), scored
+
+
+def chat_collate(v: Vocab, conversations: Sequence[Sequence[tuple[str, str | None]]],
+                 image_tokens: int) -> tuple[Tensor, Tensor]:
+    """A batch of conversations (`chat`), padded on the right with <pad>: ids (B, T) and next-token targets
+    (B, T), where targets[b, t] = ids[b, t + 1] if token t + 1 is scored and -100 (ignored) otherwise."""
+    if not conversations:
+        raise ValueError("chat_collate: the batch is empty")
+    laid = [chat(v, turns, image_tokens) for turns in conversations]
+    T = max(len(ids) for ids, _ in laid)
+    pad = v.index(PAD)
+    ids = torch.full((len(laid), T), pad, dtype=torch.long)  # (B, T)
+    targets = torch.full((len(laid), T), IGNORE, dtype=torch.long)  # (B, T)
+    for b, (row, scored) in enumerate(laid):
+        ids[b, :len(row)] = torch.tensor(row)
+        nxt = torch.tensor(row[1:])  # (T_b - 1,) what position t predicts
+        keep = torch.tensor(scored[1:], dtype=torch.bool)
+        targets[b, :len(row) - 1] = torch.where(keep, nxt, torch.full_like(nxt, IGNORE))
+    return ids, targets

@@ -1,0 +1,78 @@
+"""The chat template of utils.shapes_qa (chapter 10's instruction tuning): the layout of a conversation, its loss
+mask (the assistant's answers and their <end> only, LLaVA's eq. 3) and the next-token targets, pinned to sequences
+written out by hand. (The questions and captions themselves are tested in tests/test_vlm.py.)"""
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils.shapes_qa import (ASSISTANT, END, IGNORE, IMAGE, PAD, USER, by_scene, chat, chat_collate, shapes_qa,
+                             vocab)
+
+
+def test_chat_lays_out_the_turns_and_scores_only_the_answers():
+    V = vocab()
+    ids, scored = chat(V, [("how many shapes are there ?", "two"), ("what is on the left ?", "red circle")], 2)
+    expected = [USER, IMAGE, IMAGE, "how", "many", "shapes", "are", "there", "?", ASSISTANT, "two", END,
+                USER, "what", "is", "on", "the", "left", "?", ASSISTANT, "red", "circle", END]
+    assert V.decode(ids) == expected  # the image only in the first user turn
+    marked = [tok for tok, s in zip(expected, scored) if s]
+    assert marked == ["two", END, "red", "circle", END]  # answers and their <end>: nothing else
+    assert len(scored) == len(ids)
+
+
+def test_chat_prompt_ends_with_the_assistant_role_and_text_only_has_no_image():
+    V = vocab()
+    ids, scored = chat(V, [("what do you see ?", None)], 3)
+    assert V.decode(ids) == [USER, IMAGE, IMAGE, IMAGE, "what", "do", "you", "see", "?", ASSISTANT]
+    assert not any(scored)
+    ids, scored = chat(V, [("is there a red circle ?", "no"), ("how many are there ?", None)], 0)
+    assert IMAGE not in V.decode(ids)
+    assert V.decode(ids)[-1] == ASSISTANT and sum(scored) == 2  # "no" and its <end>
+
+
+def test_chat_collate_targets_are_the_next_scored_token_and_the_loss_is_the_answers_likelihood():
+    V = vocab()
+    conversations = [[("how many shapes are there ?", "one")],  # a short one: padded
+                     [("what colour is the square ?", "green"), ("what is on the left ?", "blue square")]]
+    ids, targets = chat_collate(V, conversations, 1)
+    assert ids.dtype == targets.dtype == torch.long and ids.shape == targets.shape
+    row0 = [USER, IMAGE, "how", "many", "shapes", "are", "there", "?", ASSISTANT, "one", END]
+    assert V.decode(ids[0, :len(row0)]) == row0 and (ids[0, len(row0):] == V.index(PAD)).all()
+    # written out: position t predicts token t + 1, scored only if that token is an answer word or its <end>
+    t0 = [IGNORE] * ids.shape[1]
+    t0[8], t0[9] = V.index("one"), V.index(END)  # <assistant> -> one, one -> <end>
+    assert targets[0].tolist() == t0
+    toks = V.decode(ids[1])
+    a1, a2 = [i for i, t in enumerate(toks) if t == ASSISTANT]
+    t1 = [IGNORE] * ids.shape[1]
+    t1[a1], t1[a1 + 1] = V.index("green"), V.index(END)
+    t1[a2], t1[a2 + 1], t1[a2 + 2] = V.index("blue"), V.index("square"), V.index(END)
+    assert targets[1].tolist() == t1
+    # the loss with these targets is the mean of -log p over the 7 answer tokens, nothing else (LLaVA eq. 3)
+    logits = torch.randn(*ids.shape, len(V), generator=torch.Generator().manual_seed(0))
+    by_hand = []
+    for b, row in ((0, t0), (1, t1)):
+        by_hand += [-torch.log_softmax(logits[b, t], -1)[y] for t, y in enumerate(row) if y != IGNORE]
+    assert len(by_hand) == 7
+    loss = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE)
+    torch.testing.assert_close(loss, torch.stack(by_hand).mean())
+
+
+def test_by_scene_groups_every_item_under_its_image():
+    data = shapes_qa(30, seed=3, captions=1)
+    groups = by_scene(data)
+    assert len(groups) == 30 and sorted(i for g in groups for i in g) == list(range(len(data)))
+    assert all(data.items[i].image == s for s, g in enumerate(groups) for i in g)
+    assert all(any(data.items[i].kind == "caption" for i in g) for g in groups)
+
+
+def test_chat_rejects_bad_conversations():
+    V = vocab()
+    with pytest.raises(ValueError, match="at least one"):
+        chat(V, [], 1)
+    with pytest.raises(ValueError, match="only the last turn"):
+        chat(V, [("how many are there ?", None), ("what do you see ?", "a red circle")], 1)
+    with pytest.raises(ValueError, match="image_tokens"):
+        chat(V, [("how many are there ?", "one")], -1)
+    with pytest.raises(ValueError, match="empty"):
+        chat_collate(V, [], 1)
