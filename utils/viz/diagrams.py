@@ -16,7 +16,8 @@ page itself, so the same PNG works in a light notebook, a dark one and on the we
 The models, drawn after the book's code (names and shapes as the chapters and `utils` write them):
 `rnn_bptt` (chapter 2), `lstm_cell` and `gru_cell` (chapter 3), `seq2seq_training` (chapter 4),
 `attention_decoder_step` (chapter 5), `transformer_encoder_decoder` (chapter 6), `gpt_stack` (chapter 7),
-`vit_pipeline` (chapter 8) and `clip_contrastive` (chapter 9). Each returns a matplotlib `Figure` (not
+`vit_pipeline` (chapter 8), `clip_contrastive` (chapter 9) and `compression_map` (chapter 11: where each
+compression method cuts the cost). Each returns a matplotlib `Figure` (not
 registered with pyplot, so nothing piles up). A chapter shows one with `show(fig)`: a PNG drawn at twice the
 resolution and displayed at its natural size, the same bytes whatever matplotlib backend the notebook uses
 (a bare Figure would be drawn by the inline backend's hook in one notebook and not at all in another).
@@ -36,7 +37,7 @@ from matplotlib.path import Path
 from matplotlib.text import Text
 
 DRAWINGS = ("rnn_bptt", "lstm_cell", "gru_cell", "seq2seq_training", "attention_decoder_step", "transformer_encoder_decoder", "gpt_stack", "vit_pipeline",
-            "clip_contrastive")  # the model diagrams, in chapter order
+            "clip_contrastive", "compression_map")  # the model diagrams, in chapter order
 __all__ = ["PALETTE", "INK", "GRADIENT", "TIE", "DARK_PAGE", "DPI", "DRAWINGS", "contrast", "Box", "Diagram", "png",
            "show", *DRAWINGS]
 
@@ -750,4 +751,35 @@ def clip_contrastive(batch: int = 4) -> Figure:
     d.arrow(ce_cols.right, loss.left)
     d.text(m0x + size + 0.2, y_t + 0.12, r"logits_per_image $= s\,I\,T^\top$", ha="left", size=SMALL)
     d.text(m0x + size + 0.2, y_t - 0.15, r"$(B, B)$, $s = \exp(\mathrm{logit\_scale})$", ha="left", size=SMALL)
+    return d.fig
+
+
+# ================================================================================ chapter 11
+
+def compression_map() -> Figure:
+    """Chapter 11: where each method cuts the cost of running a language model. Rows are the methods the
+    chapter builds, columns what running the model costs (the bytes each weight takes, the number of
+    weights, the arithmetic per token, the KV cache, the passes of the big model per generated token);
+    a block marks a cut and says how big it is in the chapter's setting."""
+    columns = ("bytes per\nweight", "number of\nweights", "FLOPs per\ntoken", "KV cache", "big-model passes\nper token")
+    rows = (  # method, {column: (label, role)}
+        ("quantization", {0: ("32 → 8, 4, 3 bits", "embed"), 2: ("int8 math (W8A8)", "embed")}),
+        ("unstructured pruning", {1: ("zeros, same shape", "neutral")}),
+        ("structured pruning", {1: ("fewer neurons", "mlp"), 2: ("smaller matmuls", "mlp")}),
+        ("distillation", {1: ("¼ the weights", "mlp"), 2: ("¼ the FLOPs", "mlp"), 3: ("half as wide", "mlp")}),
+        ("grouped-query attention", {3: ("H / H_kv × smaller", "attn")}),
+        ("linear attention", {2: ("O(1), not O(T)", "attn"), 3: ("a fixed state", "attn")}),
+        ("speculative decoding", {4: ("up to k + 1 tokens", "rnn")}),
+    )
+    cw, rh, left, top_h = 1.75, 0.56, 2.35, 0.8
+    d = Diagram(left + cw * len(columns) + 0.15, rh * len(rows) + top_h + 0.2)
+    y_head = d.height - top_h / 2 - 0.05
+    for j, name in enumerate(columns):
+        d.text(left + cw * (j + 0.5), y_head, name, size=SMALL, bold=True)
+    for i, (method, cuts) in enumerate(rows):
+        y = d.height - top_h - 0.1 - rh * (i + 0.5)
+        d.text(left - 0.15, y, method, ha="right", size=FONT)
+        d.line([(left + 0.05, y - rh / 2), (left + cw * len(columns) - 0.05, y - rh / 2)], lw=0.6)
+        for j, (label, role) in cuts.items():
+            d.box(left + cw * (j + 0.5), y, label, w=cw - 0.12, h=rh - 0.14, role=role, size=SMALL)
     return d.fig
