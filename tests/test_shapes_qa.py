@@ -76,3 +76,44 @@ def test_chat_rejects_bad_conversations():
         chat(V, [("how many are there ?", "one")], -1)
     with pytest.raises(ValueError, match="empty"):
         chat_collate(V, [], 1)
+
+
+def test_interleaved_chat_puts_an_image_in_every_turn_and_scores_the_last_answer_only():
+    V = vocab()
+    turns = [("what is this ?", "dax"), ("what is this ?", "wug"), ("what is this ?", "dax")]
+    ids, targets = chat_collate(V, [turns], 1, every_turn=True, last_only=True)
+    toks = V.decode(ids[0])
+    assert toks == \
+        [USER, IMAGE, "what", "is", "this", "?", ASSISTANT, "dax", END,
+         USER, IMAGE, "what", "is", "this", "?", ASSISTANT, "wug", END,
+         USER, IMAGE, "what", "is", "this", "?", ASSISTANT, "dax", END]
+    expected = [IGNORE] * len(toks)
+    expected[24], expected[25] = V.index("dax"), V.index(END)  # the query's answer only, not the examples'
+    assert targets[0].tolist() == expected
+    _, scored = chat(V, turns, 1, every_turn=True)  # by default every answer counts
+    assert sum(scored) == 6
+
+
+def test_naming_prompts_name_kinds_anew_and_the_query_repeats_an_example_kind():
+    from utils.shapes_qa import NAMES, naming
+
+    prompts = naming(300, shots=2, seed=5, pool=400)
+    again = naming(300, shots=2, seed=5, pool=400)
+    assert torch.equal(prompts.images, again.images) and prompts.names == again.names
+    assert prompts.images.shape == (300, 3) and len(prompts) == 300
+    kinds_named = set()
+    for row, names in zip(prompts.images.tolist(), prompts.names):
+        kinds = [prompts.shapes.scenes[i][0].kind for i in row]
+        assert len(prompts.shapes.scenes[row[0]]) == 1  # single shapes
+        assert kinds[0] != kinds[1] and names[0] != names[1]  # two kinds, two names
+        assert kinds[2] in kinds[:2] and names[2] == names[kinds[:2].index(kinds[2])]  # the answer is the example's
+        assert row[2] not in row[:2]  # another picture of that kind
+        assert set(names) <= set(NAMES)
+        kinds_named |= {(kinds[0], names[0])}
+    assert len(kinds_named) > 8  # a kind gets different names in different prompts
+    queries = [prompts.names[i][-1] == prompts.names[i][0] for i in range(300)]
+    assert 0.35 < sum(queries) / 300 < 0.65  # the query is the first example's kind about half the time
+    assert prompts.turns(0, examples=False, answer=False) == [("what is this ?", None)]
+    assert prompts.turns(0)[:2] == [("what is this ?", prompts.names[0][0]), ("what is this ?", prompts.names[0][1])]
+    with pytest.raises(ValueError, match="shots"):
+        naming(3, shots=0)

@@ -43,7 +43,7 @@ from .text import Vocab
 
 __all__ = ["KINDS", "TEMPLATES", "DESCRIBE", "describe", "captioning", "PAD", "IMAGE", "END", "USER", "ASSISTANT",
            "IGNORE", "QA", "ShapesQA", "scene_questions", "shapes_qa", "vocab", "encode", "collate", "chat",
-           "chat_collate", "by_scene"]
+           "chat_collate", "by_scene", "NAMES", "NAME_QUESTION", "Naming", "naming"]
 
 PAD, IMAGE, END = "<pad>", "<image>", "<end>"
 USER, ASSISTANT = "<user>", "<assistant>"  # the chat template's role markers
@@ -58,6 +58,8 @@ TEMPLATES: dict[str, tuple[str, ...]] = {  # the last phrasing of each kind is h
     "yes/no": ("is there a {colour} {shape} ?", "do you see a {colour} {shape} ?", "is a {colour} {shape} there ?"),
 }
 NUMBERS = {1: "one", 2: "two"}
+NAMES = ("dax", "wug", "fep", "zib")  # made-up names: each prompt gives them to the kinds of shape anew
+NAME_QUESTION = "what is this ?"  # the few-shot task's question (answer: the name this prompt gave the kind)
 DESCRIBE = "what do you see ?"  # the captioning prompt (kind "caption"); its words are the questions'
 
 
@@ -163,6 +165,7 @@ def vocab() -> Vocab:
     words = {w for ts in TEMPLATES.values() for t in ts for w in t.split() if "{" not in w}
     words |= set(COLOURS) | set(SHAPES) | set(PLACES) | set(NUMBERS.values()) | {"yes", "no"}
     words |= {w for _, where in PLACES.values() for w in where.split()} | set(DESCRIBE.split()) | {"a", "and"}
+    words |= set(NAMES) | set(NAME_QUESTION.split())
     return Vocab([PAD, IMAGE, END, USER, ASSISTANT] + sorted(words))
 
 
@@ -191,7 +194,8 @@ def by_scene(data: ShapesQA) -> list[list[int]]:
     return groups
 
 
-def chat(v: Vocab, turns: Sequence[tuple[str, str | None]], image_tokens: int) -> tuple[list[int], list[bool]]:
+def chat(v: Vocab, turns: Sequence[tuple[str, str | None]], image_tokens: int, every_turn: bool = False,
+         last_only: bool = False) -> tuple[list[int], list[bool]]:
     """One conversation about one image in the chat template:
 
         <user> N × <image> q_1 <assistant> a_1 <end> <user> q_2 <assistant> a_2 <end> ...
@@ -199,7 +203,10 @@ def chat(v: Vocab, turns: Sequence[tuple[str, str | None]], image_tokens: int) -
     `turns` are (question, answer) pairs; the last answer may be None, and the conversation then ends with
     <assistant>, a prompt for the model's answer. Returns the ids and, for each id, whether it is scored: True
     exactly at the answers' words and the <end> after each (LLaVA's eq. 3 takes the likelihood of the assistant's
-    turns only), False at the roles, the image and the questions."""
+    turns only), False at the roles, the image and the questions.
+    `every_turn`: each user turn starts with its own `image_tokens` <image>s (an interleaved conversation, one
+    image per turn: Flamingo's few-shot prompts, with one <image> marker per image). `last_only`: only the last
+    answer is scored (the earlier turns are examples given in the prompt)."""
     if not turns:
         raise ValueError("chat: a conversation needs at least one (question, answer) turn")
     if not isinstance(image_tokens, int) or image_tokens < 0:
@@ -210,23 +217,23 @@ def chat(v: Vocab, turns: Sequence[tuple[str, str | None]], image_tokens: int) -
     for k, (question, answer) in enumerate(turns):
         if answer is None and k != len(turns) - 1:
             raise ValueError(f"chat: only the last turn may leave its answer out (None), turn {k} of {len(turns)} does")
-        prompt = [USER] + [IMAGE] * (image_tokens if k == 0 else 0) + question.split() + [ASSISTANT]
+        prompt = [USER] + [IMAGE] * (image_tokens if k == 0 or every_turn else 0) + question.split() + [ASSISTANT]
         tokens += prompt
         scored += [False] * len(prompt)
         if answer is not None:
             reply = answer.split() + [END]
             tokens += reply
-            scored += [True] * len(reply)
+            scored += [not last_only or k == len(turns) - 1] * len(reply)
     return v.encode(tokens).tolist(), scored
 
 
-def chat_collate(v: Vocab, conversations: Sequence[Sequence[tuple[str, str | None]]],
-                 image_tokens: int) -> tuple[Tensor, Tensor]:
-    """A batch of conversations (`chat`), padded on the right with <pad>: ids (B, T) and next-token targets
-    (B, T), where targets[b, t] = ids[b, t + 1] if token t + 1 is scored and -100 (ignored) otherwise."""
+def chat_collate(v: Vocab, conversations: Sequence[Sequence[tuple[str, str | None]]], image_tokens: int,
+                 every_turn: bool = False, last_only: bool = False) -> tuple[Tensor, Tensor]:
+    """A batch of conversations (`chat`, same options), padded on the right with <pad>: ids (B, T) and next-token
+    targets (B, T), where targets[b, t] = ids[b, t + 1] if token t + 1 is scored and -100 (ignored) otherwise."""
     if not conversations:
         raise ValueError("chat_collate: the batch is empty")
-    laid = [chat(v, turns, image_tokens) for turns in conversations]
+    laid = [chat(v, turns, image_tokens, every_turn, last_only) for turns in conversations]
     T = max(len(ids) for ids, _ in laid)
     pad = v.index(PAD)
     ids = torch.full((len(laid), T), pad, dtype=torch.long)  # (B, T)
@@ -237,3 +244,52 @@ def chat_collate(v: Vocab, conversations: Sequence[Sequence[tuple[str, str | Non
         keep = torch.tensor(scored[1:], dtype=torch.bool)
         targets[b, :len(row) - 1] = torch.where(keep, nxt, torch.full_like(nxt, IGNORE))
     return ids, targets
+
+
+@dataclass
+class Naming:
+    """Few-shot naming prompts: `shapes` holds single-shape scenes; prompt i shows the scenes `images[i]`
+    (examples first, the query last) and gives them the names `names[i]` (the query's is the answer)."""
+
+    shapes: CaptionedShapes
+    images: Tensor  # (n, shots + 1) indices into shapes
+    names: list[list[str]]
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def turns(self, i: int, examples: bool = True, answer: bool = True) -> list[tuple[str, str | None]]:
+        """Prompt i as chat turns: one (NAME_QUESTION, name) per example (`examples`), then the query's, its
+        answer left out unless `answer`."""
+        named = [(NAME_QUESTION, name) for name in self.names[i]]
+        query = (NAME_QUESTION, self.names[i][-1] if answer else None)
+        return (named[:-1] if examples else []) + [query]
+
+
+def naming(n: int, shots: int = 2, seed: int = 0, pool: int = 4000, combos: Sequence[tuple[str, str]] = SEEN) -> Naming:
+    """`n` few-shot prompts (Flamingo's interleaved prompts, in miniature): each draws `shots` single shapes of
+    different kinds and a query shape of one of those kinds (another colour, size or place, drawn separately), and
+    names the kinds with distinct `NAMES` drawn anew for each prompt, so the answer can only come from the
+    examples: without them a model can do no better than guess among the names. Same arguments → same prompts."""
+    if not 1 <= shots < len(NAMES) or not 1 <= shots <= len(SHAPES):
+        raise ValueError(f"naming: shots must be between 1 and {min(len(NAMES) - 1, len(SHAPES))}, got {shots!r}")
+    shapes = captioned_shapes(pool, seed=seed, combos=combos, pairs=0.0)
+    by_kind: dict[str, list[int]] = {}
+    for i, scene in enumerate(shapes.scenes):
+        by_kind.setdefault(scene[0].kind, []).append(i)
+    kinds = sorted(by_kind)
+    if len(kinds) < shots:
+        raise ValueError(f"naming: the pool shows {len(kinds)} kinds of shape, fewer than shots={shots}")
+    rng = np.random.default_rng(seed + 20_000)
+    images, names = [], []
+    for _ in range(n):
+        chosen = [kinds[j] for j in rng.choice(len(kinds), size=shots, replace=False)]
+        label = dict(zip(chosen, (NAMES[j] for j in rng.choice(len(NAMES), size=shots, replace=False))))
+        query = chosen[int(rng.integers(shots))]
+        shown = chosen + [query]
+        picks = [by_kind[k][int(rng.integers(len(by_kind[k])))] for k in shown]
+        while picks[-1] == picks[shown.index(query)]:  # the query is never the example's very picture
+            picks[-1] = by_kind[query][int(rng.integers(len(by_kind[query])))]
+        images.append(picks)
+        names.append([label[k] for k in shown])
+    return Naming(shapes, torch.tensor(images), names)
