@@ -33,7 +33,8 @@ def tiny_vlm(fusion="prefix", seed=0, dtype=torch.float64, strategy="default", b
     torch.manual_seed(seed)
     lm = GPT(GPTConfig(vocab_size=V, block_size=block_size, n_layer=2, n_head=4, n_embd=C_LM))
     model = VisionLanguageModel(tiny_tower(seed, dtype), scramble_(lm, seed + 1).to(dtype),
-                                VLMConfig(fusion=fusion, image_token_id=IMAGE if fusion == "prefix" else None,
+                                VLMConfig(fusion=fusion, image_token_id=config.pop(
+                                    "image_token_id", IMAGE if fusion == "prefix" else None),
                                           vision_feature_select_strategy=strategy, **config))
     scramble_(model.multi_modal_projector, seed + 2)
     if model.cross_attn is not None:
@@ -463,6 +464,11 @@ def test_frozen_parts_stay_in_eval_mode_and_stages_switch():
     assert model.training and lm.training and all(p.requires_grad for p in lm.parameters())
     with torch.no_grad():
         assert not torch.equal(model(x, ids), model(x, ids))  # dropout in the language model again
+    model(x, ids, answer_targets(ids, [N + 2, N + 3]))[1].backward()
+    assert lm.transformer.wte.weight.grad is not None
+    set_stage(model, "align")  # frozen again: the stale gradients go, so no optimizer can apply them
+    assert all(p.grad is None for p in lm.parameters())
+    assert model.multi_modal_projector.linear_1.weight.grad is not None
     model.eval()
     assert not any(m.training for m in model.modules())
     set_trainable(model, ["vision_tower", "multi_modal_projector"])  # the tower ablation: the tower learns
@@ -482,3 +488,158 @@ def test_stage_errors_are_named():
         set_trainable(cross, ["projector"])
     with pytest.raises(TypeError, match="VisionLanguageModel"):
         set_stage(prefix.language_model, "align")
+
+
+# ---------------------------------------------------------------------------------------------- interleaved images
+
+def interleaved(markers, T, seed=0):
+    """ids (B, T) of random words with the image marker (IMAGE) at each row's given positions."""
+    g = torch.Generator().manual_seed(seed)
+    ids = torch.randint(0, IMAGE, (len(markers), T), generator=g)  # (B, T) never the marker
+    for b, places in enumerate(markers):
+        ids[b, places] = IMAGE
+    return ids
+
+
+def many_images(B, M, seed=0, dtype=torch.float64):
+    return images(B * M, seed=seed, dtype=dtype).unflatten(0, (B, M))  # (B, M, 3, 32, 32)
+
+
+def test_masked_cross_attention_equals_a_per_position_reference():
+    """Flamingo's per-image masking (section 2.3, figure 7), against torch's nn.MultiheadAttention run one position
+    at a time on that position's image only; a position before every image gets no attention term (and no NaN)."""
+    torch.manual_seed(0)
+    B, T, M, N, C, H = 2, 8, 3, 4, C_LM, 4
+    layer = scramble_(GatedCrossAttention(C, H), 5).double()  # gates non-zero
+    x = torch.randn(B, T, C, dtype=torch.float64, requires_grad=True)
+    visual = torch.randn(B, M, N, C, dtype=torch.float64)
+    # row 0: markers at 1, 3, 6 (position 0 sees nothing); row 1: at 0, 4, 5 (image 1 covers a single position)
+    index = torch.tensor([[-1, 0, 0, 1, 1, 1, 2, 2], [0, 0, 0, 0, 1, 2, 2, 2]])
+    out, attn = layer(x, visual, index, return_attn=True)  # (B, T, C), (B, H, T, M·N)
+    assert attn.shape == (B, H, T, M * N) and not out.isnan().any()
+    mha = torch.nn.MultiheadAttention(C, H, batch_first=True, dtype=torch.float64)
+    mha.load_state_dict({"in_proj_weight": layer.attn.in_proj.weight, "in_proj_bias": layer.attn.in_proj.bias,
+                         "out_proj.weight": layer.attn.out_proj.weight, "out_proj.bias": layer.attn.out_proj.bias})
+    with torch.no_grad():
+        for b in range(B):
+            for t in range(T):
+                m, y = int(index[b, t]), x[b, t]
+                ref_map = torch.zeros(H, M * N, dtype=torch.float64)
+                if m >= 0:
+                    q = layer.ln_1(y)[None, None]  # (1, 1, C)
+                    a, w = mha(q, visual[b, m][None], visual[b, m][None], average_attn_weights=False)
+                    y = y + torch.tanh(layer.attn_gate) * a[0, 0]
+                    ref_map[:, m * N:(m + 1) * N] = w[0, :, 0]
+                y = y + torch.tanh(layer.ff_gate) * layer.mlp(layer.ln_2(y))
+                torch.testing.assert_close(out[b, t], y, **TOL[torch.float64])
+                torch.testing.assert_close(attn[b, :, t], ref_map, **TOL[torch.float64])
+    out.sum().backward()
+    assert torch.isfinite(x.grad).all()
+    # changing image m changes exactly the positions that see it
+    for m in range(M):
+        other = visual.clone()
+        other[:, m] += 1.0
+        with torch.no_grad():
+            changed = (layer(x, other, index) - out).abs().amax(-1) > 1e-9  # (B, T)
+        assert torch.equal(changed, index == m), m
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "cross"])
+def test_an_image_changes_only_what_comes_after_it(fusion):
+    """Three images per text: changing image m changes the logits from its place on (its first image token, or
+    its marker), and not one bit before; the places differ between the two rows."""
+    M = 3
+    if fusion == "prefix":
+        model, N = tiny_vlm("prefix", block_size=64), 16
+        starts = [[2, 20, 40], [0, 16, 45]]  # each image's first token
+        ids = interleaved([[s + i for s in row for i in range(N)] for row in starts], 62, seed=1)
+    else:
+        model = tiny_vlm("cross", image_token_id=IMAGE)
+        starts = [[1, 4, 8], [0, 6, 7]]  # the markers
+        ids = interleaved(starts, 11, seed=1)
+    x = many_images(2, M, seed=2)
+    with torch.no_grad():
+        base = model(x, ids)
+        for m in range(M):
+            other = x.clone()
+            other[:, m] = images(2, seed=10 + m)
+            diff = (model(other, ids) - base).abs().amax(-1)  # (B, T)
+            for b in range(2):
+                s = starts[b][m]
+                assert bool((diff[b, :s] == 0).all()), (m, b)
+                assert bool((diff[b, s:] > 1e-6).all()), (m, b)
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "cross"])
+def test_one_image_in_a_row_of_images_is_the_single_image_model(fusion):
+    """M = 1: images (B, 1, 3, S, S) give exactly what images (B, 3, S, S) give; a cross model whose texts open
+    with their image's marker equals the same model without markers (every position sees the image)."""
+    model = tiny_vlm(fusion, image_token_id=IMAGE) if fusion == "cross" else tiny_vlm("prefix")
+    N = model.num_image_tokens
+    ids = prompt(2, N if fusion == "prefix" else 0, text=6, seed=3, fusion=fusion)
+    if fusion == "cross":
+        ids[:, 0] = IMAGE  # the marker first
+    x = images(2, seed=4)
+    with torch.no_grad():
+        one = model(x, ids)
+        torch.testing.assert_close(model(x[:, None], ids), one, atol=0, rtol=0)
+        torch.testing.assert_close(model.generate(x[:, None], ids, 4), model.generate(x, ids, 4), atol=0, rtol=0)
+        if fusion == "cross":
+            _, maps = model(x, ids, return_attn=True)
+            assert maps["cross"].shape == (2, 2, 4, ids.shape[1], N)
+            model.config.image_token_id = None  # the single-image model: no mask at all
+            try:
+                torch.testing.assert_close(model(x, ids), one, **TOL[torch.float64])
+            finally:
+                model.config.image_token_id = IMAGE
+
+
+@pytest.mark.parametrize("fusion", ["prefix", "cross"])
+def test_interleaved_generation_with_and_without_cache_agree(fusion):
+    M = 2
+    if fusion == "prefix":
+        model, N = tiny_vlm("prefix", block_size=48), 16
+        ids = interleaved([list(range(0, 16)) + list(range(18, 34)), list(range(3, 19)) + list(range(19, 35))], 38,
+                          seed=5)
+    else:
+        model = tiny_vlm("cross", image_token_id=IMAGE)
+        ids = interleaved([[0, 4], [2, 3]], 7, seed=5)
+    x = many_images(2, M, seed=6)
+    cached, plain = model.generate(x, ids, 8, use_cache=True), model.generate(x, ids, 8, use_cache=False)
+    assert cached.shape == (2, 8) and torch.equal(cached, plain) and not bool((cached == IMAGE).any())
+    with torch.no_grad():
+        full = model(x, torch.cat([ids, cached], dim=1))
+        visual = model.encode_images(x)  # (B, M, N, C)
+        assert visual.shape == (2, M, 16, C_LM)
+        first, cache = model.forward_cached(ids, visual)
+        more, _ = model.forward_cached(cached[:, :4], visual, cache)
+        torch.testing.assert_close(torch.cat([first, more], dim=1), full[:, : ids.shape[1] + 4], **TOL[torch.float64])
+        torch.testing.assert_close(model(None, ids, visual=visual), full[:, : ids.shape[1]], **TOL[torch.float64])
+    if fusion == "cross":
+        with torch.no_grad():
+            _, maps = model(x, ids, return_attn=True)
+        cross = maps["cross"]  # (B, L, H, T, M·N)
+        assert cross.shape == (2, 2, 4, 7, M * 16)
+        sums = cross.sum(-1)  # (B, L, H, T): 1 where a position sees an image, 0 before the first
+        seen = torch.tensor([[1.0] * 7, [0, 0] + [1.0] * 5], dtype=torch.float64)
+        torch.testing.assert_close(sums, seen[:, None, None].expand_as(sums), **TOL[torch.float64])
+        assert bool((cross[0, :, :, 1:4, 16:] == 0).all()) and bool((cross[0, :, :, 4:, :16] == 0).all())
+
+
+def test_interleaved_bad_input_is_named():
+    cross, prefix = tiny_vlm("cross", image_token_id=IMAGE), tiny_vlm("prefix", block_size=48)
+    x = many_images(2, 2)
+    with pytest.raises(ValueError, match="must hold exactly 2, one marker where each"):
+        cross(x, interleaved([[0, 3], [2]], 6))
+    with pytest.raises(ValueError, match="2 images per sequence need markers"):
+        tiny_vlm("cross")(x, interleaved([[], []], 6))
+    with pytest.raises(ValueError, match="exactly 32, one per visual token of its 2 image"):
+        prefix(x, prompt(2, 16, text=4))
+    with pytest.raises(ValueError, match=r"visual tokens must be \(B, N, C\) or \(B, M, N, C\) with C=32"):
+        cross(None, interleaved([[0, 3], [2, 4]], 6), visual=torch.zeros(2, 2, 16, 8, dtype=torch.float64))
+    with pytest.raises(ValueError, match="image_index must lie in"):
+        cross.cross_attn[0](torch.zeros(1, 3, C_LM, dtype=torch.float64), torch.zeros(1, 2, 4, C_LM,
+                            dtype=torch.float64), torch.tensor([[0, 1, 2]]))
+    with pytest.raises(ValueError, match="outside the language model's vocabulary"):
+        VisionLanguageModel(tiny_tower(), GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=1, n_head=4,
+                                                        n_embd=C_LM)), VLMConfig(fusion="cross", image_token_id=V))

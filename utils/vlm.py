@@ -5,7 +5,7 @@ cross-attention.
   tower gives one feature per patch (the class token dropped, read from the second-to-last layer in
   LLaVA-1.5); a projection W (LLaVA-1.5: two Linear layers with a GELU between them) maps them to the
   language model's width, H_v = W · Z_v; these "visual tokens" stand in the text where the image goes,
-  and the language model is trained to predict the answer tokens only (eq. 2: the loss is taken over
+  and the language model is trained to predict the answer tokens only (eq. 3: the loss is taken over
   the answer, the instruction is given)  →  `image_features`, `MultiModalProjector`,
   `merge_image_tokens`, `VisionLanguageModel(fusion="prefix")`, `answer_targets`.
 - Alayrac et al. (2022), "Flamingo: a visual language model for few-shot learning", section 2.2 and
@@ -14,7 +14,9 @@ cross-attention.
   tokens and α, β start at 0, so that at initialisation the model is exactly the language model
   →  `GatedCrossAttention`, `VisionLanguageModel(fusion="cross")`. Flamingo first resamples the
   features into 64 latents with a Perceiver (Jaegle et al. 2021); here the projector's patch tokens
-  are attended directly (there are only a few).
+  are attended directly (there are only a few). Flamingo's texts interleave several images (section 2.3,
+  figure 7): each text token cross-attends only to the visual tokens of the image just before it
+  →  `GatedCrossAttention(..., image_index)`, images (B, M, 3, S, S) with one marker per image.
 
 Names follow Hugging Face's `LlavaForConditionalGeneration` where it has them (`vision_tower`,
 `multi_modal_projector.linear_1/linear_2`, `language_model`, `vision_feature_layer`,
@@ -24,6 +26,7 @@ tests prove the image path and the merge equal to it. The image tower is chapter
 
 Letter legend (shape comments):
     B  batch size           T  text positions (image tokens included in "prefix" fusion)
+    M  images per sequence (interleaved text; 1 by default)
     N  visual tokens per image (patches, patches + 1, or 1)     G  patch-grid side (N = G² by default)
     C  language-model width  C_v  image-tower width  E  CLIP's embedding size ("pooled")
     H  heads    L  language-model layers    V  vocabulary size    P  positions held in the KV cache
@@ -114,7 +117,8 @@ def merge_image_tokens(embeds: Tensor, ids: Tensor, image_token_id: int, visual:
 
     embeds (B, T, C) the token embeddings of ids (B, T); visual (B_i, N, C) visual tokens, filled in order:
     image 0's N tokens into the first N image positions (row by row), and so on. Every sequence must hold
-    N image tokens per image it is paired with (here one image per sequence: B_i = B). Returns (B, T, C);
+    N image tokens per image it is paired with (one row of visual tokens per sequence, B_i = B; M images per
+    sequence are passed as their M·N tokens in order). Returns (B, T, C);
     `embeds` is not modified.
     """
     if visual.dim() != 3 or visual.shape[-1] != embeds.shape[-1]:
@@ -148,7 +152,7 @@ def token_f1(said: str, expected: str) -> float:
 def answer_targets(ids: Tensor, answer_start: Tensor | list[int], pad_id: int | None = None) -> Tensor:
     """Next-token targets that score the answer only: ids (B, T) → (B, T), where position t predicts ids[t+1]
     only if t + 1 ≥ answer_start[b] (the answer and its end token), and IGNORE (-100) elsewhere: the image
-    tokens and the question are given, not predicted (LLaVA eq. 2). Padding (`pad_id`) is ignored too."""
+    tokens and the question are given, not predicted (LLaVA eq. 3). Padding (`pad_id`) is ignored too."""
     start = torch.as_tensor(answer_start, device=ids.device).reshape(-1, 1)  # (B, 1)
     if ids.dim() != 2 or start.shape[0] != ids.shape[0]:
         raise ValueError(f"answer_targets: ids must be (B, T) and answer_start have B entries, got "
@@ -172,7 +176,12 @@ class GatedCrossAttention(nn.Module):
         y = y + tanh(ff_gate)   · mlp(ln_2(y))
 
     Both gates start at 0: the layer is then the identity, exactly, and the model the language model.
-    `attn` is chapter 6's MultiHeadAttention, `mlp` its FeedForward (GELU)."""
+    `attn` is chapter 6's MultiHeadAttention, `mlp` its FeedForward (GELU).
+
+    Interleaved images (Flamingo section 2.3, figure 7): with M images per sequence, text position t attends
+    only to the visual tokens of the image it follows, `image_index[b, t]` (the last image whose marker is at
+    or before t); a position before every image (index -1) attends to nothing, so its attention term is 0
+    (its map a row of zeros) and only the feed-forward branch acts on it."""
 
     def __init__(self, C: int, H: int, F_: int | None = None) -> None:
         super().__init__()
@@ -183,9 +192,31 @@ class GatedCrossAttention(nn.Module):
         self.attn_gate = nn.Parameter(torch.zeros(()))  # α
         self.ff_gate = nn.Parameter(torch.zeros(()))  # β
 
-    def forward(self, x: Tensor, visual: Tensor, return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
-        """x (B, T, C) text states, visual (B, N, C) → (B, T, C); with `return_attn` also (B, H, T, N)."""
-        a, attn = self.attn(self.ln_1(x), visual, return_attn=return_attn)  # (B, T, C), (B, H, T, N)
+    def forward(self, x: Tensor, visual: Tensor, image_index: Tensor | None = None,
+                return_attn: bool = False) -> Tensor | tuple[Tensor, Tensor]:
+        """x (B, T, C) text states and visual (B, N, C), one image that every position sees → (B, T, C), with
+        `return_attn` also (B, H, T, N); or visual (B, M, N, C) and image_index (B, T) in [-1, M), the image each
+        position sees (-1: none) → (B, T, C), with `return_attn` also (B, H, T, M·N), zero off that image."""
+        mask, seen = None, None
+        if image_index is not None or visual.dim() == 4:
+            if visual.dim() != 4 or image_index is None or tuple(image_index.shape) != tuple(x.shape[:2]):
+                raise ValueError(f"GatedCrossAttention: several images need visual (B, M, N, C) and image_index "
+                                 f"(B, T) = {tuple(x.shape[:2])}, got visual {tuple(visual.shape)} and image_index "
+                                 f"{None if image_index is None else tuple(image_index.shape)}")
+            B, M, N, C = visual.shape
+            if bool(((image_index < -1) | (image_index >= M)).any()):
+                raise ValueError(f"GatedCrossAttention: image_index must lie in [-1, {M}) for {M} image(s), got "
+                                 f"values {sorted(set(image_index.flatten().tolist()))}")
+            owner = torch.arange(M, device=visual.device).repeat_interleave(N)  # (M·N,) the image of each key
+            seen = image_index >= 0  # (B, T) positions that follow an image
+            mask = (image_index[..., None] == owner) | ~seen[..., None]  # (B, T, M·N); an unseen row is all True
+            mask = mask[:, None]  # (B, 1, T, M·N); (an all-False row would give softmax 0/0 = NaN: it is zeroed below)
+            visual = visual.reshape(B, M * N, C)  # (B, M·N, C) every image's tokens, in order
+        a, attn = self.attn(self.ln_1(x), visual, attn_mask=mask, return_attn=return_attn)  # (B, T, C), (B, H, T, S)
+        if seen is not None:
+            a = a * seen[..., None].to(a.dtype)  # (B, T, C): no image yet, nothing from the images
+            if return_attn:
+                attn = attn * seen[:, None, :, None].to(attn.dtype)  # (B, H, T, M·N)
         x = x + torch.tanh(self.attn_gate) * a  # (B, T, C)
         x = x + torch.tanh(self.ff_gate) * self.mlp(self.ln_2(x))  # (B, T, C)
         return (x, attn) if return_attn else x
@@ -199,9 +230,11 @@ class VLMConfig:
     """How the image joins the language model.
 
     fusion: "prefix" (LLaVA: visual tokens in the text, at the `image_token_id` positions) or "cross"
-        (Flamingo: gated cross-attention before every block; the text holds no image tokens).
+        (Flamingo: gated cross-attention before every block; the text holds no visual tokens).
     vision_feature_layer, vision_feature_select_strategy: as `image_features` (HF Llava's names).
-    image_token_id: the id that marks an image position ("prefix" only; the text must hold N of them).
+    image_token_id: the id that marks where an image goes. "prefix" (required): N of them per image, replaced by
+        its visual tokens. "cross" (optional): one marker per image, kept in the text as a token (Flamingo's
+        <image>); each position sees the last image marked at or before it. A one-image text may go without.
     freeze_vision: the image tower gets no gradient (LLaVA, Flamingo).
     """
 
@@ -250,13 +283,16 @@ class VisionLanguageModel(nn.Module):
         self.cross_attn = (nn.ModuleList(GatedCrossAttention(lm.n_embd, lm.n_head) for _ in range(lm.n_layer))
                            if c.fusion == "cross" else None)
         if c.fusion == "prefix":
-            if not 0 <= c.image_token_id < lm.vocab_size:
+            if not 0 <= c.image_token_id < lm.vocab_size:  # (checked for "cross" below)
                 raise ValueError(f"VLMConfig: image_token_id={c.image_token_id} is outside the language model's "
                                  f"vocabulary [0, {lm.vocab_size})")
             if self.num_image_tokens >= lm.block_size:
                 raise ValueError(f"VisionLanguageModel: {self.num_image_tokens} image tokens leave no room for text "
                                  f"in the context window block_size={lm.block_size}; build the GPT with a larger "
                                  "block_size, use larger patches, or the 'pooled' strategy (1 token)")
+        if c.fusion == "cross" and c.image_token_id is not None and not 0 <= c.image_token_id < lm.vocab_size:
+            raise ValueError(f"VLMConfig: image_token_id={c.image_token_id} (the image marker) is outside the "
+                             f"language model's vocabulary [0, {lm.vocab_size})")
         self.frozen_parts: tuple[str, ...] = ()
         set_trainable(self, [p for p in self.parts if p != "vision_tower" or not c.freeze_vision])
 
@@ -282,8 +318,12 @@ class VisionLanguageModel(nn.Module):
     # -- the image path ------------------------------------------------------------------------
 
     def encode_images(self, images: Tensor) -> Tensor:
-        """images (B, 3, S, S) → visual tokens (B, N, C) in the language model's width."""
+        """images (B, 3, S, S) → visual tokens (B, N, C) in the language model's width; images (B, M, 3, S, S),
+        M per sequence → (B, M, N, C)."""
         c = self.config
+        if isinstance(images, Tensor) and images.dim() == 5:
+            B, M = images.shape[:2]
+            return self.encode_images(images.flatten(0, 1)).unflatten(0, (B, M))  # (B, M, N, C)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not c.freeze_vision):
             features = image_features(self.vision_tower, images, c.vision_feature_layer,
                                       c.vision_feature_select_strategy)  # (B, N, C_v)
@@ -291,40 +331,83 @@ class VisionLanguageModel(nn.Module):
 
     # -- checks ----------------------------------------------------------------------------------
 
-    def _check_text(self, ids: Any, start: int = 0, new: bool = False) -> None:
-        lm = self.language_model
-        lm._check_ids(ids, "ids", start=start)  # shape, dtype, vocabulary, context window
-        if self.config.fusion == "prefix":
-            n = (ids == self.config.image_token_id).sum(dim=1)  # (B,)
-            N = 0 if new else self.num_image_tokens
-            if bool((n != N).any()):
-                raise ValueError(f"ids hold {n.tolist()} image tokens (id {self.config.image_token_id}) per sequence; "
-                                 + (f"each sequence must hold exactly {N}, one per visual token of its image" if not new
-                                    else "tokens after the prompt must not be image tokens"))
+    def _check_text(self, ids: Any, start: int = 0) -> None:
+        self.language_model._check_ids(ids, "ids", start=start)  # shape, dtype, vocabulary, context window
+
+    def _check_markers(self, ids: Tensor, M: int, N: int, new: bool = False) -> None:
+        """The image tokens in ids: "prefix" M·N per sequence; "cross" M markers per sequence (or none in the whole
+        batch when M = 1: every position then sees the image); after the prompt (`new`) none."""
+        c = self.config
+        if c.image_token_id is None:
+            return
+        n = (ids == c.image_token_id).sum(dim=1)  # (B,)
+        if new:
+            if bool(n.any()):
+                raise ValueError(f"ids hold {n.tolist()} image tokens (id {c.image_token_id}) per sequence; tokens "
+                                 "after the prompt must not be image tokens")
+            return
+        if c.fusion == "cross" and M == 1 and not bool(n.any()):
+            return  # one image, no marker: the single-image model, every position sees the image
+        want = M * N if c.fusion == "prefix" else M
+        if bool((n != want).any()):
+            what = (f"exactly {want}, one per visual token of its {M} image(s) ({N} each)" if c.fusion == "prefix"
+                    else f"exactly {M}, one marker where each of its {M} image(s) comes in the text")
+            raise ValueError(f"ids hold {n.tolist()} image tokens (id {c.image_token_id}) per sequence; each sequence "
+                             f"must hold {what}")
 
     def _visual(self, images: Tensor | None, visual: Tensor | None, B: int) -> Tensor:
+        """The visual tokens as (B, M, N, C), from images (B, 3, S, S) / (B, M, 3, S, S) or given ones."""
         if visual is None:
             if images is None:
-                raise ValueError("give the images (B, 3, S, S) (or their visual tokens from encode_images)")
-            visual = self.encode_images(images)  # (B, N, C)
+                raise ValueError("give the images (B, 3, S, S) or (B, M, 3, S, S) (or their visual tokens from "
+                                 "encode_images)")
+            if not isinstance(images, Tensor) or images.dim() not in (4, 5):
+                _check_images(self.vision_tower, images, "VisionLanguageModel")  # names what was given
+            visual = self.encode_images(images)  # (B, N, C) or (B, M, N, C)
+        C = self.language_model.config.n_embd
+        if not isinstance(visual, Tensor) or visual.dim() not in (3, 4) or visual.shape[-1] != C:
+            got = tuple(visual.shape) if isinstance(visual, Tensor) else type(visual).__name__
+            raise ValueError(f"visual tokens must be (B, N, C) or (B, M, N, C) with C={C}, got {got}")
+        if visual.dim() == 3:
+            visual = visual[:, None]  # (B, 1, N, C)
         if visual.shape[0] != B:
-            raise ValueError(f"{visual.shape[0]} image(s) for {B} text(s): give one image per sequence")
-        return visual
+            raise ValueError(f"{visual.shape[0]} image(s) for {B} text(s): give one image (or one row of M images) "
+                             "per sequence")
+        return visual  # (B, M, N, C)
+
+    def _image_index(self, ids: Tensor, M: int, cached: bool) -> Tensor | None:
+        """"cross" fusion: the image each text position sees, (B, T) in [-1, M) (-1: before every image), or None
+        when every position sees the one image (M = 1 and no markers). Positions after the prompt (`cached`) see
+        the last image: the prompt holds all M markers."""
+        c = self.config
+        if c.fusion != "cross":
+            return None
+        if cached:
+            return None if M == 1 else torch.full_like(ids, M - 1)  # (B, T)
+        markers = (ids == c.image_token_id) if c.image_token_id is not None else torch.zeros_like(ids, dtype=torch.bool)
+        if not bool(markers.any()):
+            if M > 1:
+                raise ValueError(f"{M} images per sequence need markers in the text: set VLMConfig(image_token_id=...) "
+                                 "and put that token where each image comes (Flamingo's <image>)")
+            return None
+        return markers.cumsum(dim=1) - 1  # (B, T) the index of the last marker at or before t
 
     # -- forward passes --------------------------------------------------------------------------
 
-    def _layers(self, x: Tensor, visual: Tensor, cache: KVCache | None, use_cache: bool,
+    def _layers(self, x: Tensor, visual: Tensor, image_index: Tensor | None, cache: KVCache | None, use_cache: bool,
                 return_attn: bool) -> tuple[Tensor, KVCache, list[Tensor], list[Tensor]]:
         """The language model's blocks (each after its gated cross-attention in "cross" fusion), then ln_f and
-        the head: x (B, T, C) → logits (B, T, V), the extended cache, self- and cross-attention weights."""
+        the head: x (B, T, C), visual (B, M, N, C) → logits (B, T, V), the extended cache, self- and
+        cross-attention weights."""
         lm = self.language_model
         new_cache, self_attn, cross_attn = [], [], []
+        seen = visual[:, 0] if image_index is None else visual  # (B, N, C): one image for all, or (B, M, N, C)
         for i, block in enumerate(lm.transformer.h):
             if self.cross_attn is not None:
-                out = self.cross_attn[i](x, visual, return_attn=return_attn)
+                out = self.cross_attn[i](x, seen, image_index, return_attn=return_attn)
                 x = out[0] if return_attn else out  # (B, T, C)
                 if return_attn:
-                    cross_attn.append(out[1])  # (B, H, T, N)
+                    cross_attn.append(out[1])  # (B, H, T, N) or (B, H, T, M·N)
             if use_cache:
                 x, kv = _block_step(block, x, None if cache is None else cache[i])  # (B, T, C), 2 × (B, H, P+T, D)
                 new_cache.append(kv)
@@ -336,10 +419,12 @@ class VisionLanguageModel(nn.Module):
         return lm.lm_head(lm.transformer.ln_f(x)), new_cache, self_attn, cross_attn  # (B, T, V)
 
     def _embed(self, ids: Tensor, visual: Tensor, start: int, merge: bool) -> Tensor:
+        """ids (B, T) at positions start .. start+T-1, visual (B, M, N, C) → (B, T, C); `merge`: the M·N visual
+        tokens written in order into the image-token positions (prefix fusion)."""
         t = self.language_model.transformer
         x = t.wte(ids)  # (B, T, C)
         if merge:
-            x = merge_image_tokens(x, ids, self.config.image_token_id, visual)  # (B, T, C)
+            x = merge_image_tokens(x, ids, self.config.image_token_id, visual.flatten(1, 2))  # (B, T, C)
         pos = torch.arange(start, start + ids.shape[1], device=ids.device)  # (T,)
         return t.drop(x + t.wpe(pos))  # (B, T, C)
 
@@ -347,44 +432,55 @@ class VisionLanguageModel(nn.Module):
                 visual: Tensor | None = None) -> Tensor | tuple[Tensor, ...]:
         """images (B, 3, S, S) and ids (B, T) → logits (B, T, V); position t has seen the image and ids[:, :t+1].
 
-        "prefix": ids hold N `image_token_id`s per sequence where the visual tokens go. With `targets` (B, T)
-        also the mean cross-entropy over the positions whose target is not -100 (`answer_targets`). With
-        `return_attn` also a dict: "self" (B, L, H, T, T) and, for "cross", "cross" (B, L, H, T, N).
-        `visual`: visual tokens from `encode_images`, instead of the images.
+        Several images per sequence (Flamingo's interleaved text, section 2.3): images (B, M, 3, S, S), in the
+        order of their places in the text. "prefix": ids hold N `image_token_id`s per image where its visual
+        tokens go (M·N in all, filled in order). "cross": ids hold one marker (`image_token_id`) per image and
+        position t cross-attends only to the last image whose marker is at or before t (none before the first:
+        no image term); with one image and no marker every position sees it.
+        With `targets` (B, T) also the mean cross-entropy over the positions whose target is not -100
+        (`answer_targets`). With `return_attn` also a dict: "self" (B, L, H, T, T) and, for "cross", "cross"
+        (B, L, H, T, N) (one image without markers) or (B, L, H, T, M·N) (zero off each position's image).
+        `visual`: visual tokens (B, N, C) or (B, M, N, C) from `encode_images` (or any N), instead of the images.
         """
         self._check_text(ids)
-        visual = self._visual(images, visual, ids.shape[0])  # (B, N, C)
+        visual = self._visual(images, visual, ids.shape[0])  # (B, M, N, C)
+        M, N = visual.shape[1:3]
+        self._check_markers(ids, M, N)
         x = self._embed(ids, visual, 0, merge=self.config.fusion == "prefix")  # (B, T, C)
-        logits, _, self_attn, cross_attn = self._layers(x, visual, None, False, return_attn)  # (B, T, V)
+        image_index = self._image_index(ids, M, cached=False)  # (B, T) or None
+        logits, _, self_attn, cross_attn = self._layers(x, visual, image_index, None, False, return_attn)  # (B, T, V)
         out: tuple[Any, ...] = (logits,)
         if targets is not None:
             out += (self.language_model.loss(logits, targets),)
         if return_attn:
             maps = {"self": torch.stack(self_attn, dim=1)}  # (B, L, H, T, T)
             if cross_attn:
-                maps["cross"] = torch.stack(cross_attn, dim=1)  # (B, L, H, T, N)
+                maps["cross"] = torch.stack(cross_attn, dim=1)  # (B, L, H, T, N) or (B, L, H, T, M·N)
             out += (maps,)
         return out[0] if len(out) == 1 else out
 
     def forward_cached(self, ids: Tensor, visual: Tensor, cache: KVCache | None = None) -> tuple[Tensor, KVCache]:
         """Incremental forward for generation: ids (B, T) at positions P .. P+T-1, P the positions `cache` holds
-        (None: P = 0, and in "prefix" fusion ids is the prompt with its image tokens). visual (B, N, C) from
-        `encode_images`. Returns logits (B, T, V) = forward(all P + T ids)[:, P:] and the extended cache."""
+        (None: P = 0, and ids is the prompt with its image tokens or markers). visual (B, N, C) or (B, M, N, C)
+        from `encode_images`. Returns logits (B, T, V) = forward(all P + T ids)[:, P:] and the extended cache."""
         P = 0 if cache is None else cache[0][0].shape[2]
-        self._check_text(ids, start=P, new=cache is not None)
-        visual = self._visual(None, visual, ids.shape[0])
+        self._check_text(ids, start=P)
+        visual = self._visual(None, visual, ids.shape[0])  # (B, M, N, C)
+        M, N = visual.shape[1:3]
+        self._check_markers(ids, M, N, new=cache is not None)
         x = self._embed(ids, visual, P, merge=cache is None and self.config.fusion == "prefix")  # (B, T, C)
-        logits, cache, _, _ = self._layers(x, visual, cache, True, False)
+        image_index = self._image_index(ids, M, cached=cache is not None)
+        logits, cache, _, _ = self._layers(x, visual, image_index, cache, True, False)
         return logits, cache
 
     @torch.no_grad()
-    def generate(self, images: Tensor, ids: Tensor, max_new_tokens: int, eos_id: int | None = None,
-                 use_cache: bool = True) -> Tensor:
-        """Greedy answers: images (B, 3, S, S), prompts ids (B, T0) (all of one length) → the new tokens
-        (B, ≤ max_new_tokens). Generation stops when every sequence has produced `eos_id`; after its end a
-        sequence is continued with `eos_id`. use_cache=True feeds one new token per step through
-        `forward_cached`; use_cache=False reruns the whole sequence: both give the same tokens. The image
-        token is never chosen (prefix fusion): it marks where visual tokens go and cannot be an answer. The
+    def generate(self, images: Tensor | None, ids: Tensor, max_new_tokens: int, eos_id: int | None = None,
+                 use_cache: bool = True, visual: Tensor | None = None) -> Tensor:
+        """Greedy answers: images (B, 3, S, S) or (B, M, 3, S, S) (or their `visual` tokens), prompts ids (B, T0)
+        (all of one length) → the new tokens (B, ≤ max_new_tokens). Generation stops when every sequence has
+        produced `eos_id`; after its end a sequence is continued with `eos_id`. use_cache=True feeds one new token
+        per step through `forward_cached`; use_cache=False reruns the whole sequence: both give the same tokens.
+        The image token (or marker) is never chosen: it marks where visual tokens go and cannot be an answer. The
         last new token is never fed back, so prompt + max_new_tokens may exceed block_size by one."""
         if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
             raise ValueError(f"generate: max_new_tokens must be an int ≥ 1, got {max_new_tokens!r}")
@@ -395,11 +491,12 @@ class VisionLanguageModel(nn.Module):
                              f"{max_new_tokens} new ones does not fit the context window block_size={bs}; shorten "
                              "the question or ask for fewer tokens")
         with eval_mode(self):
-            visual = self._visual(images, None, ids.shape[0])  # (B, N, C)
+            visual = self._visual(images, visual, ids.shape[0])  # (B, M, N, C)
+            self._check_markers(ids, *visual.shape[1:3])
             logits, cache = self.forward_cached(ids, visual) if use_cache else (self(None, ids, visual=visual), None)
             out = ids
             done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)  # (B,)
-            image_id = self.config.image_token_id if self.config.fusion == "prefix" else None
+            image_id = self.config.image_token_id
             for step in range(max_new_tokens):
                 last = logits[:, -1]  # (B, V)
                 if image_id is not None:  # an early checkpoint may rank the image token first
