@@ -254,6 +254,10 @@ def test_integer_linear_is_the_dequantized_product_per_token_and_per_channel():
     ref = (xs[:, None].double() * (xq.double() - xz[:, None])) @ (ws[:, None].double() * (wq.double() - wz[:, None])).T \
         + b.double()
     torch.testing.assert_close(integer_linear(xq, xs, xz, wq, ws, wz, b), ref.float(), rtol=1e-6, atol=1e-5)
+    # the int8 kernel (uint8 shifted by 128) and the plain int32 product agree
+    assert torch.equal(integer_linear(xq.int(), xs, xz, wq.int(), ws, wz, b), integer_linear(xq, xs, xz, wq, ws, wz, b))
+    x8 = (xq.int() - 128).to(torch.int8)  # the same activations as int8 with zero point z - 128
+    assert torch.equal(integer_linear(x8, xs, xz - 128, wq, ws, wz, b), integer_linear(xq, xs, xz, wq, ws, wz, b))
     with pytest.raises(ValueError, match="xq has 50 input columns but wq has 49"):
         integer_linear(xq, xs, xz, wq[:, :49], ws, wz)
     with pytest.raises(ValueError, match="2-D integer tensor"):
@@ -436,20 +440,22 @@ def test_gptq_model_is_sequential_and_leaves_the_embeddings():
     g = torch.Generator().manual_seed(8)
     batches = [torch.randint(0, 11, (4, 16), generator=g) for _ in range(2)]
     out = gptq_quantize_model_(copy.deepcopy(model), batches, 3)
-    for name in ("transformer.wte.weight", "transformer.wpe.weight", "transformer.h.0.ln_1.weight"):
-        assert torch.equal(out.state_dict()[name], model.state_dict()[name]), name
-    # by hand: layer 1 quantized first, then layer 2's Hessian taken on that model
+    changed = {k for k, v in out.state_dict().items() if not torch.equal(v, model.state_dict()[k])}
+    assert changed == {f"{name}.weight" for name in block_linears(model)}  # embeddings, biases, norms untouched
+    # by hand, through the whole model each time: every layer's Hessian taken with the earlier ones quantized
     ref = copy.deepcopy(model)
-    first, second = list(block_linears(ref).values())[:2]
     with torch.no_grad():
-        first.weight.copy_(gptq_quantize(first.weight, input_hessian(ref, first, batches), 3).dequantize())
-        second.weight.copy_(gptq_quantize(second.weight, input_hessian(ref, second, batches), 3).dequantize())
-        stale = gptq_quantize(model.transformer.h[0].attn.out_proj.weight,
-                              input_hessian(model, model.transformer.h[0].attn.out_proj, batches), 3).dequantize()
-    lin = out.transformer.h[0].attn
-    torch.testing.assert_close(lin.in_proj.weight, first.weight, rtol=0, atol=0)
-    torch.testing.assert_close(lin.out_proj.weight, second.weight, rtol=0, atol=0)
-    assert not torch.equal(lin.out_proj.weight, stale)  # the Hessian of the float model gives another answer
+        for lin in block_linears(ref).values():
+            lin.weight.copy_(gptq_quantize(lin.weight, input_hessian(ref, lin, batches), 3).dequantize())
+        stale = gptq_quantize(model.transformer.h[1].mlp.c_fc.weight,
+                              input_hessian(model, model.transformer.h[1].mlp.c_fc, batches), 3).dequantize()
+    for (name, a), b in zip(block_linears(out).items(), block_linears(ref).values()):
+        torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-6, msg=name)
+    assert not torch.allclose(out.transformer.h[1].mlp.c_fc.weight, stale)  # the float model's Hessian differs
+    with pytest.raises(ValueError, match="calibration batches are empty"):
+        gptq_quantize_model_(copy.deepcopy(model), [], 3)
+    with pytest.raises(TypeError, match="expected a GPT"):
+        gptq_quantize_model_(nn.Linear(3, 3), batches, 3)
 
 
 # ------------------------------------------------------------------------------------------ QAT

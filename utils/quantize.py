@@ -33,7 +33,7 @@ Letter legend (shape comments):
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 import torch
@@ -255,10 +255,12 @@ def _default_linears(model: nn.Module) -> dict[str, nn.Module]:
     return {name: m for name, m in model.named_modules() if isinstance(m, nn.Linear)}
 
 
-def _run(model: nn.Module, batches: Iterable[Tensor], who: str) -> int:
-    """Run `model` (eval mode, no gradients) on every batch; returns how many there were."""
-    was, n = model.training, 0
-    model.eval()
+def _run(model: Callable[[Tensor], object], batches: Iterable[Tensor], who: str) -> int:
+    """Run `model` (an nn.Module in eval mode, or any callable; no gradients) on every batch; returns how
+    many there were."""
+    was, n = getattr(model, "training", False), 0
+    if isinstance(model, nn.Module):
+        model.eval()
     try:
         with torch.no_grad():
             for x in batches:
@@ -268,7 +270,8 @@ def _run(model: nn.Module, batches: Iterable[Tensor], who: str) -> int:
                     pass
                 n += 1
     finally:
-        model.train(was)
+        if isinstance(model, nn.Module):
+            model.train(was)
     if not n:
         raise ValueError(f"{who}: the calibration batches are empty")
     return n
@@ -359,6 +362,21 @@ def _column(t: Tensor | float, n: int, who: str, name: str, dtype: torch.dtype) 
     return t.reshape(n, 1).to(dtype)
 
 
+def _int_products(xq: Tensor, wq: Tensor) -> Tensor:
+    """Σ_k x_q[n, k] w_q[o, k] (N, O) summed in int32. 8-bit inputs go to the int8 × int8 → int32 kernel
+    (torch._int_mm); uint8 activations are shifted into int8 first, x_q = (x_q - 128) + 128, which adds
+    128 Σ_k w_q[o, k]. Other integer types (or no such kernel): an int32 matrix product."""
+    if xq.dtype in (torch.int8, torch.uint8) and wq.dtype == torch.int8 and hasattr(torch, "_int_mm"):
+        shift = 128 if xq.dtype == torch.uint8 else 0
+        x8 = (xq.to(torch.int16) - shift).to(torch.int8)  # (N, I)
+        try:
+            acc = torch._int_mm(x8, wq.T)  # (N, O) int32
+            return acc + shift * wq.sum(dim=1, dtype=torch.int32)[None, :] if shift else acc
+        except RuntimeError:  # a device or shape the kernel does not take
+            pass
+    return xq.to(torch.int32) @ wq.to(torch.int32).T  # (N, O)
+
+
 def integer_linear(xq: Tensor, x_scale: Tensor | float, x_zero: Tensor | int, wq: Tensor, w_scale: Tensor | float,
                    w_zero: Tensor | int = 0, bias: Tensor | None = None) -> Tensor:
     """y = s_x s_w Σ_k (x_q - z_x)(w_q - z_w) + b, the Linear of Jacob et al. (2018), eqs. (4)-(8), with
@@ -368,8 +386,7 @@ def integer_linear(xq: Tensor, x_scale: Tensor | float, x_zero: Tensor | int, wq
 
     so the main product runs on the raw 8-bit integers. xq (N, I) and wq (O, I) integer tensors;
     x_scale, x_zero one value or one per token (N,); w_scale, w_zero one value or one per output row (O,);
-    bias (O,) float. Returns y (N, O) float32 (the rescale s_x s_w acc + b done in float64, then rounded
-    once to float32)."""
+    bias (O,) float. Returns y (N, O) float32: acc to float, times s_x s_w, plus b."""
     who = "integer_linear"
     for name, t in (("xq", xq), ("wq", wq)):
         if not isinstance(t, Tensor) or t.dim() != 2 or t.is_floating_point() or t.dtype == torch.bool:
@@ -382,14 +399,13 @@ def integer_linear(xq: Tensor, x_scale: Tensor | float, x_zero: Tensor | int, wq
         raise ValueError(f"{who}: bias must have shape (O,) = ({O},), got {tuple(bias.shape)}")
     xz = _column(x_zero, N, who, "x_zero", torch.int32)  # (N, 1) or (1, 1)
     wz = _column(w_zero, O, who, "w_zero", torch.int32).T  # (1, O) or (1, 1)
-    xi, wi = xq.to(torch.int32), wq.to(torch.int32)  # |x_q w_q| ≤ 255 · 128: I of them fit in int32 for I < 65,000
-    acc = xi @ wi.T  # (N, O) Σ_k x_q w_q, int32
-    acc = acc - wz * xi.sum(dim=1, keepdim=True) - xz * wi.sum(dim=1)[None, :] + I * xz * wz  # (N, O)
-    y = _column(x_scale, N, who, "x_scale", torch.float64) * _column(w_scale, O, who, "w_scale", torch.float64).T \
-        * acc.to(torch.float64)  # (N, O)
-    if bias is not None:
-        y = y + bias.to(torch.float64)
-    return y.to(torch.float32)
+    x_sum = xq.sum(dim=1, keepdim=True, dtype=torch.int32)  # (N, 1) Σ_k x_q
+    w_sum = wq.sum(dim=1, dtype=torch.int32)[None, :]  # (1, O) Σ_k w_q
+    acc = _int_products(xq, wq)  # (N, O) Σ_k x_q w_q, int32: |x_q w_q| ≤ 255 · 128, I of them fit for I < 65,000
+    acc += I * xz * wz - wz * x_sum - xz * w_sum  # (N, O) the zero-point cross terms
+    scale = _column(x_scale, N, who, "x_scale", torch.float32) * _column(w_scale, O, who, "w_scale", torch.float32).T
+    y = acc.to(torch.float32) * scale  # (N, O)
+    return y if bias is None else y + bias.to(torch.float32)
 
 
 def requantize(y: Tensor, scale: Tensor | float, zero_point: Tensor | int, bits: int = 8) -> Tensor:
@@ -543,10 +559,11 @@ def gptq_quantize(w: Tensor, H: Tensor, bits: int = 4, granularity: str | int = 
 
 
 @torch.no_grad()
-def input_hessian(model: nn.Module, module: nn.Module, batches: Iterable[Tensor]) -> Tensor:
+def input_hessian(model: Callable[[Tensor], object], module: nn.Module, batches: Iterable[Tensor]) -> Tensor:
     """H = (2 / N) Σ_n x_n x_nᵀ (I, I) over the N input vectors x_n (rows of module's input (..., I)) that
-    `module` receives while `model` runs on `batches` (GPTQ's Hessian of ‖W X - Ŵ X‖², averaged). The
-    forward pass stops at `module` (what comes after it is not needed)."""
+    `module` receives while `model` (a module or any callable containing it) runs on `batches` (GPTQ's
+    Hessian of ‖W X - Ŵ X‖², averaged). The forward pass stops at `module` (what comes after it is not
+    needed)."""
     acc: list = []
 
     def hook(m: nn.Module, inputs: tuple[Tensor, ...]) -> None:
@@ -574,13 +591,29 @@ def gptq_quantize_model_(model: GPT, batches: list[Tensor], bits: int = 4, granu
     """GPTQ every Linear of a GPT's blocks (in place), one after another in the order of the forward pass:
     each layer's Hessian is collected on the calibration `batches` (token ids (B, T)) with every earlier
     layer already quantized, so it corrects the errors made before it (the paper's sequential
-    quantization). The weights are replaced by their dequantized values (fake quantization, like
+    quantization). The inputs of each block are kept between layers (the forward pass of `GPT.forward`:
+    embeddings, then the blocks one by one), so the model is not rerun from the start for every layer.
+    The weights are replaced by their dequantized values (fake quantization, like
     `fake_quantize_(..., blocks_only=True)`); the embeddings and the output head stay in float. Returns it."""
+    _check_gpt(model)
+    _check_bits(bits)
     batches = list(batches)
-    for lin in block_linears(model).values():
-        H = input_hessian(model, lin, batches)  # (I, I)
-        q = gptq_quantize(lin.weight, H, bits, granularity, symmetric, damp, block_size)
-        lin.weight.copy_(q.dequantize().to(lin.weight.dtype))
+    if not batches:
+        raise ValueError("gptq_quantize_model_: the calibration batches are empty")
+    was = model.training
+    model.eval()
+    try:
+        for idx in batches:
+            model._check_ids(idx)
+        hidden = [model._embed(idx, 0) for idx in batches]  # each (B, T, C)
+        for block in model.transformer.h:
+            for lin in (m for m in block.modules() if isinstance(m, nn.Linear)):
+                H = input_hessian(lambda x: block(x, is_causal=True), lin, hidden)  # (I, I)
+                q = gptq_quantize(lin.weight, H, bits, granularity, symmetric, damp, block_size)
+                lin.weight.copy_(q.dequantize().to(lin.weight.dtype))
+            hidden = [block(x, is_causal=True) for x in hidden]  # the next block's inputs, this one quantized
+    finally:
+        model.train(was)
     return model
 
 
