@@ -321,6 +321,25 @@ def test_int8_linear_modes_against_torch_and_the_formula():
         token(torch.zeros(3, 31))
 
 
+@TORCH_QUANTIZED_DEPRECATED
+@pytest.mark.filterwarnings("ignore::UserWarning")
+@pytest.mark.parametrize("engine", ENGINES)
+def test_int8_linear_dynamic_equals_torch_dynamic_quantized_linear(engine):
+    """Dynamic int8 (activation scale and zero point from each call's min/max) = torch's
+    quantized.linear_dynamic with the same per-channel int8 weights and full 8-bit activations."""
+    torch.backends.quantized.engine = engine
+    g = torch.Generator().manual_seed(11)
+    lin = nn.Linear(64, 32)
+    x = torch.randn(3, 10, 64, generator=g) + 0.3
+    ours = Int8Linear(lin, "dynamic")(x)
+    wq = quantize(lin.weight, 8, "channel")
+    qw = torch.quantize_per_channel(lin.weight.detach(), wq.scale.flatten().double(), torch.zeros(32, dtype=torch.long),
+                                    0, torch.qint8)
+    ref = torch.ops.quantized.linear_dynamic(x, torch.ops.quantized.linear_prepack(qw, lin.bias.detach()), False)
+    torch.testing.assert_close(ours, ref, rtol=0, atol=1e-6)
+    assert (ours - lin(x)).abs().max() > 1e-3  # and it is not the float layer
+
+
 def test_int8_linears_replace_the_gpt_blocks_and_stay_close():
     model = tiny_gpt()
     idx = torch.randint(0, 11, (3, 16), generator=torch.Generator().manual_seed(7))
