@@ -61,8 +61,11 @@ def test_greedy_speculative_decoding_is_the_targets_greedy_output(draft_name, k)
     out, stats = speculative_generate(TARGET, draft, PROMPT, n, k, greedy=True)
     assert torch.equal(out, expected)
     assert stats.new_tokens == n and stats.new_tokens == stats.accepted + stats.rounds
+    assert stats.accepted <= stats.checked <= stats.proposed == stats.draft_forwards
+    assert stats.checked - stats.accepted <= stats.rounds  # at most one rejection a round
     if draft_name == "the target itself":  # every proposal accepted: k + 1 tokens per target call
         assert stats.acceptance_rate == 1.0 and stats.rounds == math.ceil(n / (k + 1))
+        assert stats.checked == stats.proposed
     elif draft_name == "independent":  # rejected most of the time: the rollback path is taken often
         assert stats.acceptance_rate < 0.3 and stats.rounds > n / 2
     else:  # both branches, many times
@@ -76,7 +79,7 @@ def test_greedy_with_a_batch_dimension_and_temperature_zero():
     assert out.shape == (1, len(PROMPT) + 25) and torch.equal(out, expected)
 
 
-def test_greedy_float32_on_a_trained_like_scale():
+def test_greedy_in_float32():
     target = scrambled_gpt(3, dtype=torch.float32)
     draft = noisy_copy(target, 7, 0.05).float()
     expected = generate(target, PROMPT, 30, greedy=True)

@@ -245,7 +245,12 @@ def speculative_generate(target: GPT, draft: GPT, idx: Tensor, max_new_tokens: i
     using the same temperature and filters) decides how many to keep, plus one token of the target's.
     Both models keep a KV cache, cut back to the accepted tokens after every round. The last round
     proposes fewer than k tokens if fewer are left, so exactly `max_new_tokens` come out.
-    Both models run in eval mode (their modes are restored)."""
+    Both models run in eval mode (their modes are restored).
+
+    "Token for token" is exact arithmetic's promise: the target reads k + 1 positions at once where
+    `generate` reads one, and float32 may round the two differently, which could flip the argmax
+    where two logits tie to the last bits (tests/test_speculative.py checks equality in float64 and
+    float32)."""
     single = isinstance(idx, Tensor) and idx.dim() == 1
     idx = _check_inputs(target, draft, idx, max_new_tokens, k, temperature, top_k, top_p)  # (1, N0)
     greedy = greedy or temperature == 0
