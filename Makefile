@@ -9,6 +9,7 @@
 #   make execute  re-execute the chapter notebooks in place (outputs in git = what the code produces)
 #   make notebooks  rewrite notebooks/en/ (the chapters without MyST, for Colab and JupyterLab) after any chapter edit
 #   make student  the student edition in _build/student/ (checkable exercises' solutions removed) and the key
+#   make mutate   mutation testing of utils/ (MODULE=vlm for one module; hours for all): writes tests/MUTATION.md
 #
 # Python: the active virtual environment if there is one ($VIRTUAL_ENV), else the project's own .venv,
 # which `make install` creates with python3 (3.11+; another with BASE_PYTHON=python3.12). PY=... overrides.
@@ -25,7 +26,7 @@ PY ?= .venv/$(VENV_PYTHON)
 endif
 export PY
 
-.PHONY: install install-python book site test check seeds lab execute notebooks student
+.PHONY: install install-python book site test check seeds lab execute notebooks student mutate
 
 install:
 	bash scripts/install.sh
@@ -79,3 +80,11 @@ notebooks: install-python
 # _build/student/: chapters/ for students (no solution of a checkable exercise), key/ for the instructor.
 student: install-python
 	$(PY) -m scripts.student_edition $(STUDENT_ARGS)
+
+# Mutation testing (scripts/mutate.py, setup.cfg): not part of `make test` or CI, too slow; the report it
+# writes, tests/MUTATION.md, is committed. The tool is pinned here, not in requirements.txt: readers never need it.
+MUTMUT = mutmut==3.8.1
+MODULE ?=
+mutate: install-python
+	$(PY) -m pip install -q $(MUTMUT)
+	OMP_NUM_THREADS=1 $(PY) -m scripts.mutate $(MODULE)

@@ -1,0 +1,74 @@
+"""scripts.mutation_report: the mutation report counts what mutmut recorded, never judges a survivor itself."""
+import json
+
+import pytest
+
+from scripts import mutation_report as mr
+
+SOURCE = '''\
+def x_f__mutmut_orig(a, b):
+    return a + b
+def x_f__mutmut_1(a, b):
+    return a - b
+def x_f__mutmut_2(a, b):
+    return a + b + 0
+def x_f__mutmut_3(a, b):
+    return b + a
+def x_g__mutmut_orig(n):
+    if n < 0:
+        return 0
+    return n
+def x_g__mutmut_1(n):
+    if n <= 0:
+        return 0
+    return n
+'''
+SPANS = {"x_f__mutmut_orig": [1, 2], "x_f__mutmut_1": [3, 4], "x_f__mutmut_2": [5, 6], "x_f__mutmut_3": [7, 8],
+         "x_g__mutmut_orig": [9, 12], "x_g__mutmut_1": [13, 16]}
+
+
+@pytest.fixture
+def mutants(tmp_path, monkeypatch):
+    (tmp_path / "utils").mkdir()
+    (tmp_path / "utils" / "m.py").write_text(SOURCE)
+    (tmp_path / "utils" / "m.py.spans").write_text(json.dumps({"version": 1, "spans": SPANS}))
+    meta = {"exit_code_by_key": {"utils.m.x_f__mutmut_1": 1, "utils.m.x_f__mutmut_2": 0,
+                                 "utils.m.x_f__mutmut_3": 0, "utils.m.x_g__mutmut_1": 36},
+            "hash_by_function_name": {"x_f": "aaa", "x_g": "bbb"}}
+    (tmp_path / "utils" / "m.py.meta").write_text(json.dumps(meta))
+    (tmp_path / "utils" / "n.py.meta").write_text(json.dumps(
+        {"exit_code_by_key": {"utils.n.x_h__mutmut_1": None}, "hash_by_function_name": {"x_h": "ccc"}}))
+    (tmp_path / "onehot-runs.json").write_text(json.dumps({"m": {"commit": "abc1234", "date": "2026-12-07"}}))
+    monkeypatch.setattr(mr, "MUTANTS", tmp_path)
+    monkeypatch.setattr(mr, "EQUIVALENT", {"utils.m.x_f__mutmut_3": ("aaa", "addition commutes")})
+    return tmp_path
+
+
+def test_counts_scores_and_equivalents(mutants):
+    results = mr.collect()
+    m = results["m"]
+    assert m["total"] == 4 and m["counts"]["killed"] == 1 and m["counts"]["timeout"] == 1
+    assert m["counts"]["survived"] == 1 and [s for s, _ in m["survivors"]] == ["utils.m.x_f__mutmut_2"]
+    assert m["equivalent"] == [("utils.m.x_f__mutmut_3", "addition commutes")]
+    text = mr.render(results)
+    # (1 killed + 1 timed out) / (4 mutants - 1 equivalent)
+    assert "| `m` | abc1234 2026-12-07 | 4 | 1 | 1 | 1 | 0 | 1 | 0 | 66.7% |" in text
+    assert "| `n` | ? " in text and "| 1 | not run |" in text  # an unchecked module is never scored
+    assert "- return a + b\n  + return a + b + 0" in text  # the survivor's change, without mutmut's names
+    assert "`x_f__mutmut_3`: addition commutes" in text
+
+
+def test_a_stale_equivalence_is_not_counted(mutants, monkeypatch):
+    monkeypatch.setattr(mr, "EQUIVALENT", {"utils.m.x_f__mutmut_3": ("old", "addition commutes")})
+    m = mr.collect()["m"]
+    assert m["equivalent"] == [] and m["stale"] == ["utils.m.x_f__mutmut_3"] and m["counts"]["survived"] == 2
+
+
+def test_the_change_is_read_from_the_spans(mutants):
+    assert mr.change("m", "utils.m.x_g__mutmut_1") == "- if n < 0:\n+ if n <= 0:"
+
+
+def test_without_a_run_it_says_what_to_do(tmp_path, monkeypatch):
+    monkeypatch.setattr(mr, "MUTANTS", tmp_path)
+    with pytest.raises(SystemExit, match="make mutate"):
+        mr.main([])
