@@ -4,6 +4,8 @@ Flamingo's gates at 0 give exactly the language model; a frozen tower gets no gr
 without the KV cache agree; bad input fails clearly. All offline, tiny configs, scrambled weights."""
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -362,7 +364,22 @@ def _matches(template, question):
 
 # ---------------------------------------------------------------------------------------------- the explorer
 
-def test_answer_explorer_switches_scenes_and_questions_in_the_browser():
+def explorer_views(rng, L=2):
+    """Two scenes, questions answered by two models, maps per layer: every view different."""
+    def answer(words, seed):
+        r = np.random.default_rng(seed)
+        n = max(1, len(words))
+        return dict(answer=words, attention=r.uniform(0, 1, (L, n, 4, 4)), share=r.uniform(0, 1, (L, n)))
+    import numpy as np
+    return [[dict(question="what colour is the circle ?", expected="red",
+                  models={"prefix": answer(["red"], 1), "cross": answer(["blue"], 2)}),
+             dict(question="what is on the left ?", expected="blue circle",
+                  models={"prefix": answer(["red", "circle"], 3), "cross": answer(["blue", "circle"], 4)})],
+            [dict(question="how many shapes are there ?", models={"prefix": answer(["two"], 5),
+                                                                  "cross": answer([], 6)})]]
+
+
+def test_answer_explorer_switches_scenes_questions_models_and_layers():
     import ipywidgets as widgets
     import numpy as np
 
@@ -370,29 +387,149 @@ def test_answer_explorer_switches_scenes_and_questions_in_the_browser():
 
     rng = np.random.default_rng(0)
     pictures = rng.uniform(0, 1, (2, 3, 32, 32))
-    views = [[dict(question="what colour is the circle ?", answer=["red"], attention=rng.uniform(0, 1, (1, 4, 4)),
-                   expected="red"),
-              dict(question="what is on the left ?", answer=["red", "circle"], attention=rng.uniform(0, 1, (2, 4, 4)),
-                   expected="blue circle")],
-             [dict(question="how many shapes are there ?", answer=["two"], attention=rng.uniform(0, 1, (1, 4, 4)))]]
-    box = viz.answer_explorer(pictures, views, ["a", "b"])
-    scene, scenes = box.children
-    assert scene.options == (("a", 0), ("b", 1)) and len(scenes.children) == 2
-    question, stack = scenes.children[0].children
-    assert len(stack.children) == 2 and stack.selected_index == 0
-    texts = [card.children[0].value for card in stack.children]
-    assert "A:</b> red ✓" in texts[0] and "expected: blue circle" in texts[1]
-    assert all(card.children[1].value[:4] == b"\x89PNG" for card in stack.children)  # drawn up front
-    assert all(isinstance(link, widgets.widget_link.Link) for link in box.links) and len(box.links) == 3
-    assert (box.links[-1].source, box.links[-1].target) == ((scene, "index"), (scenes, "selected_index"))
-    question.value = 1
-    assert stack.selected_index == 1
+    views = explorer_views(rng)
+    box = viz.answer_explorer(pictures, views, ["a", "b"], share_notes={"cross": "the gate tanh(α) of the layer"})
+    scene, model, layer = box.controls
+    assert scene.options == (("a", 0), ("b", 1)) and model.options == (("prefix", 0), ("cross", 1))
+    assert layer.options == (("mean", 0), ("layer 1", 1), ("layer 2", 2))
+    controls, scenes = box.children
+    assert list(controls.children) == [scene, model, layer] and len(scenes.children) == 2
+    question, questions = scenes.children[0].children
+    assert len(questions.children) == 2
+    models = questions.children[1]  # "what is on the left ?"
+    assert len(models.children) == 2 and all(len(m.children) == 3 for m in models.children)
+    cross_layer_2 = models.children[1].children[2]
+    head = cross_layer_2.children[0].value
+    share = views[0][1]["models"]["cross"]["share"]
+    assert "A (cross):</b> blue circle ✓" in head and "(layer 2)" in head and f"“circle” {share[1, 1]:.2f}" in head
+    assert "the gate tanh(α) of the layer" in head
+    mean_head = models.children[0].children[0].children[0].value  # prefix, mean over layers
+    p_share = views[0][1]["models"]["prefix"]["share"]
+    assert "✗ (expected: blue circle)" in mean_head and f"“red” {p_share[:, 0].mean():.2f}" in mean_head
+    pngs = [c.children[1].value for m in models.children for c in m.children]
+    assert all(p[:4] == b"\x89PNG" for p in pngs) and len(set(pngs)) == 6  # drawn up front, each its own
+    # linked in the browser (jslink) and in a kernel: each control moves every stack it governs
+    assert all(isinstance(link, widgets.widget_link.Link) for link in box.links)
+    assert len(box.links) == 1 + 2 + 3 + 6  # the scene, 2 question menus, 3 model stacks, 6 layer stacks
+    targets = {id(link.target[0]) for link in box.links if link.source[0] is layer}
+    assert len(targets) == 6 and id(models.children[1]) in targets
+    question.value, model.value, layer.value = 1, 1, 2
+    assert questions.selected_index == 1 and models.selected_index == 1 and models.children[1].selected_index == 2
     scene.value = 1
     assert scenes.selected_index == 1
+    assert scenes.children[1].children[1].children[0].children[1].selected_index == 2  # the layer holds
+    # one model given flat, one layer: no model or layer control, as the chapter's first explorer
+    flat = [[dict(question="q about a", answer=["red"], attention=rng.uniform(0, 1, (1, 4, 4)), expected="red")],
+            [dict(question="q about b", answer=["two"], attention=rng.uniform(0, 1, (1, 4, 4)))]]
+    box = viz.answer_explorer(pictures, flat)
+    assert box.controls[1:] == (None, None) and len(box.links) == 3
+    assert "A:</b> red ✓" in box.children[1].children[0].children[1].children[0].children[0].value
     with pytest.raises(ValueError, match="one map per answer token"):
         viz.answer_explorer(pictures[:1], [[dict(question="q", answer=["a", "b"], attention=np.zeros((1, 4, 4)))]])
     with pytest.raises(ValueError, match="one per entry of views"):
         viz.answer_explorer(pictures, views[:1])
+    with pytest.raises(ValueError, match="same models with the same layers"):
+        viz.answer_explorer(pictures, [views[0], [dict(question="q", models={"prefix": views[1][0]["models"]["prefix"]})]])
+    with pytest.raises(ValueError, match="share must be"):
+        bad = dict(question="q", answer=["a"], attention=np.zeros((2, 1, 4, 4)), share=np.zeros((1, 1)))
+        viz.answer_explorer(pictures[:1], [[bad]])
+
+
+VISIBLE_JS = """async () => {
+  const visible = el => el.getClientRects().length > 0;
+  const parts = [];
+  for (const el of document.querySelectorAll('.widget-html-content')) if (visible(el)) parts.push(el.innerText);
+  for (const img of document.querySelectorAll('img')) {
+    if (!visible(img)) continue;
+    const bytes = new Uint8Array(await (await fetch(img.src)).arrayBuffer());
+    let h = 2166136261;
+    for (let k = 0; k < bytes.length; k++) { h ^= bytes[k]; h = Math.imul(h, 16777619) >>> 0; }
+    parts.push(`img:${bytes.length}:${h}`);
+  }
+  return parts.join('\\n');
+}"""
+
+
+def test_answer_explorer_works_in_the_browser_without_a_kernel(tmp_path):
+    """The explorer saved as a web page (widget state, the book's offline widget manager) in headless Chromium:
+    the model and layer buttons and the scene menu change what is shown, with no kernel."""
+    import functools
+    import json
+    import os
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+    from pathlib import Path
+
+    import numpy as np
+    from ipywidgets.embed import embed_data
+
+    from utils import viz
+
+    root = Path(__file__).resolve().parents[1]
+    manager = root / "site_assets" / "widgets" / "embed-offline.js"
+    chromium = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+    try:
+        from playwright import sync_api
+    except ImportError:
+        sync_api = None
+    missing = [what for what, ok in (("playwright", sync_api is not None), (str(manager), manager.is_file()),
+                                     (chromium, Path(chromium).is_file())) if not ok]
+    if missing:
+        (pytest.fail if os.environ.get("CI") else pytest.skip)(f"the browser test needs {missing} (make site)")
+    rng = np.random.default_rng(0)
+    box = viz.answer_explorer(rng.uniform(0, 1, (2, 3, 32, 32)), explorer_views(rng), ["scene a", "scene b"])
+    data = embed_data(views=[box], drop_defaults=False)  # as a notebook saves it (the Image needs its description)
+    (tmp_path / "embed-offline.js").write_bytes(manager.read_bytes())
+    (tmp_path / "index.html").write_text(
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8"><title>explorer</title>'
+        '<script src="embed-offline.js"></script><script type="application/vnd.jupyter.widget-state+json">'
+        f'{json.dumps(data["manager_state"])}</script></head><body><div class="cell_output">'
+        f'<script type="application/vnd.jupyter.widget-view+json">{json.dumps(data["view_specs"][0])}</script>'
+        '</div></body></html>', encoding="utf-8")
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(Quiet, directory=str(tmp_path)))
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with sync_api.sync_playwright() as p:
+            browser = p.chromium.launch(executable_path=chromium, headless=True,
+                                        args=["--no-sandbox", "--disable-gpu", "--no-first-run"])
+            page = browser.new_page()
+            page.route("**/*", lambda route: route.continue_() if route.request.url.startswith(
+                ("http://127.0.0.1", "blob:", "data:")) else route.abort())
+            page.goto(f"http://127.0.0.1:{server.server_address[1]}/index.html", wait_until="load")
+            page.wait_for_selector(".widget-toggle-buttons", timeout=20_000)
+            page.wait_for_function("document.querySelectorAll('img').length > 0", timeout=20_000)
+
+            def shown():
+                return page.evaluate(VISIBLE_JS)
+
+            def press(label, name):
+                page.locator(".widget-toggle-buttons", has=page.locator(f"label:text-is('{label}')")) \
+                    .locator(f"button:text-is('{name}')").click()
+                page.wait_for_timeout(150)
+
+            first = shown()
+            assert "A (prefix):" in first and "what colour is the circle" in first and first.count("img:") == 1
+            press("model", "cross")
+            by_cross = shown()
+            assert "A (cross): blue" in by_cross and by_cross != first
+            press("layer", "layer 2")
+            at_2 = shown()
+            assert "(layer 2)" in at_2 and at_2.split("img:")[1] != by_cross.split("img:")[1]  # another picture
+            press("layer", "layer 1")
+            assert "(layer 1)" in shown() and shown() not in (at_2, by_cross)
+            page.select_option("select >> nth=0", index=1)  # the scene
+            page.wait_for_timeout(150)
+            other = shown()
+            assert "how many shapes" in other and "A (cross): (nothing)" in other and "(layer 1)" in other
+            browser.close()
+    finally:
+        server.shutdown()
+        server.server_close()
 
 
 # ---------------------------------------------------------------------------------------------- training stages
@@ -643,3 +780,79 @@ def test_interleaved_bad_input_is_named():
     with pytest.raises(ValueError, match="outside the language model's vocabulary"):
         VisionLanguageModel(tiny_tower(), GPT(GPTConfig(vocab_size=V, block_size=32, n_layer=1, n_head=4,
                                                         n_embd=C_LM)), VLMConfig(fusion="cross", image_token_id=V))
+
+
+# ---------------------------------------------------------------------------------------------- the explorer's maps
+
+@pytest.mark.parametrize("fusion", ["prefix", "cross"])
+def test_answer_attention_reads_the_position_that_produced_each_token(fusion):
+    """Token i's map is the attention of position answer_start - 1 + i (the one that predicted it), read patch by
+    patch row-major from the image positions (which start at 3 here, not 0); the share is the map's mass (prefix)
+    or |tanh(α_l)| (cross, whose map sums to 1). Changing answer token i changes map i + 1, not maps 0..i."""
+    from utils.vlm import answer_attention
+
+    model = tiny_vlm(fusion)
+    G, L, H = 4, 2, 4
+    g = torch.Generator().manual_seed(7)
+    ids = torch.randint(0, IMAGE, (1, 3 + (16 if fusion == "prefix" else 0) + 7), generator=g)  # (1, T)
+    if fusion == "prefix":
+        ids[0, 3:19] = IMAGE  # the image after three words
+    start = ids.shape[1] - 3  # three answer tokens
+    x = images(1, seed=8)
+    maps, share = answer_attention(model, x, ids, start)
+    assert maps.shape == (L, 3, G, G) and share.shape == (L, 3)
+    with torch.no_grad():
+        _, attn = model(x, ids, return_attn=True)
+    for layer in range(L):
+        for i in range(3):
+            p = start - 1 + i
+            for r in range(G):
+                for c in range(G):
+                    if fusion == "prefix":
+                        want = sum(attn["self"][0, layer, h, p, 3 + r * G + c] for h in range(H)) / H
+                    else:
+                        want = sum(attn["cross"][0, layer, h, p, r * G + c] for h in range(H)) / H
+                    torch.testing.assert_close(maps[layer, i, r, c], want, **TOL[torch.float64])
+    if fusion == "prefix":
+        torch.testing.assert_close(share, maps.sum(dim=(-2, -1)), **TOL[torch.float64])
+        assert bool((share > 0).all() and (share < 1).all())  # some attention goes to the text
+    else:
+        torch.testing.assert_close(maps.sum(dim=(-2, -1)), torch.ones(L, 3, dtype=torch.float64), **TOL[torch.float64])
+        gates = torch.tensor([abs(math.tanh(layer.attn_gate.item())) for layer in model.cross_attn], dtype=torch.float64)
+        torch.testing.assert_close(share, gates[:, None].expand(L, 3), **TOL[torch.float64])
+    other = ids.clone()
+    other[0, start + 1] = (other[0, start + 1] + 1) % IMAGE  # answer token 1
+    changed, _ = answer_attention(model, x, other, start)
+    assert torch.equal(changed[:, :2], maps[:, :2]) and not torch.allclose(changed[:, 2], maps[:, 2])
+    empty, _ = answer_attention(model, x, ids[:, :start], start)  # no answer: the map of the first token produced
+    torch.testing.assert_close(empty[:, 0], maps[:, 0], **TOL[torch.float64])
+    with pytest.raises(ValueError, match="answer_start must be an int in"):
+        answer_attention(model, x, ids, 0)
+    with pytest.raises(ValueError, match="one text ids"):
+        answer_attention(model, images(2), ids.repeat(2, 1), start)
+    with pytest.raises(ValueError, match="strategy 'default'"):
+        answer_attention(tiny_vlm("prefix", strategy="pooled"), x, ids, start)
+
+
+def test_prefix_takes_any_number_of_visual_tokens():
+    """Exercise 4's route: K = 4 resampled visual tokens instead of the 16 patches, given as `visual=`; the text
+    then holds 4 image tokens, and forward, the cache and generate agree."""
+    model = tiny_vlm("prefix")
+    visual = torch.randn(2, 4, C_LM, generator=torch.Generator().manual_seed(1), dtype=torch.float64)  # (B, K, C)
+    ids = prompt(2, 4, text=5, seed=2)
+    with torch.no_grad():
+        logits = model(None, ids, visual=visual)
+        first, _ = model.forward_cached(ids, visual)
+        by_hand = model.language_model.transformer.wte(ids)
+        by_hand[:, :4] = visual  # the 4 image positions take the 4 tokens, in order
+    torch.testing.assert_close(first, logits, **TOL[torch.float64])
+    assert torch.equal(model.generate(None, ids, 3, visual=visual), model.generate(None, ids, 3, visual=visual,
+                                                                                   use_cache=False))
+    with torch.no_grad():
+        alone = model.language_model  # the merged embeddings through the GPT's own blocks give the same logits
+        x = alone.transformer.drop(by_hand + alone.transformer.wpe(torch.arange(ids.shape[1])))
+        for block in alone.transformer.h:
+            x = block(x, is_causal=True)
+        torch.testing.assert_close(alone.lm_head(alone.transformer.ln_f(x)), logits, **TOL[torch.float64])
+    with pytest.raises(ValueError, match="exactly 4, one per visual token"):
+        model(None, prompt(2, 16, text=5), visual=visual)

@@ -48,7 +48,7 @@ from .vit import VisionTransformer
 
 __all__ = ["VLMConfig", "MultiModalProjector", "GatedCrossAttention", "VisionLanguageModel", "image_features",
            "merge_image_tokens", "answer_targets", "token_f1", "IGNORE", "PARTS", "STAGES", "set_trainable",
-           "set_stage", "count_parameters"]
+           "set_stage", "count_parameters", "answer_attention"]
 
 IGNORE = -100  # a target F.cross_entropy skips: every position that is not an answer token
 STRATEGIES = ("default", "full", "pooled")
@@ -584,3 +584,51 @@ def count_parameters(model: VisionLanguageModel) -> dict[str, tuple[int, int]]:
         params = list(module.parameters())  # unique tensors: the tied head is not listed twice
         counts[name] = (sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
     return counts
+
+
+# ----------------------------------------------------------------------------------------------
+# Where the answer looked: the explorer's maps
+
+@torch.no_grad()
+def answer_attention(model: VisionLanguageModel, images: Tensor, ids: Tensor, answer_start: int
+                     ) -> tuple[Tensor, Tensor]:
+    """Where each answer token looked on the image, layer by layer: images (1, 3, S, S) and ids (1, T), the prompt
+    and the answer from position `answer_start` on → maps (L, n, G, G) and share (L, n), n = max(1, T - answer_start).
+
+    Answer token i was produced at position p = answer_start - 1 + i (the position that predicts it; with no
+    answer tokens, the one that produced the first token after the prompt). Means over the heads.
+    "prefix": the maps are p's self-attention on the N = G² image positions (patch by patch, row-major) and
+        the share is their sum: the part of p's attention that goes to the image (the rest goes to text).
+    "cross": the maps are p's cross-attention, which always sums to 1 over the image, and the share is
+        |tanh(α_l)|, layer l's attention gate: how much of that attention's output enters the residual stream
+        (Flamingo's tanh gating, Alayrac et al. 2022, figure 4), the same for every token.
+    One image per text, "default" visual tokens (one per patch).
+    """
+    if not isinstance(model, VisionLanguageModel):
+        raise TypeError(f"answer_attention: expected a VisionLanguageModel, got {type(model).__name__}")
+    c, G = model.config, model.vision_tower.config.grid_size
+    if c.vision_feature_select_strategy != "default":
+        raise ValueError(f"answer_attention: the maps need one visual token per patch (strategy 'default'), this "
+                         f"model uses {c.vision_feature_select_strategy!r}")
+    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or not isinstance(images, Tensor) or \
+            images.dim() != 4 or images.shape[0] != 1:
+        raise ValueError("answer_attention: give one text ids (1, T) and its image (1, 3, S, S), got "
+                         f"{tuple(getattr(ids, 'shape', ()))} and {tuple(getattr(images, 'shape', ()))}")
+    T = ids.shape[1]
+    if not isinstance(answer_start, int) or not 1 <= answer_start <= T:
+        raise ValueError(f"answer_attention: answer_start must be an int in [1, {T}] (the answer's first position, "
+                         f"T if there is no answer), got {answer_start!r}")
+    n = max(1, T - answer_start)
+    positions = torch.arange(answer_start - 1, answer_start - 1 + n, device=ids.device)  # (n,)
+    with eval_mode(model):
+        _, maps = model(images, ids, return_attn=True)
+    if c.fusion == "prefix":
+        image_positions = (ids[0] == c.image_token_id).nonzero().flatten()  # (N,)
+        rows = maps["self"][0].mean(dim=1)[:, positions]  # (L, n, T)
+        on_image = rows[..., image_positions]  # (L, n, N)
+        share = on_image.sum(dim=-1)  # (L, n)
+    else:
+        on_image = maps["cross"][0].mean(dim=1)[:, positions]  # (L, n, N)
+        gates = torch.stack([layer.attn_gate for layer in model.cross_attn]).tanh().abs()  # (L,)
+        share = gates[:, None].expand(-1, n).to(on_image.dtype)  # (L, n)
+    return on_image.unflatten(-1, (G, G)), share  # (L, n, G, G), (L, n)
