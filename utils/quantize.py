@@ -245,7 +245,8 @@ class InputStats:
 
     def outlier_ratio(self) -> float:
         """Largest channel's max |x| over the median channel's: ≫ 1 means a few outlier features dominate
-        the per-tensor range (LLM.int8() sees ratios around 20 in large models)."""
+        the per-tensor range (LLM.int8() reports outlier features up to 20x larger than the other
+        dimensions in large models)."""
         return float(self.channel_absmax.max() / self.channel_absmax.median().clamp(min=1e-12))
 
 
