@@ -250,6 +250,33 @@ def test_compare_speed_reports_the_statistics_of_each_draft_length():
         assert r.tokens_per_s == pytest.approx(20 / r.seconds)
 
 
+def test_compare_speed_arithmetic_on_a_fake_clock(monkeypatch):
+    # Every call advances a fake clock: the target alone by 2, 6, 2, ... seconds (a busy moment every other
+    # round), speculative decoding with draft length k by k / 2 seconds, or 3 k / 2 when the machine is busy.
+    clock = {"now": 0.0, "busy": False}
+    monkeypatch.setattr(S, "time", type("FakeTime", (), {"perf_counter": staticmethod(lambda: clock["now"])}))
+
+    def fake_generate(*args, **kwargs):
+        clock["busy"] = not clock["busy"]
+        clock["now"] += 6.0 if clock["busy"] else 2.0
+
+    def fake_speculative(target, draft, prompt, n, k, **kwargs):
+        clock["now"] += k * (1.5 if clock["busy"] else 0.5)
+        return None, SpeculativeStats(k=k, rounds=4, proposed=4 * k, accepted=k, checked=k + 2, new_tokens=n)
+
+    monkeypatch.setattr(S, "generate", fake_generate)
+    monkeypatch.setattr(S, "speculative_generate", fake_speculative)
+    rows = compare_speed(TARGET, TARGET, PROMPT, 20, ks=[1, 2, 4], rounds=3)
+    alone, one, two, four = rows
+    assert (alone.name, alone.k, alone.speedup, alone.tokens_per_target_forward) == ("target alone", 0, 1.0, 1.0)
+    assert math.isnan(alone.acceptance_rate)
+    assert alone.seconds == 2.0 and alone.tokens_per_s == 10.0  # median of 2, 6, 2, 6, 2, 6, 2, 6, 2
+    assert one.speedup == 4.0 and two.speedup == 2.0 and four.speedup == 1.0  # each pair: 2 / (k / 2), 6 / (3 k / 2)
+    assert (one.seconds, two.seconds, four.seconds) == (0.5, 3.0, 2.0)  # medians of 0.5 1.5 0.5, 3 1 3, 2 6 2
+    assert two.tokens_per_s == 20 / 3.0 and two.name == "speculative, k = 2" and two.k == 2
+    assert one.acceptance_rate == 0.25 and four.tokens_per_target_forward == 5.0
+
+
 # ------------------------------------------------------------------------------------------ bad input
 
 def test_clear_errors():
@@ -274,3 +301,29 @@ def test_clear_errors():
         verify_greedy(torch.tensor([1, 2]), torch.zeros(2, 5))
     with pytest.raises(ValueError, match="alpha"):
         expected_tokens_per_round(1.5, 2)
+    with pytest.raises(ValueError, match="cost_ratio"):
+        expected_speedup(0.5, 2, -0.1)
+    for kwargs, what in ((dict(top_k=0), "top_k"), (dict(top_k=12), "top_k"), (dict(top_p=0.0), "top_p"),
+                         (dict(top_p=1.5), "top_p")):
+        with pytest.raises(ValueError, match=what):
+            speculative_generate(TARGET, TARGET, PROMPT, 5, 2, **kwargs)
+    for bad_n in (-1, 2.0, True):
+        with pytest.raises(ValueError, match="max_new_tokens"):
+            speculative_generate(TARGET, TARGET, PROMPT, bad_n, 2)
+    with pytest.raises(ValueError, match="rounds"):
+        compare_speed(TARGET, TARGET, PROMPT, 5, ks=[1], rounds=0)
+    with pytest.raises(ValueError, match="draft length k"):
+        compare_speed(TARGET, TARGET, PROMPT, 5, ks=[1, 0])
+    with pytest.raises(ValueError, match="q \\(k, V\\)"):
+        verify_sampling(torch.tensor([1, 2]), torch.ones(2, 5) / 5, torch.ones(2, 5) / 5)
+
+
+def test_edges_no_new_tokens_the_last_position_and_the_global_generator():
+    out, stats = speculative_generate(TARGET, TARGET, PROMPT, 0, 3)
+    assert torch.equal(out, PROMPT) and stats.rounds == 0
+    n = 64 - len(PROMPT) + 1  # the last token needs no forward pass: positions up to 63 are read
+    out, _ = speculative_generate(TARGET, DRAFTS["independent"], PROMPT, n, 8, greedy=True)
+    assert torch.equal(out, generate(TARGET, PROMPT, n, greedy=True))
+    torch.manual_seed(0)
+    out, stats = speculative_generate(TARGET, DRAFTS["noisy copy"], PROMPT, 12, 3, temperature=1.0, top_p=0.9)
+    assert out.shape == (len(PROMPT) + 12,) and stats.new_tokens == 12

@@ -34,6 +34,7 @@ import time
 from collections.abc import Iterable
 from contextlib import ExitStack
 from dataclasses import dataclass
+from statistics import median
 
 import torch
 from torch import Tensor
@@ -310,56 +311,64 @@ class SpeedRow:
 
     name: str
     k: int
-    seconds: float  # best of the timed rounds, for max_new_tokens tokens
-    tokens_per_s: float
-    speedup: float  # over the target alone
+    seconds: float  # median over the timed rounds, for max_new_tokens tokens
+    tokens_per_s: float  # max_new_tokens / seconds
+    speedup: float  # median over rounds of (target alone's time / this setting's time), timed back to back
     acceptance_rate: float  # accepted / proposed (nan for the target alone)
     tokens_per_target_forward: float
 
 
 def compare_speed(target: GPT, draft: GPT, prompt: Tensor, max_new_tokens: int, ks: Iterable[int] = range(1, 9),
-                  rounds: int = 3, greedy: bool = True, temperature: float = 1.0, top_k: int | None = None,
+                  rounds: int = 5, greedy: bool = True, temperature: float = 1.0, top_k: int | None = None,
                   top_p: float | None = None, seed: int = 0) -> list[SpeedRow]:
     """Time the target alone (`generate` with the KV cache) and `speculative_generate` for each draft length
-    in `ks`, generating `max_new_tokens` tokens after `prompt` (N0,): `rounds` interleaved rounds (every
-    setting once per round, so a busy moment slows them alike), the best time of each kept. Sampling
-    (greedy=False) reseeds the generator with `seed` for every call, so every round draws the same tokens.
-    For notebooks and benchmarks; the statistics are exact, the times are this machine's."""
+    in `ks`, generating `max_new_tokens` tokens after `prompt` (N0,), single sequence.
+
+    Each of the `rounds` rounds times, for every k, the target alone and then speculative decoding right
+    after it, so both see the same load on a shared machine; a setting's speed-up is the median over
+    rounds of the ratio of the pair, its time the median of its times. Sampling (greedy=False) reseeds the
+    generator with `seed` for every call, so every round draws the same tokens. For notebooks and
+    benchmarks: the statistics are exact, the times are this machine's."""
     ks = list(ks)
     for k in ks:
         _check_k(k)
-    if not isinstance(rounds, int) or rounds < 1:
+    if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ValueError(f"rounds must be an int ≥ 1, got {rounds!r}")
     _check_inputs(target, draft, prompt, max_new_tokens, max(ks, default=1), temperature, top_k, top_p)
     device = next(target.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
-    def gen() -> torch.Generator:
-        return torch.Generator(device).manual_seed(seed)
-
     def run(k: int) -> SpeculativeStats | None:
+        gen = torch.Generator(device).manual_seed(seed)
         if k == 0:
             generate(target, prompt, max_new_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                     greedy=greedy, generator=gen())
+                     greedy=greedy, generator=gen)
             return None
         return speculative_generate(target, draft, prompt, max_new_tokens, k, temperature=temperature, top_k=top_k,
-                                    top_p=top_p, greedy=greedy, generator=gen())[1]
+                                    top_p=top_p, greedy=greedy, generator=gen)[1]
 
-    settings = [0] + ks
-    best = {k: float("inf") for k in settings}
-    stats: dict[int, SpeculativeStats | None] = {k: run(k) for k in settings}  # warm-up, and the statistics
+    def seconds(k: int) -> float:
+        sync()
+        start = time.perf_counter()
+        run(k)
+        sync()
+        return time.perf_counter() - start
+
+    stats = {k: run(k) for k in [0] + ks}  # warm-up, and the statistics (the same in every round)
+    alone: list[float] = []
+    times: dict[int, list[float]] = {k: [] for k in ks}
+    ratios: dict[int, list[float]] = {k: [] for k in ks}
     for _ in range(rounds):
-        for k in settings:
-            sync()
-            start = time.perf_counter()
-            run(k)
-            sync()
-            best[k] = min(best[k], time.perf_counter() - start)
-    rows = []
-    for k in settings:
+        for k in ks:
+            t0, t1 = seconds(0), seconds(k)
+            alone.append(t0)
+            times[k].append(t1)
+            ratios[k].append(t0 / t1)
+    if not ks:
+        alone = [seconds(0) for _ in range(rounds)]
+    rows = [SpeedRow("target alone", 0, median(alone), max_new_tokens / median(alone), 1.0, float("nan"), 1.0)]
+    for k in ks:
         s = stats[k]
-        rows.append(SpeedRow(name="target alone" if k == 0 else f"speculative, k = {k}", k=k, seconds=best[k],
-                             tokens_per_s=max_new_tokens / best[k], speedup=best[0] / best[k],
-                             acceptance_rate=float("nan") if s is None else s.acceptance_rate,
-                             tokens_per_target_forward=1.0 if s is None else s.tokens_per_target_forward))
+        rows.append(SpeedRow(f"speculative, k = {k}", k, median(times[k]), max_new_tokens / median(times[k]),
+                             median(ratios[k]), s.acceptance_rate, s.tokens_per_target_forward))
     return rows
