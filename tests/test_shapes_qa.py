@@ -115,5 +115,12 @@ def test_naming_prompts_name_kinds_anew_and_the_query_repeats_an_example_kind():
     assert 0.35 < sum(queries) / 300 < 0.65  # the query is the first example's kind about half the time
     assert prompts.turns(0, examples=False, answer=False) == [("what is this ?", None)]
     assert prompts.turns(0)[:2] == [("what is this ?", prompts.names[0][0]), ("what is this ?", prompts.names[0][1])]
+    by_colour = naming(200, shots=2, seed=6, pool=400, by="colour")
+    for row, names in zip(by_colour.images.tolist(), by_colour.names):
+        colours = [by_colour.shapes.scenes[i][0].colour for i in row]
+        assert colours[0] != colours[1] and colours[2] in colours[:2]
+        assert names[2] == names[colours[:2].index(colours[2])]
     with pytest.raises(ValueError, match="shots"):
         naming(3, shots=0)
+    with pytest.raises(ValueError, match="by must be"):
+        naming(3, by="size")

@@ -266,20 +266,24 @@ class Naming:
         return (named[:-1] if examples else []) + [query]
 
 
-def naming(n: int, shots: int = 2, seed: int = 0, pool: int = 4000, combos: Sequence[tuple[str, str]] = SEEN) -> Naming:
+def naming(n: int, shots: int = 2, seed: int = 0, pool: int = 4000, combos: Sequence[tuple[str, str]] = SEEN,
+           by: str = "kind") -> Naming:
     """`n` few-shot prompts (Flamingo's interleaved prompts, in miniature): each draws `shots` single shapes of
-    different kinds and a query shape of one of those kinds (another colour, size or place, drawn separately), and
-    names the kinds with distinct `NAMES` drawn anew for each prompt, so the answer can only come from the
-    examples: without them a model can do no better than guess among the names. Same arguments → same prompts."""
-    if not 1 <= shots < len(NAMES) or not 1 <= shots <= len(SHAPES):
-        raise ValueError(f"naming: shots must be between 1 and {min(len(NAMES) - 1, len(SHAPES))}, got {shots!r}")
+    different kinds (`by="kind"`) or colours (`by="colour"`) and a query shape of one of those kinds (colours),
+    another picture drawn separately, and names the kinds (colours) with distinct `NAMES` drawn anew for each
+    prompt, so the answer can only come from the examples: without them a model can do no better than guess
+    among the names. Same arguments → same prompts."""
+    if by not in ("kind", "colour"):
+        raise ValueError(f"naming: by must be 'kind' or 'colour' (what the names stand for), got {by!r}")
+    if not isinstance(shots, int) or not 1 <= shots < len(NAMES):
+        raise ValueError(f"naming: shots must be between 1 and {len(NAMES) - 1}, got {shots!r}")
     shapes = captioned_shapes(pool, seed=seed, combos=combos, pairs=0.0)
-    by_kind: dict[str, list[int]] = {}
+    by_kind: dict[str, list[int]] = {}  # by kind or by colour
     for i, scene in enumerate(shapes.scenes):
-        by_kind.setdefault(scene[0].kind, []).append(i)
+        by_kind.setdefault(getattr(scene[0], by), []).append(i)
     kinds = sorted(by_kind)
     if len(kinds) < shots:
-        raise ValueError(f"naming: the pool shows {len(kinds)} kinds of shape, fewer than shots={shots}")
+        raise ValueError(f"naming: the pool shows {len(kinds)} {by}s, fewer than shots={shots}")
     rng = np.random.default_rng(seed + 20_000)
     images, names = [], []
     for _ in range(n):
