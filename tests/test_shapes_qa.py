@@ -124,3 +124,23 @@ def test_naming_prompts_name_kinds_anew_and_the_query_repeats_an_example_kind():
         naming(3, shots=0)
     with pytest.raises(ValueError, match="by must be"):
         naming(3, by="size")
+
+
+def test_task_prompts_answer_all_with_the_colour_or_all_with_the_kind():
+    from utils.shapes import COLOURS, SHAPES
+    from utils.shapes_qa import task_prompts
+
+    prompts = task_prompts(400, shots=2, seed=3, pool=300)
+    assert prompts.names == task_prompts(400, shots=2, seed=3, pool=300).names and prompts.images.shape == (400, 3)
+    by_colour = 0
+    for row, names in zip(prompts.images.tolist(), prompts.names):
+        shapes = [prompts.shapes.scenes[i][0] for i in row]
+        if names[0] in COLOURS:
+            assert names == [s.colour for s in shapes]  # every answer, the query's too, is its own colour
+            by_colour += 1
+        else:
+            assert names == [s.kind for s in shapes] and set(names) <= set(SHAPES)
+    assert 150 < by_colour < 250  # about half the prompts ask for the colour
+    assert prompts.turns(1, examples=False, answer=False) == [("what is this ?", None)]
+    with pytest.raises(ValueError, match="shots"):
+        task_prompts(3, shots=0)

@@ -43,7 +43,7 @@ from .text import Vocab
 
 __all__ = ["KINDS", "TEMPLATES", "DESCRIBE", "describe", "captioning", "PAD", "IMAGE", "END", "USER", "ASSISTANT",
            "IGNORE", "QA", "ShapesQA", "scene_questions", "shapes_qa", "vocab", "encode", "collate", "chat",
-           "chat_collate", "by_scene", "NAMES", "NAME_QUESTION", "Naming", "naming"]
+           "chat_collate", "by_scene", "NAMES", "NAME_QUESTION", "Naming", "naming", "task_prompts"]
 
 PAD, IMAGE, END = "<pad>", "<image>", "<end>"
 USER, ASSISTANT = "<user>", "<assistant>"  # the chat template's role markers
@@ -296,4 +296,22 @@ def naming(n: int, shots: int = 2, seed: int = 0, pool: int = 4000, combos: Sequ
             picks[-1] = by_kind[query][int(rng.integers(len(by_kind[query])))]
         images.append(picks)
         names.append([label[k] for k in shown])
+    return Naming(shapes, torch.tensor(images), names)
+
+
+def task_prompts(n: int, shots: int = 2, seed: int = 0, pool: int = 4000,
+                 combos: Sequence[tuple[str, str]] = SEEN) -> Naming:
+    """`n` few-shot prompts whose examples set the task (Flamingo's few-shot prompting, in miniature): `shots + 1`
+    single shapes, each asked `NAME_QUESTION` ("what is this ?"), which alone does not say what is wanted; in
+    each prompt the examples answer with their shape's colour, or all with its kind (chosen at random per
+    prompt), and the query's answer is its own colour or kind, the same way. Without the examples the question
+    is ambiguous. Returned as a `Naming` whose `names` are the answers. Same arguments → same prompts."""
+    if not isinstance(shots, int) or shots < 1:
+        raise ValueError(f"task_prompts: shots must be an int >= 1, got {shots!r}")
+    shapes = captioned_shapes(pool, seed=seed, combos=combos, pairs=0.0)
+    rng = np.random.default_rng(seed + 30_000)
+    images = rng.integers(pool, size=(n, shots + 1))
+    colour = rng.random(n) < 0.5
+    names = [[shapes.scenes[i][0].colour if c else shapes.scenes[i][0].kind for i in row]
+             for row, c in zip(images.tolist(), colour)]
     return Naming(shapes, torch.tensor(images), names)
