@@ -10,7 +10,7 @@ from utils.shapes_qa import (ASSISTANT, END, IGNORE, IMAGE, PAD, USER, by_scene,
 
 
 def test_chat_lays_out_the_turns_and_scores_only_the_answers():
-    V = vocab()
+    V = vocab(chat=True)
     ids, scored = chat(V, [("how many shapes are there ?", "two"), ("what is on the left ?", "red circle")], 2)
     expected = [USER, IMAGE, IMAGE, "how", "many", "shapes", "are", "there", "?", ASSISTANT, "two", END,
                 USER, "what", "is", "on", "the", "left", "?", ASSISTANT, "red", "circle", END]
@@ -21,7 +21,7 @@ def test_chat_lays_out_the_turns_and_scores_only_the_answers():
 
 
 def test_chat_prompt_ends_with_the_assistant_role_and_text_only_has_no_image():
-    V = vocab()
+    V = vocab(chat=True)
     ids, scored = chat(V, [("what do you see ?", None)], 3)
     assert V.decode(ids) == [USER, IMAGE, IMAGE, IMAGE, "what", "do", "you", "see", "?", ASSISTANT]
     assert not any(scored)
@@ -31,7 +31,7 @@ def test_chat_prompt_ends_with_the_assistant_role_and_text_only_has_no_image():
 
 
 def test_chat_collate_targets_are_the_next_scored_token_and_the_loss_is_the_answers_likelihood():
-    V = vocab()
+    V = vocab(chat=True)
     conversations = [[("how many shapes are there ?", "one")],  # a short one: padded
                      [("what colour is the square ?", "green"), ("what is on the left ?", "blue square")]]
     ids, targets = chat_collate(V, conversations, 1)
@@ -67,7 +67,7 @@ def test_by_scene_groups_every_item_under_its_image():
 
 
 def test_chat_rejects_bad_conversations():
-    V = vocab()
+    V = vocab(chat=True)
     with pytest.raises(ValueError, match="at least one"):
         chat(V, [], 1)
     with pytest.raises(ValueError, match="only the last turn"):
@@ -79,7 +79,7 @@ def test_chat_rejects_bad_conversations():
 
 
 def test_interleaved_chat_puts_an_image_in_every_turn_and_scores_the_last_answer_only():
-    V = vocab()
+    V = vocab(chat=True)
     turns = [("what is this ?", "dax"), ("what is this ?", "wug"), ("what is this ?", "dax")]
     ids, targets = chat_collate(V, [turns], 1, every_turn=True, last_only=True)
     toks = V.decode(ids[0])
@@ -144,3 +144,10 @@ def test_task_prompts_answer_all_with_the_colour_or_all_with_the_kind():
     assert prompts.turns(1, examples=False, answer=False) == [("what is this ?", None)]
     with pytest.raises(ValueError, match="shots"):
         task_prompts(3, shots=0)
+
+
+def test_plain_vocabulary_is_unchanged_and_the_chat_one_adds_roles():
+    plain, chatty = vocab(), vocab(chat=True)
+    assert len(plain) == 45 and plain.itos[:3] == [PAD, IMAGE, END] and USER not in plain.stoi
+    assert chatty.itos[:5] == [PAD, IMAGE, END, USER, ASSISTANT]
+    assert set(plain.itos) < set(chatty.itos) and {"dax", "this"} <= set(chatty.itos) - set(plain.itos)

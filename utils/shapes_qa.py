@@ -18,7 +18,7 @@ combinations stay held out as in chapter 9: training scenes come from `SEEN`, an
 training name seen combinations only.
 
 `ShapesQA` holds a `CaptionedShapes` and (image, kind, question, answer) items; `vocab()` is the word
-vocabulary with the special tokens <pad>, <image>, <end>, <user>, <assistant>; `encode` lays out a sequence as
+vocabulary with the special tokens <pad>, <image>, <end> (`vocab(chat=True)` adds <user>, <assistant>); `encode` lays out a sequence as
 N × <image>, the question, "?", the answer, <end>, and says where the answer starts.
 
 The chat template (LLaVA's instruction tuning, Liu et al. 2023, section 4.2 and table 2, in miniature):
@@ -159,12 +159,15 @@ def captioning(data: ShapesQA) -> ShapesQA:
     return ShapesQA(data.shapes, [QA(i, "caption", DESCRIBE, describe(scene)) for i, scene in enumerate(data.shapes.scenes)])
 
 
-def vocab() -> Vocab:
-    """Every word the questions and answers can use, after <pad>, <image>, <end>, <user>, <assistant>; fixed order
-    (alphabetical)."""
+def vocab(chat: bool = False) -> Vocab:
+    """Every word the questions and answers can use, after <pad>, <image>, <end>; fixed order (alphabetical).
+    `chat`: also the chat template's roles <user>, <assistant> (after <end>) and the few-shot prompts' words
+    (`NAMES`, `NAME_QUESTION`)."""
     words = {w for ts in TEMPLATES.values() for t in ts for w in t.split() if "{" not in w}
     words |= set(COLOURS) | set(SHAPES) | set(PLACES) | set(NUMBERS.values()) | {"yes", "no"}
     words |= {w for _, where in PLACES.values() for w in where.split()} | set(DESCRIBE.split()) | {"a", "and"}
+    if not chat:
+        return Vocab([PAD, IMAGE, END] + sorted(words))
     words |= set(NAMES) | set(NAME_QUESTION.split())
     return Vocab([PAD, IMAGE, END, USER, ASSISTANT] + sorted(words))
 
