@@ -46,3 +46,88 @@ def test_the_script_reproduces_the_checkpoint_bit_for_bit(tmp_path):
         "retraining gave different bytes: a different torch version or CPU can change float rounding; if the "
         "recipe changed on purpose, run python -m scripts.train_char_gpt and update CHAR_GPT.sha256")
     assert torch.get_num_threads() >= 1
+
+
+def test_loaded_model_is_moved_to_the_device_asked_for():
+    # "meta" is a device every machine has: the weights must follow the `device` argument, not stay on the CPU
+    model, _ = load_char_gpt(device="meta")
+    assert {p.device.type for p in model.parameters()} == {"meta"} and not model.training
+
+
+def test_sha256_file_follows_its_documented_recipe(tmp_path):
+    """The hash written out from sha256_file's docstring: tensors sorted by name (name|dtype|shape| then the
+    raw bytes, nothing for an empty tensor), then the metadata as JSON with sorted keys."""
+    from safetensors.torch import save_file
+    import hashlib
+    import json
+    b = torch.tensor([[1.5, -2.0]], dtype=torch.float32)  # bytes of 1.5 and -2.0 in little-endian float32
+    e = torch.zeros(0, 3, dtype=torch.int64)  # an empty tensor: contributes its header only
+    path = tmp_path / "t.safetensors"
+    save_file({"b": b, "a_empty": e}, str(path), metadata={"z": "1", "step": "7"})
+    h = hashlib.sha256()
+    h.update(b"a_empty|torch.int64|(0, 3)|")
+    h.update(b"b|torch.float32|(1, 2)|" + bytes.fromhex("0000c03f") + bytes.fromhex("000000c0"))
+    h.update(json.dumps({"step": "7", "z": "1"}).encode())
+    h.update(b"")  # (the json above already has its keys sorted)
+    assert sha256_file(path) == h.hexdigest()
+    with pytest.raises(ValueError, match="not a readable safetensors file"):
+        sha256_file(tmp_path / "absent.safetensors")
+
+
+TINY = dataclasses.replace(CHAR_GPT.recipe, n_layer=1, n_head=1, n_embd=8, block_size=8, batch_size=2,
+                           warmup=1, max_steps=2, eval_every=1)
+
+
+@pytest.mark.skipif(not os.environ.get("ONEHOT_DATA_DIR") and not os.environ.get("CI"),
+                    reason="set ONEHOT_DATA_DIR to a folder holding tinyshakespeare/input.txt")
+def test_train_char_gpt_trains_the_spec_saves_its_metadata_and_restores_threads(tmp_path):
+    """A 2-step run of a tiny recipe: what the file holds is what the spec and the history say."""
+    import json
+    from safetensors import safe_open
+    from utils.checkpoints import PretrainedSpec, char_data
+    from utils.data import tiny_shakespeare
+    from utils.gpt import train_gpt
+    before = torch.get_num_threads()
+    seen = []
+    spec = PretrainedSpec(path=tmp_path / "default.safetensors", sha256="", recipe=TINY, seed=3,
+                          threads=before + 1)
+    import utils.checkpoints as ck
+    real = ck.train_gpt
+
+    def spy(*a, **k):  # the thread count the training runs under
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    ck_train = pytest.MonkeyPatch()
+    ck_train.setattr(ck, "train_gpt", spy)
+    try:
+        model, history, path = train_char_gpt(spec, tmp_path / "asked.safetensors")
+    finally:
+        ck_train.undo()
+    assert seen == [before + 1] and torch.get_num_threads() == before
+    assert path == tmp_path / "asked.safetensors" and path.is_file() and not spec.path.exists()
+    assert history.steps == 2
+    text = tiny_shakespeare(allow_download=False)
+    vocab = "".join(sorted(set(text)))  # nanoGPT's char vocabulary: the distinct characters, by code point
+    with safe_open(str(path), framework="pt") as f:
+        header = f.metadata()
+        stored = {name: f.get_tensor(name) for name in f.keys()}
+    assert header["step"] == "2"
+    meta = json.loads(header["metadata"])
+    assert meta["vocab"] == vocab and len(vocab) == 65
+    assert meta["recipe"] == json.loads(json.dumps(dataclasses.asdict(TINY)))
+    assert meta["seed"] == 3 and meta["threads"] == before + 1
+    assert meta["val_loss"] == history.last_eval["val_loss"] and 3.0 < meta["val_loss"] < 5.0  # ~ln 65 = 4.17
+    for name, t in stored.items():
+        torch.testing.assert_close(t, model.state_dict()[name], rtol=0, atol=0)
+    # the run is train_gpt's on chapter 7's split with the spec's seed: the same weights
+    _, train_ids, val_ids = char_data()
+    n = int(len(text) * 0.9)
+    assert len(train_ids) == n and len(val_ids) == len(text) - n
+    torch.set_num_threads(before + 1)  # the thread count changes float rounding (module docstring)
+    try:
+        ref, _ = train_gpt(TINY, train_ids, val_ids, 65, seed=3)
+    finally:
+        torch.set_num_threads(before)
+    for name, t in ref.state_dict().items():
+        torch.testing.assert_close(model.state_dict()[name], t, rtol=0, atol=0)
