@@ -18,17 +18,12 @@ from utils.compress import (GroupedQueryAttention, LinearAttention, causal_linea
                             prune_unstructured_, sparsity, train_student)
 from utils.gpt import GPT, GPTConfig, Recipe
 from utils.quantize import quantize
+from weights import rows_of_different_ranges, tiny_gpt
 
 
 @pytest.fixture
 def w():
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(48, 96, generator=g) * torch.rand(48, 1, generator=g)  # rows of different ranges
-
-
-def tiny_gpt(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    return rows_of_different_ranges()
 
 
 # ------------------------------------------------------------------------------------------ pruning

@@ -17,6 +17,7 @@ from utils.quantize import (SUPPORTED_BITS, Int8Linear, WeightFakeQuant, activat
                             gptq_quantize_model_, input_hessian, int8_linears_, integer_linear, observe_inputs,
                             pack_int4, qat_finalize_, qat_prepare_, quantize, quantize_activation, quantize_per_token,
                             quantized_nbytes, requantize, unpack_int4)
+from weights import rows_of_different_ranges, tiny_gpt
 
 # torch's quantized tensors (the reference here) are themselves deprecated; the integers are what we compare
 TORCH_QUANTIZED_DEPRECATED = pytest.mark.filterwarnings("ignore:torch.quantize_per_tensor:UserWarning")
@@ -24,13 +25,7 @@ TORCH_QUANTIZED_DEPRECATED = pytest.mark.filterwarnings("ignore:torch.quantize_p
 
 @pytest.fixture
 def w():
-    g = torch.Generator().manual_seed(0)
-    return torch.randn(48, 96, generator=g) * torch.rand(48, 1, generator=g)  # rows of different ranges
-
-
-def tiny_gpt(seed: int = 0) -> GPT:
-    torch.manual_seed(seed)
-    return GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16)).eval()
+    return rows_of_different_ranges()
 
 
 # ------------------------------------------------------------------------------------------ quantization
