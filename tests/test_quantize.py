@@ -11,7 +11,6 @@ import torch
 from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
 
-from utils.gpt import GPT, GPTConfig
 from utils.quantize import (SUPPORTED_BITS, Int8Linear, WeightFakeQuant, activation_qparams, block_linears,
                             compressible_weights, fake_quantize_, fake_quantize_ste, gptq_quantize,
                             gptq_quantize_model_, input_hessian, int8_linears_, integer_linear, observe_inputs,
