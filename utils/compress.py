@@ -211,8 +211,10 @@ def train_student(config: GPTConfig, recipe: Recipe, train_ids: Tensor, val_batc
     """Train `make_model(config)` on random windows of `train_ids` with the optimizer and schedule of
     `recipe` for `steps` steps (default recipe.max_steps): on the data alone (teacher None) or with
     `distillation_loss` against `teacher` (frozen, eval mode). Same seed → same initial weights and
-    same batches, with or without the teacher. Records val_loss on `val_batches`. Runs on `device`
-    (default: the teacher's, else the device of `train_ids`)."""
+    same batches, with or without the teacher. The history's val_loss is the training objective on
+    `val_batches`: with a teacher that is the distillation loss, not the language-model loss, so compare
+    students with the model's own cross-entropy instead. Runs on `device` (default: the teacher's, else
+    the device of `train_ids`)."""
     steps = recipe.max_steps if steps is None else steps
     if device is None:
         device = next(p.device for p in teacher.parameters()) if teacher is not None else train_ids.device
