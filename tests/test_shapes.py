@@ -110,3 +110,100 @@ def test_bad_input_is_rejected_with_a_reason():
     with pytest.raises(ValueError, match="non-empty sequence of Shape"):
         draw([("red", "circle")])
     assert set(SIZES) == {"small", "large"} and len(PLACES) == 5
+
+
+def test_signed_distances_by_hand():
+    from utils.shapes import _distance
+    r = 10.0
+    d = lambda kind, x, y: float(_distance(kind, np.array([x]), np.array([y]), r)[0])  # noqa: E731
+    # square of half-side 0.85 r
+    assert d("square", 0, 0) == pytest.approx(-8.5) and d("square", 20, 0) == pytest.approx(11.5)
+    assert d("square", 3, -12) == pytest.approx(3.5)
+    # equilateral triangle pointing up (y grows downwards), circumradius R = 1.2 r = 12: its three vertices
+    # (0, -R), (±R√3/2, R/2) lie on the outline, its centre is the inradius R/2 = 6 inside
+    R = 12.0
+    for x, y in [(0, -R), (R * np.sqrt(3) / 2, R / 2), (-R * np.sqrt(3) / 2, R / 2), (0, R / 2)]:
+        assert d("triangle", x, y) == pytest.approx(0, abs=1e-9), (x, y)
+    assert d("triangle", 0, 0) == pytest.approx(-6) and d("triangle", 0, 10) == pytest.approx(4)
+    assert d("triangle", 10, 0) == pytest.approx(10 * np.sqrt(3) / 2 - 6)  # beyond the right side: its normal
+    # plus sign: bars of half-length r = 10 and half-width 0.35 r = 3.5
+    assert d("cross", 0, 0) == pytest.approx(-3.5)
+    for x, y in [(10, 0), (-10, 0), (0, 10), (0, -10), (5, 3.5), (3.5, 5)]:  # bar tips and bar edges
+        assert d("cross", x, y) == pytest.approx(0, abs=1e-9), (x, y)
+    assert d("cross", 5, 5) == pytest.approx(1.5)  # in the notch between the bars
+    assert d("circle", 6, 8) == pytest.approx(0) and d("circle", 0, 0) == pytest.approx(-10)
+
+
+def _replay(scene, S, seed):
+    """The module docstring's drawing model written out for circles: background u + N(0, 0.03²) with
+    u ~ U(0.05, 0.2); per shape, place ± 0.05 (± 0.03 in a pair) of the side, radius × (1 ± 0.08),
+    colour ± 0.07 clipped to [0, 1]; pixel centres at (i + 0.5); cover = clip(0.5 - (|p - c| - r), 0, 1)."""
+    g = np.random.default_rng(seed)
+    image = np.repeat(g.uniform(0.05, 0.2) + g.normal(0.0, 0.03, (S, S, 1)), 3, axis=2)
+    ys, xs = np.indices((S, S)) + 0.5
+    j = 0.05 if len(scene) == 1 else 0.03
+    for s in scene:
+        (px, py), _ = PLACES[s.place]
+        cx, cy = (px + g.uniform(-j, j)) * S, (py + g.uniform(-j, j)) * S
+        r = SIZES[s.size] * (1 + g.uniform(-0.08, 0.08)) * S
+        colour = np.clip(np.array(COLOURS[s.colour]) + g.uniform(-0.07, 0.07, 3), 0, 1)
+        cover = np.clip(0.5 - (np.sqrt((xs - cx) ** 2 + (ys - cy) ** 2) - r), 0, 1)[..., None]
+        image = image * (1 - cover) + colour * cover
+    return np.clip(image, 0, 1)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_draw_follows_the_documented_model(seed):
+    one = (Shape("orange", "circle", "large", "left"),)  # orange has a channel at 1.0: the colour clip matters
+    pair = (Shape("orange", "circle", "small", "top"), Shape("cyan", "circle", "large", "bottom"))
+    for scene in (one, pair):
+        np.testing.assert_allclose(draw(scene, 24, np.random.default_rng(seed)), _replay(scene, 24, seed),
+                                   rtol=0, atol=1e-12)
+    assert draw(one).shape == (32, 32, 3)  # 32 pixels by default
+    np.testing.assert_allclose(draw(one), _replay(one, 32, 0), rtol=0, atol=1e-12)  # default: seeded with 0
+
+
+def test_sizes_and_counts_at_their_bounds():
+    assert draw((Shape("red", "circle", "small", "left"),), size=8).shape == (8, 8, 3)  # 8 is allowed
+    for bad in (8.5, True, 7):
+        with pytest.raises(ValueError, match="size must be an int"):
+            draw((Shape("red", "circle", "small", "left"),), size=bad)
+    empty = captioned_shapes(0)
+    assert empty.images.shape == (0, 3, 32, 32) and len(empty) == 0
+    for bad in (True, 1.5):
+        with pytest.raises(ValueError, match="n must be a non-negative int"):
+            captioned_shapes(bad)
+    with pytest.raises(ValueError, match="combos must be"):
+        captioned_shapes(2, combos=[("pink", "circle")])
+    with pytest.raises(ValueError, match="combos must be"):
+        captioned_shapes(2, combos=[("red", "circle", "x")])
+
+
+def test_one_combination_without_pairs_and_two_with_them():
+    only = captioned_shapes(5, seed=1, combos=[("red", "circle")], pairs=0.0)
+    assert all(s[0].name == "red circle" for s in only.scenes)
+    # the same scene drawn twice still differs: every image is drawn with the dataset's generator
+    assert len({tuple(img.flatten().tolist()) for img in only.images}) == 5
+    assert only.captions(3) == ["a red circle"] * 5
+    assert only.captions(2) == [f"a {s[0].size} red circle" for s in only.scenes]
+    two = captioned_shapes(200, seed=2, combos=[("red", "circle"), ("blue", "cross")], pairs=1.0)
+    assert all({a.name, b.name} == {"red circle", "blue cross"} for a, b in two.scenes)
+    side = np.mean([a.place == "left" for a, _ in two.scenes])
+    assert 0.4 < side < 0.6  # left/right and top/bottom about equally often
+
+
+def test_dataset_pixels_are_the_drawn_image_times_255():
+    data = captioned_shapes(1, seed=7, combos=[("green", "circle")], pairs=0.0)
+    g = np.random.default_rng(7)  # what captioned_shapes draws first: the pair coin, the combo, size, place
+    g.random(), g.integers(1)
+    size, place = list(SIZES)[g.integers(2)], list(PLACES)[g.integers(5)]
+    assert data.scenes[0] == (Shape("green", "circle", size, place),)
+    expected = np.round(draw(data.scenes[0], 32, g) * 255).astype(np.uint8)  # (S, S, 3)
+    assert torch.equal(data.images[0], torch.from_numpy(expected).permute(2, 0, 1))
+
+
+def test_pixels_map_0_255_to_minus_1_plus_1_and_left_of_captions():
+    data = CaptionedShapes(torch.tensor([0, 51, 255], dtype=torch.uint8).view(1, 3, 1, 1), [])
+    torch.testing.assert_close(data.pixels().flatten(), torch.tensor([-1.0, -0.6, 1.0]))
+    pair = (Shape("red", "circle", "small", "left"), Shape("blue", "cross", "large", "right"))
+    assert caption(pair, 3) == "a red circle left of a blue cross"
