@@ -1,0 +1,336 @@
+"""utils.diffusion: the noise schedules, q(x_t | x_0), the DDPM and DDIM steps and their timesteps equal
+diffusers' DDPMScheduler and DDIMScheduler on the same inputs (1e-6); a whole guided DDIM sampling loop
+equals the loop diffusers' pipelines run; classifier-free guidance equals diffusers' ClassifierFreeGuidance
+guider and the pipelines' formula; the timestep embedding equals diffusers' get_timestep_embedding; the
+loss is DDPM's eq. 14 written out; the denoiser's null caption and masks do what they say; chapter 9's
+text features are CLIP's; bad input fails clearly."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from diffusers import DDIMScheduler, DDPMScheduler
+from diffusers.guiders import ClassifierFreeGuidance
+from diffusers.models.embeddings import get_timestep_embedding
+
+from utils import diffusion as Df
+from utils.clip import CLIP, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
+from weights import scramble_
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TOL = dict(atol=1e-6, rtol=1e-6)
+SCHEDULES = [  # ours, diffusers' config
+    (dict(), dict(beta_schedule="linear")),
+    (dict(num_train_timesteps=50, beta_start=1e-3, beta_end=0.05), dict(num_train_timesteps=50, beta_start=1e-3,
+                                                                         beta_end=0.05, beta_schedule="linear")),
+    (dict(schedule="cosine"), dict(beta_schedule="squaredcos_cap_v2")),
+]
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def images(B=3, seed=0):
+    return randn(B, 3, 8, 8, seed=seed)
+
+
+@pytest.mark.parametrize("ours,theirs", SCHEDULES)
+def test_schedule_equals_diffusers(ours, theirs):
+    s, ref = Df.NoiseSchedule(**ours), DDPMScheduler(**theirs)
+    torch.testing.assert_close(s.betas, ref.betas, **TOL)
+    torch.testing.assert_close(s.alphas, ref.alphas, **TOL)
+    torch.testing.assert_close(s.alphas_cumprod, ref.alphas_cumprod, **TOL)
+    assert s.alphas_cumprod.dtype == torch.float32
+
+
+def test_linear_schedule_by_hand():
+    """DDPM section 4: β from 1e-4 to 0.02 in 1000 steps; ᾱ the running product of 1 - β."""
+    s = Df.NoiseSchedule()
+    assert s.betas[0].item() == pytest.approx(1e-4) and s.betas[-1].item() == pytest.approx(0.02)
+    assert s.betas[1].item() == pytest.approx(1e-4 + (0.02 - 1e-4) / 999, rel=1e-5)
+    assert s.alphas_cumprod[1].item() == pytest.approx((1 - 1e-4) * (1 - s.betas[1].item()), rel=1e-6)
+    assert s.alphas_cumprod[-1].item() == pytest.approx(math.prod(1 - b for b in s.betas.double().tolist()), rel=1e-4)
+
+
+@pytest.mark.parametrize("ours,theirs", SCHEDULES)
+def test_add_noise_equals_diffusers(ours, theirs):
+    s, ref = Df.NoiseSchedule(**ours), DDPMScheduler(**theirs)
+    x0, noise = images(4, 0), images(4, 1)
+    t = torch.tensor([0, 7, s.num_train_timesteps // 2, s.num_train_timesteps - 1])  # rows at different noise
+    torch.testing.assert_close(s.add_noise(x0, noise, t), ref.add_noise(x0, noise, t), **TOL)
+    abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)  # eq. (4) written out
+    torch.testing.assert_close(s.add_noise(x0, noise, t), abar.sqrt() * x0 + (1 - abar).sqrt() * noise, **TOL)
+    torch.testing.assert_close(s.add_noise(x0, noise, 5), ref.add_noise(x0, noise, torch.full((4,), 5)), **TOL)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("steps", [1, 3, 10, 25, 1000])
+def test_timesteps_equal_diffusers(spacing, steps):
+    ref = DDIMScheduler(timestep_spacing=spacing)
+    ref.set_timesteps(steps)
+    assert Df.NoiseSchedule().timesteps(steps, spacing) == ref.timesteps.tolist()
+
+
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("t", [999, 500, 1, 0])
+def test_ddpm_step_equals_diffusers(t, clip):
+    s, ref = Df.NoiseSchedule(), DDPMScheduler(clip_sample=clip)
+    x_t, eps = 3 * images(2, 0), images(2, 1)  # x_t wide enough that clipping x̂_0 changes it
+    ref_out = ref.step(eps, t, x_t, generator=torch.Generator().manual_seed(7))
+    noise = torch.randn(x_t.shape, generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(s.ddpm_step(eps, t, x_t, noise=noise, clip_x0=clip), ref_out.prev_sample, **TOL)
+    with_gen = s.ddpm_step(eps, t, x_t, generator=torch.Generator().manual_seed(7), clip_x0=clip)
+    torch.testing.assert_close(with_gen, ref_out.prev_sample, **TOL)
+
+
+def test_ddpm_step_adds_noise_except_at_zero():
+    s, x_t, eps = Df.NoiseSchedule(), images(2, 0), images(2, 1)
+    a, b = (s.ddpm_step(eps, 10, x_t, noise=images(2, k)) for k in (2, 3))
+    assert (a - b).abs().max() > 1e-3
+    a, b = (s.ddpm_step(eps, 0, x_t, noise=images(2, k)) for k in (2, 3))
+    torch.testing.assert_close(a, b, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_strided_ddpm_steps_equal_diffusers(spacing):
+    s, ref = Df.NoiseSchedule(), DDPMScheduler(timestep_spacing=spacing, clip_sample=False)
+    ref.set_timesteps(10)
+    ts = s.timesteps(10, spacing)
+    x_t, eps = images(2, 0), images(2, 1)
+    for i, t in enumerate(ts):
+        prev_t = ts[i + 1] if i + 1 < len(ts) else -1
+        assert prev_t == int(ref.previous_timestep(torch.tensor(t)))
+        expected = ref.step(eps, t, x_t, generator=torch.Generator().manual_seed(i)).prev_sample
+        got = s.ddpm_step(eps, t, x_t, prev_t, generator=torch.Generator().manual_seed(i))
+        torch.testing.assert_close(got, expected, **TOL)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+@pytest.mark.parametrize("clip", [False, True])
+@pytest.mark.parametrize("eta", [0.0, 1.0])
+def test_ddim_steps_equal_diffusers(spacing, clip, eta):
+    s, ref = Df.NoiseSchedule(), DDIMScheduler(timestep_spacing=spacing, clip_sample=clip)
+    ref.set_timesteps(5)
+    ts = s.timesteps(5, spacing)
+    x_t = 2 * images(2, 0)
+    for i, t in enumerate(ts):  # the last step goes to ᾱ = 1 (set_alpha_to_one)
+        eps, noise = images(2, 10 + i), images(2, 20 + i)
+        prev_t = ts[i + 1] if i + 1 < len(ts) else -1
+        expected = ref.step(eps, t, x_t, eta=eta, variance_noise=noise if eta else None).prev_sample
+        torch.testing.assert_close(s.ddim_step(eps, t, x_t, prev_t, eta=eta, noise=noise, clip_x0=clip), expected, **TOL)
+        x_t = expected
+
+
+def test_ddim_eta0_by_hand_and_deterministic():
+    s, x_t, eps = Df.NoiseSchedule(), images(2, 0), images(2, 1)
+    a_t, a_p = s.alphas_cumprod[600], s.alphas_cumprod[400]
+    x0 = (x_t - (1 - a_t).sqrt() * eps) / a_t.sqrt()  # eq. (12) with σ = 0
+    torch.testing.assert_close(s.ddim_step(eps, 600, x_t, 400), a_p.sqrt() * x0 + (1 - a_p).sqrt() * eps, **TOL)
+    torch.testing.assert_close(s.predict_x0(eps, 600, x_t), x0, **TOL)
+
+
+def test_guide_equals_diffusers_guider_and_pipeline_formula():
+    cond, uncond = images(2, 0), images(2, 1)
+    for scale in (0.0, 1.0, 2.5, 7.5):
+        expected = ClassifierFreeGuidance(guidance_scale=scale).forward(cond, uncond).pred
+        torch.testing.assert_close(Df.guide(uncond, cond, scale), expected, **TOL)
+        # StableDiffusionPipeline: noise_pred_uncond, noise_pred_text = noise_pred.chunk(2), then this line
+        noise_pred_uncond, noise_pred_text = torch.cat([uncond, cond]).chunk(2)
+        pipeline = noise_pred_uncond + scale * (noise_pred_text - noise_pred_uncond)
+        torch.testing.assert_close(Df.guide(uncond, cond, scale), pipeline, **TOL)
+    torch.testing.assert_close(Df.guide(uncond, cond, 0.0), uncond, atol=0, rtol=0)
+
+
+def test_timestep_embedding_equals_diffusers():
+    t = torch.tensor([0, 1, 17, 999])
+    for dim in (2, 8, 128):
+        expected = get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=0)
+        torch.testing.assert_close(Df.timestep_embedding(t, dim), expected, **TOL)
+
+
+class Stub(torch.nn.Module):
+    """ε = 0.5 x_t + the caption's mean feature (nothing if dropped) + t / 1000: every input matters."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def forward(self, x_t, t, cond, cond_mask=None, drop=None):
+        self.calls.append((t.clone(), None if drop is None else drop.clone()))
+        c = cond.mean(dim=(1, 2)) * (~drop).float()  # (B,)
+        return 0.5 * x_t + (c + t.float() / 1000).view(-1, 1, 1, 1)
+
+
+def test_diffusion_loss_is_eq14_with_condition_dropout():
+    s, x0, cond = Df.NoiseSchedule(), images(4, 0), randn(4, 3, 5, seed=1)
+    t, noise, drop = torch.tensor([3, 100, 500, 999]), images(4, 2), torch.tensor([False, True, False, True])
+    model = Stub()
+    got = Df.diffusion_loss(model, s, x0, cond, t=t, noise=noise, drop=drop)
+    abar = s.alphas_cumprod[t].view(-1, 1, 1, 1)
+    x_t = abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+    expected = ((noise - Stub()(x_t, t, cond, drop=drop)) ** 2).mean()
+    torch.testing.assert_close(got, expected, **TOL)
+    # drawn: t uniform in [0, T), ε normal, drop with probability p_uncond, in that order from the generator
+    g = torch.Generator().manual_seed(3)
+    t2 = torch.randint(1000, (4,), generator=g)
+    noise2 = torch.randn(x0.shape, generator=g)
+    drop2 = torch.rand(4, generator=g) < 0.5
+    expected = Df.diffusion_loss(Stub(), s, x0, cond, t=t2, noise=noise2, drop=drop2)
+    got = Df.diffusion_loss(model, s, x0, cond, p_uncond=0.5, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(got, expected, **TOL)
+    for p, want in ((0.0, False), (1.0, True)):
+        Df.diffusion_loss(model, s, x0, cond, p_uncond=p)
+        assert bool((model.calls[-1][1] == want).all())
+
+
+def test_guided_epsilon_runs_cond_and_null_captions():
+    x_t, cond = images(3, 0), randn(3, 4, 5, seed=1)
+    model = Stub()
+    got = Df.guided_epsilon(model, x_t, 42, cond, scale=3.0)
+    eps_c = Stub()(x_t, torch.full((3,), 42), cond, drop=torch.zeros(3, dtype=torch.bool))
+    eps_u = Stub()(x_t, torch.full((3,), 42), cond, drop=torch.ones(3, dtype=torch.bool))
+    torch.testing.assert_close(got, eps_u + 3.0 * (eps_c - eps_u), **TOL)
+    assert len(model.calls) == 1 and model.calls[0][1].tolist() == [False] * 3 + [True] * 3
+    torch.testing.assert_close(Df.guided_epsilon(model, x_t, 42, cond, scale=1.0), eps_c, **TOL)
+    assert model.calls[-1][1].tolist() == [False] * 3  # scale 1: the conditional half only
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_sample_equals_a_diffusers_guided_loop(sampler):
+    """The loop of diffusers' pipelines: set_timesteps, then per t the model on [uncond; cond], guidance, step.
+    5 steps: with trailing spacing diffusers' DDIM step jumps back T // n, which is the next timestep only
+    when n divides T; ours always goes to the next timestep."""
+    s, cond, x_T = Df.NoiseSchedule(), randn(2, 3, 5, seed=1), images(2, 0)
+    ref = (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(timestep_spacing="trailing", clip_sample=True)
+    ref.set_timesteps(5)
+    model, x, g = Stub(), x_T.clone(), torch.Generator().manual_seed(5)
+    for t in ref.timesteps:
+        tt = torch.full((4,), int(t))
+        eps = model(torch.cat([x, x]), tt, torch.cat([cond, cond]), drop=torch.tensor([True, True, False, False]))
+        uncond, text = eps.chunk(2)
+        x = ref.step(uncond + 2.0 * (text - uncond), t, x, generator=g).prev_sample
+    got, trajectory = Df.sample(Stub(), s, cond, (2, 3, 8, 8), steps=5, sampler=sampler, guidance_scale=2.0,
+                                x_T=x_T, generator=torch.Generator().manual_seed(5), return_trajectory=True)
+    torch.testing.assert_close(got, x, atol=1e-5, rtol=1e-5)
+    assert [t for t, _, _ in trajectory] == ref.timesteps.tolist()
+    torch.testing.assert_close(trajectory[0][1], x_T, atol=0, rtol=0)
+
+
+# --- the denoiser ------------------------------------------------------------------------------------
+
+CFG = Df.DenoiserConfig(image_size=8, patch_size=4, width=16, layers=2, heads=2, cond_dim=6, max_cond_len=5)
+
+
+def denoiser(seed=0):
+    return scramble_(Df.Denoiser(CFG), seed).eval()  # the head is no longer zero
+
+
+def test_denoiser_shapes_and_every_input_matters():
+    m = denoiser()
+    x, t, cond = randn(2, 3, 8, 8), torch.tensor([5, 900]), randn(2, 4, 6, seed=1)
+    out = m(x, t, cond)
+    assert out.shape == (2, 3, 8, 8)
+    for changed in (m(x + 0.1, t, cond), m(x, t + 50, cond), m(x, t, cond + 0.1)):
+        assert ((changed - out).abs().flatten(1).amax(1) > 1e-4).all()  # both rows move
+    assert Df.Denoiser(CFG)(x, t, cond).abs().max() == 0  # untrained: the zero head predicts ε = 0
+
+
+def test_denoiser_null_caption_and_mask():
+    m = denoiser()
+    x, t = randn(2, 3, 8, 8), torch.tensor([5, 900])
+    cond, other = randn(2, 4, 6, seed=1), randn(2, 4, 6, seed=2)
+    drop = torch.tensor([True, False])
+    a, b = m(x, t, cond, drop=drop), m(x, t, other, drop=drop)
+    torch.testing.assert_close(a[0], b[0], atol=1e-6, rtol=0)  # a dropped caption is not read
+    assert (a[1] - b[1]).abs().max() > 1e-4
+    mask = torch.tensor([[True, True, False, False], [True, True, True, True]])
+    changed = cond.clone()
+    changed[0, 2:] += 5.0  # only masked positions of row 0
+    a, b = m(x, t, cond, mask), m(x, t, changed, mask)
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert (m(x, t, cond) - a)[0].abs().max() > 1e-4  # unmasked, the same positions are read
+    # the null caption is one token: the same output whatever the caption's length
+    torch.testing.assert_close(m(x, t, cond, drop=torch.ones(2, dtype=torch.bool)),
+                               m(x, t, cond[:, :1], drop=torch.ones(2, dtype=torch.bool)), atol=1e-6, rtol=0)
+
+
+def test_denoiser_every_parameter_learns():
+    m = denoiser().train()
+    loss = Df.diffusion_loss(m, Df.NoiseSchedule(), randn(4, 3, 8, 8), randn(4, 3, 6, seed=1),
+                             drop=torch.tensor([True, False, False, True]))
+    loss.backward()
+    dead = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert not dead, dead
+
+
+def test_denoiser_unpatchify_puts_each_patch_back_in_place():
+    """With the blocks' residual branches silenced, patch token i only carries its own pixels: the output's
+    patch i depends on the input's patch i only."""
+    m = denoiser()
+    with torch.no_grad():
+        for block in m.blocks:
+            block.attn.out_proj.weight.zero_(), block.attn.out_proj.bias.zero_()
+            block.mlp.c_proj.weight.zero_(), block.mlp.c_proj.bias.zero_()
+    x, t, cond = randn(1, 3, 8, 8), torch.tensor([3]), randn(1, 2, 6, seed=1)
+    y = x.clone()
+    y[:, :, 4:, :4] += 1.0  # the bottom-left patch
+    d = (m(y, t, cond) - m(x, t, cond)).abs().sum(1)[0]  # (8, 8)
+    assert d[4:, :4].min() > 0 and d[:4].max() == 0 and d[4:, 4:].max() == 0
+    assert (m(x, t + 100, cond) - m(x, t, cond)).abs().flatten(2).amin(2).min() > 0  # every patch reads t itself
+
+
+def test_clip_text_features_are_chapter_9s_tower():
+    clip = scramble_(CLIP(CLIPConfig(embed_dim=8, vision=CLIPVisionConfig(image_size=16, layers=1, width=16,
+                                                                          patch_size=8, head_width=8),
+                                     text=CLIPTextConfig(context_length=8, vocab_size=30, width=16, layers=2,
+                                                         head_width=8))), 0).eval()
+    ids = torch.tensor([[1, 5, 7, 29, 0, 0], [1, 3, 4, 6, 8, 29]])  # 29: the end token, the largest id
+    features, mask = Df.clip_text_features(clip, ids)
+    assert features.shape == (2, 6, 16) and mask.tolist() == [[True] * 4 + [False] * 2, [True] * 6]
+    torch.testing.assert_close(features[[0, 1], [3, 5]] @ clip.text_projection, clip.encode_text(ids), **TOL)
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+def test_bad_input_fails_clearly():
+    s = Df.NoiseSchedule()
+    with pytest.raises(ValueError, match="schedule must be"):
+        Df.NoiseSchedule(schedule="quadratic")
+    with pytest.raises(ValueError, match="beta_start ≤ beta_end"):
+        Df.NoiseSchedule(beta_start=0.1, beta_end=0.01)
+    with pytest.raises(ValueError, match="num_train_timesteps"):
+        Df.NoiseSchedule(num_train_timesteps=1)
+    with pytest.raises(ValueError, match=r"timesteps must lie in \[0, 1000\)"):
+        s.add_noise(images(2), images(2), torch.tensor([0, 1000]))
+    with pytest.raises(ValueError, match="one shape"):
+        s.add_noise(images(2), images(3), 0)
+    with pytest.raises(ValueError, match="integer tensor"):
+        s.add_noise(images(2), images(2), torch.tensor([0.5, 1.0]))
+    with pytest.raises(ValueError, match="earlier prev_t"):
+        s.ddim_step(images(2), 10, images(2), 10)
+    with pytest.raises(ValueError, match=r"int in \[-1, 1000\)"):
+        s.ddim_step(images(2), 1000, images(2), 10)
+    with pytest.raises(ValueError, match="steps must be an int"):
+        s.timesteps(0)
+    with pytest.raises(ValueError, match="spacing"):
+        s.timesteps(10, "linspace")
+    m = denoiser()
+    with pytest.raises(ValueError, match=r"x_t must be a float tensor \(B, 3, 8, 8\)"):
+        m(randn(2, 3, 16, 16), 0, randn(2, 3, 6))
+    with pytest.raises(ValueError, match=r"cond must be caption features \(2, T_c, E=6\)"):
+        m(randn(2, 3, 8, 8), 0, randn(2, 3, 7))
+    with pytest.raises(ValueError, match="1 ≤ T_c ≤ 5"):
+        m(randn(2, 3, 8, 8), 0, randn(2, 6, 6))
+    with pytest.raises(ValueError, match="at least one real token"):
+        m(randn(2, 3, 8, 8), 0, randn(2, 3, 6), torch.tensor([[True] * 3, [False] * 3]))
+    with pytest.raises(ValueError, match="drop must be a bool"):
+        m(randn(2, 3, 8, 8), 0, randn(2, 3, 6), drop=torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="not divisible by patch_size"):
+        Df.DenoiserConfig(image_size=10, patch_size=4)
+    with pytest.raises(ValueError, match="sampler must be"):
+        Df.sample(m, s, randn(2, 3, 6), (2, 3, 8, 8), sampler="euler")
+    with pytest.raises(ValueError, match="one shape"):
+        Df.guide(images(2), images(3), 2.0)

@@ -1,0 +1,273 @@
+"""utils.vq: the quantizer picks the nearest code (checked against torch.cdist), passes the decoder's gradient
+straight through to the encoder, and its two losses and their gradients are eq. (3) of van den Oord et al.
+(2017) computed by hand; perplexity and codebook use by hand; dead codes are restarted onto encoder outputs
+and live ones left alone; the VQ-VAE's encode/decode are its forward pass; the GPT helpers build the joint
+stream by hand, sample only image codes (equal to a plain uncached loop over GPT.forward), guide the logits
+by the formula, and rerank; bad input fails clearly."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from utils import vq as Q
+from utils.gpt import GPT, GPTConfig
+from weights import scramble_
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+TOL = dict(atol=1e-6, rtol=1e-6)
+
+
+def randn(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def quantizer(K=4, D=2, beta=0.25):
+    q = Q.VectorQuantizer(K, D, beta=beta)
+    with torch.no_grad():
+        q.embedding.weight.copy_(torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [5.0, 5.0]])[:K])
+    return q
+
+
+def grid(vectors):
+    """vectors (B, G, G, D) → (B, D, G, G)."""
+    return vectors.permute(0, 3, 1, 2).contiguous()
+
+
+Z = grid(torch.tensor([[[[0.1, 0.1], [0.9, 0.2]], [[0.2, 0.8], [0.6, 0.0]]]]))  # (1, 2, 2, 2): codes 0 1 / 2 1
+
+
+def test_nearest_code_against_cdist():
+    q = Q.VectorQuantizer(16, 3)
+    z = randn(50, 3, seed=1)
+    expected = torch.cdist(z, q.embedding.weight).argmin(dim=1)
+    assert torch.equal(q.nearest(z), expected)
+    assert quantizer().nearest(torch.tensor([[0.5, 0.0]])).item() == 0  # a tie goes to the lower index
+    out = quantizer().eval()(Z)
+    assert out.codes.tolist() == [[[0, 1], [2, 1]]]
+    torch.testing.assert_close(out.z_q, grid(torch.tensor([[[[0.0, 0.0], [1.0, 0.0]], [[0.0, 1.0], [1.0, 0.0]]]])))
+
+
+def test_losses_are_eq3_by_hand():
+    q = quantizer(beta=0.3).eval()
+    out = q(Z)
+    e = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.0, 1.0], [1.0, 0.0]])  # the chosen codes, positions in order
+    z = torch.tensor([[0.1, 0.1], [0.9, 0.2], [0.2, 0.8], [0.6, 0.0]])
+    sq = ((z - e) ** 2).sum().item() / 8  # mean over the 8 elements
+    assert out.codebook_loss.item() == pytest.approx(sq) and out.commitment_loss.item() == pytest.approx(sq)
+    assert out.loss.item() == pytest.approx(1.3 * sq)
+
+
+def test_straight_through_gradient_and_which_loss_trains_what():
+    q = quantizer(beta=0.3).eval()
+    z = Z.clone().requires_grad_(True)
+    w = randn(*Z.shape, seed=2)
+    (q(z).z_q * w).sum().backward()  # a decoder's gradient w arrives at z_q ...
+    torch.testing.assert_close(z.grad, w, atol=0, rtol=0)  # ... and is copied to z_e unchanged
+    assert q.embedding.weight.grad is None or q.embedding.weight.grad.abs().max() == 0
+    # codebook loss: gradient to the codes only, 2 (e_k - z) / numel summed over the positions choosing k
+    z = Z.clone().requires_grad_(True)
+    q.zero_grad()
+    q(z).codebook_loss.backward()
+    assert z.grad is None or z.grad.abs().max() == 0
+    zz, codes = Z.permute(0, 2, 3, 1).reshape(-1, 2), [0, 1, 2, 1]
+    expected = torch.zeros(4, 2)
+    for k, v in zip(codes, zz):
+        expected[k] += 2 * (q.embedding.weight[k].detach() - v) / 8
+    torch.testing.assert_close(q.embedding.weight.grad, expected, **TOL)
+    # commitment: gradient 2 β (z_e - e) / numel to the encoder only
+    z = Z.clone().requires_grad_(True)
+    q.zero_grad()
+    (q(z).loss - q(z).codebook_loss).backward()
+    e = q.embedding.weight.detach()[torch.tensor(codes)]
+    torch.testing.assert_close(z.grad, grid((2 * 0.3 * (zz - e) / 8).view(1, 2, 2, 2)), **TOL)
+    assert q.embedding.weight.grad is None or q.embedding.weight.grad.abs().max() == 0
+
+
+def test_perplexity_and_codes_used_by_hand():
+    q = quantizer().eval()
+    out = q(Z)  # codes 0, 1, 2, 1 of K = 4: shares 1/4, 1/2, 1/4, 0
+    assert out.perplexity.item() == pytest.approx(math.exp(-(0.5 * math.log(0.5) + 2 * 0.25 * math.log(0.25))))
+    assert out.used.item() == pytest.approx(3 / 4)
+    one = grid(torch.tensor([[[[0.1, 0.1], [0.0, 0.1]], [[0.1, 0.0], [0.0, 0.0]]]]))  # all code 0
+    assert q(one).perplexity.item() == pytest.approx(1.0) and q(one).used.item() == pytest.approx(1 / 4)
+
+
+def test_usage_is_a_moving_average_in_training_only():
+    q = quantizer()
+    q.decay = 0.9
+    q.eval()(Z)
+    torch.testing.assert_close(q.usage, torch.full((4,), 0.25))
+    q.train()(Z)
+    torch.testing.assert_close(q.usage, 0.9 * torch.full((4,), 0.25) + 0.1 * torch.tensor([0.25, 0.5, 0.25, 0.0]))
+
+
+def test_restart_dead_codes():
+    q = Q.VectorQuantizer(6, 2)
+    before = q.embedding.weight.detach().clone()
+    q.usage.copy_(torch.tensor([0.5, 0.001, 0.3, 0.0, 0.199, 0.05]))
+    z = randn(2, 2, 3, 3, seed=3)  # 18 encoder outputs
+    assert q.restart_dead_codes_(z, threshold=0.06, generator=torch.Generator().manual_seed(0)) == 3
+    vectors = z.permute(0, 2, 3, 1).reshape(-1, 2)
+    after = q.embedding.weight.detach()
+    for k in (1, 3, 5):  # dead: each now one of the encoder outputs, all different
+        assert (vectors - after[k]).abs().sum(1).min() == 0
+        assert q.usage[k].item() == pytest.approx(1 / 6)
+    assert len({tuple(after[k].tolist()) for k in (1, 3, 5)}) == 3
+    torch.testing.assert_close(after[[0, 2, 4]], before[[0, 2, 4]], atol=0, rtol=0)  # alive: untouched
+    torch.testing.assert_close(q.usage[[0, 2, 4]], torch.tensor([0.5, 0.3, 0.199]))
+    assert q.restart_dead_codes_(z, threshold=0.06) == 0
+    q.usage.copy_(torch.tensor([0.9, 0.017, 0.02, 0.02, 0.02, 0.023]))
+    assert q.restart_dead_codes_(z) == 0  # the default threshold, 1 / (10 K) = 0.01667: no code is below it...
+    q.usage[1] = 0.0166
+    assert q.restart_dead_codes_(z) == 1  # ... and 0.0166 is
+
+
+# --- the VQ-VAE ------------------------------------------------------------------------------------------
+
+CFG = Q.VQVAEConfig(image_size=16, hidden=8, downsample=2, codebook_size=8, code_dim=4)
+
+
+def model(seed=0):
+    return scramble_(Q.VQVAE(CFG), seed).eval()
+
+
+def test_vqvae_shapes_encode_decode_and_forward_agree():
+    m, x = model(), randn(3, 3, 16, 16, seed=1)
+    out = m(x)
+    assert out.recon.shape == x.shape and out.codes.shape == (3, 4, 4) and out.codes.dtype == torch.long
+    assert torch.equal(m.encode(x), out.codes)
+    torch.testing.assert_close(m.decode(out.codes), out.recon, atol=1e-4, rtol=1e-4)  # forward: the quantized value
+    torch.testing.assert_close(out.recon_loss, F.mse_loss(out.recon, x), **TOL)
+    torch.testing.assert_close(out.loss, out.recon_loss + out.vq_loss, **TOL)
+    assert Q.vqvae_loss(m, x).item() == pytest.approx(out.loss.item())
+    assert Q.VQVAE(Q.VQVAEConfig()).config.grid_size == 8
+
+
+def test_vqvae_every_parameter_learns():
+    m = model().train()
+    m(randn(4, 3, 16, 16, seed=1)).loss.backward()
+    dead = [n for n, p in m.named_parameters() if p.grad is None or p.grad.abs().max() == 0]
+    assert not dead, dead
+    m.zero_grad()
+    x = randn(4, 3, 16, 16, seed=1)
+    m(x).recon_loss.backward()  # the reconstruction alone reaches the encoder only through the straight-through path
+    assert m.encoder[0].weight.grad.abs().max() > 0
+    assert m.quantizer.embedding.weight.grad is None or m.quantizer.embedding.weight.grad.abs().max() == 0
+
+
+# --- GPT on [caption; codes] ---------------------------------------------------------------------------
+
+def test_joint_sequence_by_hand():
+    text, codes = torch.tensor([[1, 2, 0], [3, 0, 0]]), torch.tensor([[[0, 4], [2, 1]], [[3, 3], [0, 0]]])
+    idx, targets = Q.joint_sequence(text, codes, text_vocab=5, codebook_size=5)
+    assert idx.tolist() == [[1, 2, 0, 5, 9, 7], [3, 0, 0, 8, 8, 5]]
+    assert targets.tolist() == [[-100, -100, 5, 9, 7, 6], [-100, -100, 8, 8, 5, 5]]
+    _, targets = Q.joint_sequence(text, codes.flatten(1), 5, 5, text_loss=True)
+    assert targets.tolist() == [[2, 0, 5, 9, 7, 6], [0, 0, 8, 8, 5, 5]]
+
+
+def test_drop_captions():
+    text, null = torch.arange(12).view(4, 3), torch.tensor([0, 0, 0])
+    assert torch.equal(Q.drop_captions(text, null, 0.0), text)
+    assert torch.equal(Q.drop_captions(text, null, 1.0), torch.zeros(4, 3, dtype=torch.long))
+    drop = torch.rand(4, generator=torch.Generator().manual_seed(4)) < 0.5
+    got = Q.drop_captions(text, null, 0.5, torch.Generator().manual_seed(4))
+    assert torch.equal(got, torch.where(drop[:, None], null, text)) and 0 < int(drop.sum()) < 4
+
+
+def gpt(V=7 + 5, seed=0):
+    torch.manual_seed(seed)
+    return scramble_(GPT(GPTConfig(vocab_size=V, block_size=12, n_layer=2, n_head=2, n_embd=16)), seed).eval()
+
+
+def test_sample_image_codes_equals_an_uncached_loop():
+    m, text = gpt(), torch.tensor([[1, 2, 3], [4, 0, 0]])
+    got = Q.sample_image_codes(m, text, 6, text_vocab=7, codebook_size=5, generator=torch.Generator().manual_seed(0))
+    g, seq = torch.Generator().manual_seed(0), text.clone()
+    for _ in range(6):  # the whole sequence through forward each time; image tokens only
+        logits = m(seq)[:, -1, 7:12]
+        nxt = torch.multinomial(logits.softmax(-1), 1, generator=g)
+        seq = torch.cat([seq, nxt + 7], 1)
+    assert torch.equal(got, seq[:, 3:] - 7)
+    assert got.shape == (2, 6) and 0 <= got.min() and got.max() < 5
+
+
+class FixedLogits(GPT):
+    """Logits that ignore the past: caption tokens far the likeliest; code logits from the caption's first id
+    (1: conditional, 0: the null caption), recording every id fed."""
+
+    def forward_cached(self, idx, cache=None):
+        self.fed.append(idx.clone())
+        first = idx[:, :1] if cache is None else cache
+        logits = torch.full((idx.shape[0], idx.shape[1], 12), 50.0)  # text tokens 0..6: +50
+        logits[..., 7:] = torch.where(first[:, :, None] == 1, torch.tensor([0.0, 1.0, 1.5, -9.0, -9.0]),
+                                      torch.tensor([0.0, 2.0, 0.0, -9.0, -9.0]))
+        return logits, first
+
+
+def test_sample_image_codes_masks_text_and_guides_the_logits():
+    m = FixedLogits(GPTConfig(vocab_size=12, block_size=12, n_layer=1, n_head=1, n_embd=4))
+    m.fed = []
+    text, null = torch.tensor([[1, 2, 3]]), torch.tensor([0, 0, 0])
+    cold = dict(text_vocab=7, codebook_size=5, temperature=1e-3, generator=torch.Generator().manual_seed(0))
+    assert Q.sample_image_codes(m, text, 3, **cold).tolist() == [[2, 2, 2]]  # cond argmax; text never drawn
+    assert [f.tolist() for f in m.fed[1:]] == [[[9]], [[9]]]  # each drawn code fed back as token V_text + k
+    m.fed = []
+    # s = 0.5: uncond + 0.5 (cond - uncond) = [0, 1.5, 0.75, ...] → code 1; the null caption runs alongside
+    assert Q.sample_image_codes(m, text, 2, guidance_scale=0.5, null_ids=null, **cold).tolist() == [[1, 1]]
+    assert m.fed[0].tolist() == [[1, 2, 3], [0, 0, 0]] and m.fed[1].tolist() == [[8], [8]]
+    assert Q.sample_image_codes(m, text, 2, guidance_scale=0.0, null_ids=null, **cold).tolist() == [[1, 1]]
+    assert Q.sample_image_codes(m, text, 2, guidance_scale=3.0, null_ids=null, **cold).tolist() == [[2, 2]]
+    top1 = Q.sample_image_codes(m, text, 4, text_vocab=7, codebook_size=5, top_k=1)
+    assert top1.tolist() == [[2, 2, 2, 2]]  # top_k=1 keeps only the likeliest code
+
+
+def test_best_of_k():
+    candidates = torch.arange(2 * 3 * 2).view(2, 3, 2)
+    scores = torch.tensor([[0.1, 0.9, 0.9], [0.5, -1.0, 0.2]])
+    best, index = Q.best_of_k(candidates, scores)
+    assert index.tolist() == [1, 0] and best.tolist() == [[2, 3], [6, 7]]
+
+
+# --- bad input -----------------------------------------------------------------------------------------
+
+def test_bad_input_fails_clearly():
+    m = model()
+    with pytest.raises(ValueError, match=r"images must be a float tensor \(B, 3, 16, 16\)"):
+        m(randn(2, 3, 32, 32))
+    with pytest.raises(ValueError, match="images must be a float tensor"):
+        m.encode(torch.zeros(2, 3, 16, 16, dtype=torch.uint8))
+    with pytest.raises(ValueError, match=r"codes must be an int64 tensor \(B, 4, 4\)"):
+        m.decode(torch.zeros(2, 16, dtype=torch.long))
+    with pytest.raises(ValueError, match=r"codes must lie in \[0, K=8\), got min 8, max 8"):
+        m.decode(torch.full((1, 4, 4), 8))
+    with pytest.raises(ValueError, match="codes must lie"):
+        m.decode(torch.full((1, 4, 4), -1))
+    with pytest.raises(ValueError, match="not divisible by 2\\^downsample"):
+        Q.VQVAEConfig(image_size=20, downsample=3)
+    with pytest.raises(ValueError, match="beta"):
+        Q.VectorQuantizer(4, 2, beta=-1.0)
+    with pytest.raises(ValueError, match=r"z must be a float tensor \(B, D=2, G, G\)"):
+        quantizer()(torch.zeros(1, 3, 2, 2))
+    with pytest.raises(ValueError, match="threshold"):
+        quantizer().restart_dead_codes_(Z, threshold=2.0)
+    with pytest.raises(ValueError, match=r"text_ids must lie in \[0, 5\)"):
+        Q.joint_sequence(torch.tensor([[5]]), torch.zeros(1, 2, 2, dtype=torch.long), 5, 5)
+    with pytest.raises(ValueError, match=r"codes .* must lie in \[0, 5\)"):
+        Q.joint_sequence(torch.tensor([[1]]), torch.full((1, 2, 2), 5), 5, 5)
+    with pytest.raises(ValueError, match="2 captions but 1 images"):
+        Q.joint_sequence(torch.tensor([[1], [2]]), torch.zeros(1, 2, 2, dtype=torch.long), 5, 5)
+    g = gpt()
+    with pytest.raises(ValueError, match="needs null_ids"):
+        Q.sample_image_codes(g, torch.tensor([[1, 2]]), 3, 7, 5, guidance_scale=2.0)
+    with pytest.raises(ValueError, match="do not fit the context window"):
+        Q.sample_image_codes(g, torch.tensor([[1, 2]]), 20, 7, 5)
+    with pytest.raises(ValueError, match="do not fit the model's vocab_size"):
+        Q.sample_image_codes(g, torch.tensor([[1, 2]]), 3, 7, 6)
+    with pytest.raises(ValueError, match="scores must be"):
+        Q.best_of_k(torch.zeros(2, 3), torch.zeros(2))
+    with pytest.raises(ValueError, match="candidates must be"):
+        Q.best_of_k(torch.zeros(2, 4), torch.zeros(2, 3))
