@@ -2,7 +2,7 @@
 diffusers' DDPMScheduler and DDIMScheduler on the same inputs (1e-6); a whole guided DDIM sampling loop
 equals the loop diffusers' pipelines run; classifier-free guidance equals diffusers' ClassifierFreeGuidance
 guider and the pipelines' formula; the timestep embedding equals diffusers' get_timestep_embedding; the
-loss is DDPM's eq. 14 written out; the denoiser's null caption and masks do what they say; chapter 9's
+loss is DDPM's eq. 14 written out (and its x_0 form, whose steps equal diffusers' prediction_type="sample"); the denoiser's null caption and masks do what they say; chapter 9's
 text features are CLIP's; bad input fails clearly."""
 from __future__ import annotations
 
@@ -132,6 +132,25 @@ def test_ddim_eta0_by_hand_and_deterministic():
     torch.testing.assert_close(s.predict_x0(eps, 600, x_t), x0, **TOL)
 
 
+@pytest.mark.parametrize("clip", [False, True])
+def test_predicting_x0_equals_diffusers_sample_prediction(clip):
+    """A model that predicts the clean image: its ε̂ = (x_t - sqrt(ᾱ) x̂_0) / sqrt(1 - ᾱ) in our ε-steps equals
+    diffusers' schedulers with prediction_type="sample"."""
+    s = Df.NoiseSchedule()
+    x_t, x0 = 2 * images(2, 0), 1.5 * images(2, 1)
+    ddim = DDIMScheduler(prediction_type="sample", clip_sample=clip)
+    ddim.set_timesteps(10)
+    ddpm = DDPMScheduler(prediction_type="sample", clip_sample=clip)
+    for t in (900, 300, 0):
+        eps = s.epsilon_from_x0(x0, t, x_t)
+        torch.testing.assert_close(s.predict_x0(eps, t, x_t), x0, atol=1e-4, rtol=1e-5)  # the inverse
+        expected = ddim.step(x0, t, x_t).prev_sample
+        torch.testing.assert_close(s.ddim_step(eps, t, x_t, max(t - 100, -1), clip_x0=clip), expected, atol=1e-5, rtol=1e-5)
+        expected = ddpm.step(x0, t, x_t, generator=torch.Generator().manual_seed(t)).prev_sample
+        got = s.ddpm_step(eps, t, x_t, generator=torch.Generator().manual_seed(t), clip_x0=clip)
+        torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+
+
 def test_guide_equals_diffusers_guider_and_pipeline_formula():
     cond, uncond = images(2, 0), images(2, 1)
     for scale in (0.0, 1.0, 2.5, 7.5):
@@ -186,6 +205,22 @@ def test_diffusion_loss_is_eq14_with_condition_dropout():
         assert bool((model.calls[-1][1] == want).all())
 
 
+def test_x0_prediction_loss_and_guidance():
+    s, x0, cond = Df.NoiseSchedule(), images(4, 0), randn(4, 3, 5, seed=1)
+    t, noise, drop = torch.tensor([3, 100, 500, 999]), images(4, 2), torch.tensor([False, True, False, True])
+    got = Df.diffusion_loss(Stub(), s, x0, cond, t=t, noise=noise, drop=drop, prediction="sample")
+    x_t = s.add_noise(x0, noise, t)
+    torch.testing.assert_close(got, ((x0 - Stub()(x_t, t, cond, drop=drop)) ** 2).mean(), **TOL)
+    x_t = images(3, 3)
+    x0_c = Stub()(x_t, torch.full((3,), 42), cond[:3], drop=torch.zeros(3, dtype=torch.bool))
+    x0_u = Stub()(x_t, torch.full((3,), 42), cond[:3], drop=torch.ones(3, dtype=torch.bool))
+    expected = s.epsilon_from_x0(x0_u + 2.0 * (x0_c - x0_u), 42, x_t)  # guiding x̂_0 is guiding ε̂
+    got = Df.guided_epsilon(Stub(), x_t, 42, cond[:3], scale=2.0, schedule=s, prediction="sample")
+    torch.testing.assert_close(got, expected, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(Df.guided_epsilon(Stub(), x_t, 42, cond[:3], schedule=s, prediction="sample"),
+                               s.epsilon_from_x0(x0_c, 42, x_t), **TOL)
+
+
 def test_guided_epsilon_runs_cond_and_null_captions():
     x_t, cond = images(3, 0), randn(3, 4, 5, seed=1)
     model = Stub()
@@ -198,13 +233,15 @@ def test_guided_epsilon_runs_cond_and_null_captions():
     assert model.calls[-1][1].tolist() == [False] * 3  # scale 1: the conditional half only
 
 
+@pytest.mark.parametrize("prediction", ["epsilon", "sample"])
 @pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
-def test_sample_equals_a_diffusers_guided_loop(sampler):
+def test_sample_equals_a_diffusers_guided_loop(sampler, prediction):
     """The loop of diffusers' pipelines: set_timesteps, then per t the model on [uncond; cond], guidance, step.
     5 steps: with trailing spacing diffusers' DDIM step jumps back T // n, which is the next timestep only
     when n divides T; ours always goes to the next timestep."""
     s, cond, x_T = Df.NoiseSchedule(), randn(2, 3, 5, seed=1), images(2, 0)
-    ref = (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(timestep_spacing="trailing", clip_sample=True)
+    ref = (DDIMScheduler if sampler == "ddim" else DDPMScheduler)(timestep_spacing="trailing", clip_sample=True,
+                                                                  prediction_type=prediction)
     ref.set_timesteps(5)
     model, x, g = Stub(), x_T.clone(), torch.Generator().manual_seed(5)
     for t in ref.timesteps:
@@ -213,7 +250,8 @@ def test_sample_equals_a_diffusers_guided_loop(sampler):
         uncond, text = eps.chunk(2)
         x = ref.step(uncond + 2.0 * (text - uncond), t, x, generator=g).prev_sample
     got, trajectory = Df.sample(Stub(), s, cond, (2, 3, 8, 8), steps=5, sampler=sampler, guidance_scale=2.0,
-                                x_T=x_T, generator=torch.Generator().manual_seed(5), return_trajectory=True)
+                                x_T=x_T, generator=torch.Generator().manual_seed(5), return_trajectory=True,
+                                prediction=prediction)
     torch.testing.assert_close(got, x, atol=1e-5, rtol=1e-5)
     assert [t for t, _, _ in trajectory] == ref.timesteps.tolist()
     torch.testing.assert_close(trajectory[0][1], x_T, atol=0, rtol=0)
@@ -334,3 +372,7 @@ def test_bad_input_fails_clearly():
         Df.sample(m, s, randn(2, 3, 6), (2, 3, 8, 8), sampler="euler")
     with pytest.raises(ValueError, match="one shape"):
         Df.guide(images(2), images(3), 2.0)
+    with pytest.raises(ValueError, match="prediction must be 'epsilon'"):
+        Df.diffusion_loss(m, s, randn(2, 3, 8, 8), randn(2, 3, 6), prediction="v_prediction")
+    with pytest.raises(ValueError, match="needs the schedule"):
+        Df.guided_epsilon(m, randn(2, 3, 8, 8), 5, randn(2, 3, 6), prediction="sample")

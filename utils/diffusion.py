@@ -32,6 +32,12 @@ noise to an image, conditioned on a caption and steered by classifier-free guida
   replaced by a null condition a fraction p_uncond of the time (Algorithm 1), and sample with
   ε̃ = ε_θ(x_t, ∅) + s (ε_θ(x_t, c) - ε_θ(x_t, ∅)) (eq. 6 with w = s - 1), as diffusers' pipelines do
   →  `guide`, `guided_epsilon`. s = 1 is the conditional model, s > 1 trades diversity for fidelity.
+- What the network predicts: ε (DDPM's choice, `prediction="epsilon"`) or the clean image x_0
+  (`prediction="sample"`, diffusers' name; the loss is then ||x_0 - x̂_0||²). Both give the sampler an ε
+  (ε̂ = (x_t - sqrt(ᾱ_t) x̂_0) / sqrt(1 - ᾱ_t), `NoiseSchedule.epsilon_from_x0`). Predicting x_0 matters when
+  a token is wider than the network: a DiT with 8×8 patches of 3 colours must output 192 numbers per token
+  from a 128-wide token, and the noise (full-rank) cannot pass through it while the clean image (a few
+  flat shapes) can (Li & He 2025, "Back to basics: let denoising generative models denoise").
 - The denoiser is a small DiT (Peebles & Xie 2023, "Scalable diffusion models with Transformers"): the
   noisy image cut into P×P patches as in chapter 8's ViT, a timestep embedding (the Transformer's
   sinusoids, DDPM appendix B) and the caption's tokens (Stable Diffusion conditions on CLIP's text
@@ -139,6 +145,12 @@ class NoiseSchedule:
         if spacing == "trailing":
             return [round(T - i * T / steps) - 1 for i in range(steps)]
         raise ValueError(f"timesteps: spacing must be 'leading' or 'trailing', got {spacing!r}")
+
+    def epsilon_from_x0(self, x0: Tensor, t: int, x_t: Tensor) -> Tensor:
+        """ε̂ = (x_t - sqrt(ᾱ_t) x̂_0) / sqrt(1 - ᾱ_t): the noise a predicted clean image implies (the inverse of
+        `predict_x0`)."""
+        abar = self._abar(t).to(x_t)
+        return (x_t - abar.sqrt() * x0) / (1 - abar).sqrt()
 
     def predict_x0(self, eps: Tensor, t: int, x_t: Tensor) -> Tensor:
         """x̂_0 = (x_t - sqrt(1 - ᾱ_t) ε) / sqrt(ᾱ_t): the clean image the predicted noise implies."""
@@ -333,11 +345,13 @@ EpsModel = Callable[..., Tensor]  # model(x_t, t, cond, cond_mask, drop=...) →
 
 def diffusion_loss(model: EpsModel, schedule: NoiseSchedule, x0: Tensor, cond: Tensor,
                    cond_mask: Tensor | None = None, p_uncond: float = 0.1, generator: torch.Generator | None = None,
-                   t: Tensor | None = None, noise: Tensor | None = None, drop: Tensor | None = None) -> Tensor:
+                   t: Tensor | None = None, noise: Tensor | None = None, drop: Tensor | None = None,
+                   prediction: str = "epsilon") -> Tensor:
     """DDPM's simplified loss (eq. 14) with condition dropout (Ho & Salimans 2022, Algorithm 1): the mean of
     (ε - model(sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε, t, cond, cond_mask, drop=drop))². Unless given, t (B,) is
     uniform in [0, T), ε standard normal and drop (B,) True with probability p_uncond, drawn from
-    `generator` in that order."""
+    `generator` in that order. prediction="sample": the model predicts x0 and the loss is (x0 - model(...))²."""
+    _check_prediction(prediction, "diffusion_loss")
     if not 0.0 <= p_uncond <= 1.0:
         raise ValueError(f"diffusion_loss: p_uncond is a probability in [0, 1], got {p_uncond}")
     if not isinstance(x0, Tensor) or x0.dim() < 2:
@@ -351,7 +365,13 @@ def diffusion_loss(model: EpsModel, schedule: NoiseSchedule, x0: Tensor, cond: T
     if drop is None:
         drop = (torch.rand(B, generator=generator) < p_uncond).to(x0.device)
     x_t = schedule.add_noise(x0, noise, t)
-    return F.mse_loss(model(x_t, t, cond, cond_mask, drop=drop), noise)
+    return F.mse_loss(model(x_t, t, cond, cond_mask, drop=drop), noise if prediction == "epsilon" else x0)
+
+
+def _check_prediction(prediction: str, who: str) -> None:
+    if prediction not in ("epsilon", "sample"):
+        raise ValueError(f"{who}: prediction must be 'epsilon' (the model predicts the noise) or 'sample' (the clean "
+                         f"image), got {prediction!r}")
 
 
 def guide(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
@@ -363,17 +383,23 @@ def guide(eps_uncond: Tensor, eps_cond: Tensor, scale: float) -> Tensor:
 
 
 def guided_epsilon(model: EpsModel, x_t: Tensor, t: int, cond: Tensor, cond_mask: Tensor | None = None,
-                   scale: float = 1.0) -> Tensor:
+                   scale: float = 1.0, schedule: NoiseSchedule | None = None, prediction: str = "epsilon") -> Tensor:
     """The guided noise prediction for x_t (B, ...) at timestep t: one batch of 2B through the model, the
-    B captions and then B null captions; scale 1 runs the conditional half only."""
+    B captions and then B null captions; scale 1 runs the conditional half only. prediction="sample": the model's
+    x̂_0 is turned into ε̂ by `schedule` first (guiding x̂_0 or ε̂ is the same: they are affine in each other)."""
+    _check_prediction(prediction, "guided_epsilon")
+    if prediction == "sample" and schedule is None:
+        raise ValueError("guided_epsilon: prediction='sample' needs the schedule, to turn x̂_0 into ε̂")
     B = x_t.shape[0]
     tt = torch.full((B,), t, dtype=torch.long, device=x_t.device)
+    as_eps = (lambda out, x: out) if prediction == "epsilon" else (lambda out, x: schedule.epsilon_from_x0(out, t, x))
     if scale == 1.0:
-        return model(x_t, tt, cond, cond_mask, drop=torch.zeros(B, dtype=torch.bool, device=x_t.device))
+        return as_eps(model(x_t, tt, cond, cond_mask, drop=torch.zeros(B, dtype=torch.bool, device=x_t.device)), x_t)
     mask = None if cond_mask is None else cond_mask.repeat(2, 1)
     drop = torch.arange(2 * B, device=x_t.device) >= B  # (2B,) cond first, then null
     eps = model(x_t.repeat(2, *[1] * (x_t.dim() - 1)), tt.repeat(2), cond.repeat(2, *[1] * (cond.dim() - 1)), mask,
                 drop=drop)  # (2B, ...)
+    eps = as_eps(eps, x_t.repeat(2, *[1] * (x_t.dim() - 1)))  # (2B, ...)
     return guide(eps[B:], eps[:B], scale)
 
 
@@ -381,11 +407,13 @@ def guided_epsilon(model: EpsModel, x_t: Tensor, t: int, cond: Tensor, cond_mask
 def sample(model: EpsModel, schedule: NoiseSchedule, cond: Tensor, shape: tuple[int, ...],
            cond_mask: Tensor | None = None, steps: int = 50, sampler: str = "ddim", guidance_scale: float = 1.0,
            spacing: str = "trailing", clip_x0: bool = True, generator: torch.Generator | None = None,
-           x_T: Tensor | None = None, return_trajectory: bool = False) -> Tensor | tuple[Tensor, list[tuple[int, Tensor, Tensor]]]:
+           x_T: Tensor | None = None, return_trajectory: bool = False, prediction: str = "epsilon") -> Tensor | tuple[Tensor, list[tuple[int, Tensor, Tensor]]]:
     """Images (B, ...) = `shape` for the captions `cond` (B, T_c, E): start from x_T (default: standard normal
     noise drawn with `generator`), then `steps` steps of `sampler` ("ddim", η = 0, or "ddpm", ancestral) over
     `schedule.timesteps(steps, spacing)`, each with the guided noise prediction. With `return_trajectory`
-    also [(t, x_t, x̂_0)] at every step, for a denoising-step explorer. The model runs in eval mode."""
+    also [(t, x_t, x̂_0)] at every step, for a denoising-step explorer. The model runs in eval mode.
+    `prediction`: what the model predicts, "epsilon" or "sample" (x_0), as it was trained."""
+    _check_prediction(prediction, "sample")
     if sampler not in ("ddim", "ddpm"):
         raise ValueError(f"sample: sampler must be 'ddim' or 'ddpm', got {sampler!r}")
     device = cond.device
@@ -400,7 +428,7 @@ def sample(model: EpsModel, schedule: NoiseSchedule, cond: Tensor, shape: tuple[
     try:
         for i, t in enumerate(ts):
             prev_t = ts[i + 1] if i + 1 < len(ts) else -1
-            eps = guided_epsilon(model, x, t, cond, cond_mask, guidance_scale)
+            eps = guided_epsilon(model, x, t, cond, cond_mask, guidance_scale, schedule, prediction)
             if return_trajectory:
                 x0 = schedule.predict_x0(eps, t, x)
                 trajectory.append((t, x.clone(), x0.clamp(-1, 1) if clip_x0 else x0))
