@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDIMScheduler, DDPMScheduler
 from diffusers.guiders import ClassifierFreeGuidance
-from diffusers.models.embeddings import get_timestep_embedding
+from diffusers.models.embeddings import get_2d_sincos_pos_embed, get_timestep_embedding
 
 from utils import diffusion as Df
 from utils.clip import CLIP, CLIPConfig, CLIPTextConfig, CLIPVisionConfig
@@ -168,6 +168,13 @@ def test_timestep_embedding_equals_diffusers():
     for dim in (2, 8, 128):
         expected = get_timestep_embedding(t, dim, flip_sin_to_cos=False, downscale_freq_shift=0)
         torch.testing.assert_close(Df.timestep_embedding(t, dim), expected, **TOL)
+
+
+def test_sincos_2d_equals_diffusers_and_starts_the_denoiser():
+    for G, dim in ((2, 4), (8, 96)):
+        expected = get_2d_sincos_pos_embed(dim, G, base_size=G)  # positions 0..G-1 (base_size = grid size)
+        torch.testing.assert_close(Df.sincos_2d(G, dim), expected.float(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(Df.Denoiser(CFG).pos_embed[0], Df.sincos_2d(2, 16), atol=0, rtol=0)
 
 
 class Stub(torch.nn.Module):
@@ -366,6 +373,8 @@ def test_bad_input_fails_clearly():
         m(randn(2, 3, 8, 8), 0, randn(2, 3, 6), torch.tensor([[True] * 3, [False] * 3]))
     with pytest.raises(ValueError, match="drop must be a bool"):
         m(randn(2, 3, 8, 8), 0, randn(2, 3, 6), drop=torch.tensor([1, 0]))
+    with pytest.raises(ValueError, match="multiple of 4"):
+        Df.DenoiserConfig(width=18, heads=2)
     with pytest.raises(ValueError, match="not divisible by patch_size"):
         Df.DenoiserConfig(image_size=10, patch_size=4)
     with pytest.raises(ValueError, match="sampler must be"):

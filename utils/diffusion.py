@@ -65,7 +65,7 @@ from torch import Tensor, nn
 from .transformer import EncoderLayer
 
 __all__ = [
-    "NoiseSchedule", "timestep_embedding", "DenoiserConfig", "Denoiser", "diffusion_loss", "guide",
+    "NoiseSchedule", "timestep_embedding", "sincos_2d", "DenoiserConfig", "Denoiser", "diffusion_loss", "guide",
     "guided_epsilon", "sample", "clip_text_features",
 ]
 
@@ -221,6 +221,16 @@ def timestep_embedding(t: Tensor, dim: int, max_period: float = 10_000.0) -> Ten
     return torch.cat([angles.sin(), angles.cos()], dim=-1)  # (B, dim)
 
 
+def sincos_2d(G: int, dim: int) -> Tensor:
+    """(G², dim) positions of a G×G grid, row by row: the first dim/2 channels the sinusoids of the column
+    index, the last dim/2 those of the row (the fixed 2-D embedding of MAE and DiT, in their order). A
+    transformer that starts from them knows which patches are neighbours before it has learned anything."""
+    if not _is_int(dim) or dim % 4:
+        raise ValueError(f"sincos_2d: dim must be a multiple of 4, got {dim!r}")
+    rows, cols = torch.meshgrid(torch.arange(G), torch.arange(G), indexing="ij")  # (G, G) each
+    return torch.cat([timestep_embedding(cols.flatten(), dim // 2), timestep_embedding(rows.flatten(), dim // 2)], 1)
+
+
 @dataclass
 class DenoiserConfig:
     """Sizes of the DiT denoiser. The defaults: 32×32 RGB in patches of 4 (64 tokens), width 128, 4 blocks."""
@@ -243,8 +253,8 @@ class DenoiserConfig:
         if self.image_size % self.patch_size:
             raise ValueError(f"DenoiserConfig: image_size={self.image_size} is not divisible by patch_size="
                              f"{self.patch_size}")
-        if self.width % self.heads or self.width % 2:
-            raise ValueError(f"DenoiserConfig: width={self.width} must be even and divisible by heads={self.heads}")
+        if self.width % self.heads or self.width % 4:
+            raise ValueError(f"DenoiserConfig: width={self.width} must be a multiple of 4 and of heads={self.heads}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"DenoiserConfig: dropout must be in [0, 1), got {self.dropout}")
 
@@ -273,7 +283,7 @@ class Denoiser(nn.Module):
         c = self.config = config
         W, N = c.width, c.grid_size ** 2
         self.patch_embed = nn.Conv2d(c.channels, W, c.patch_size, stride=c.patch_size)  # chapter 8's conv1
-        self.pos_embed = nn.Parameter(torch.randn(1, N, W) * 0.02)  # (1, N, W)
+        self.pos_embed = nn.Parameter(sincos_2d(c.grid_size, W)[None])  # (1, N, W) learned, from DiT's fixed start
         self.time_mlp = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
         self.cond_proj = nn.Linear(c.cond_dim, W)
         self.cond_pos = nn.Parameter(torch.randn(1, c.max_cond_len, W) * 0.02)  # (1, T_c max, W)
