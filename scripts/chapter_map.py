@@ -78,7 +78,7 @@ CHAPTERS = [
             COL[2], ROW[3], "clip"),
     Chapter(10, "Vision + language", "visual tokens, gated x-attn", "utils.vlm",
             COL[1], ROW[3], "clip"),
-    Chapter(11, "Small and fast", "quantize, prune, distil", "utils.compress",
+    Chapter(11, "Small and fast", "quantize, prune, distil, draft", "utils.quantize, .compress",
             COL[0], ROW[2], "language"),
 ]
 

@@ -106,7 +106,10 @@ NOT_OUTPUTS = {  # number or percentage quoted in the text, printed by no output
                        "377 MB": "40 weight matrices of 768 x 3,072 float32 numbers",
                        "1.3": "read off the head-ablation heatmap above (1.29)",
                        "0.6": "read off the head-ablation heatmap above (0.62)", "0.5": "the distillation weight alpha",
-                       "0.01": "the int8 target, asserted", "0.05": "the int4 and pruning targets, asserted"},
+                       "0.01": "the int8 target, asserted", "0.05": "the int4 and pruning targets, asserted",
+                       "0.0": "the number zero, which the quantization grid must hold exactly",
+                       "0.25": "the ideal int8 byte ratio, 1/4", "6.7": "LLM.int8()'s model size (6.7B) where outliers appear",
+                       "12.6": "Llama-2-7B's 6.74e9 weights x 2 bytes, in GiB"},
 }
 
 

@@ -761,9 +761,9 @@ def compression_map() -> Figure:
     chapter builds, columns what running the model costs (the bytes each weight takes, the number of
     weights, the arithmetic per token, the KV cache, the passes of the big model per generated token);
     a block marks a cut and says how big it is in the chapter's setting."""
-    columns = ("bytes per\nweight", "number of\nweights", "FLOPs per\ntoken", "KV cache", "big-model passes\nper token")
+    columns = ("bytes per\nweight", "number of\nweights", "arithmetic\nper token", "KV cache", "big-model passes\nper token")
     rows = (  # method, {column: (label, role)}
-        ("quantization", {0: ("32 → 8, 4, 3 bits", "embed"), 2: ("int8 math (W8A8)", "embed")}),
+        ("quantization", {0: ("32 → 8, 4, 3 bits", "embed"), 2: ("cheaper int8 ops (W8A8)", "embed")}),
         ("unstructured pruning", {1: ("zeros, same shape", "neutral")}),
         ("structured pruning", {1: ("fewer neurons", "mlp"), 2: ("smaller matmuls", "mlp")}),
         ("distillation", {1: ("¼ the weights", "mlp"), 2: ("¼ the FLOPs", "mlp"), 3: ("half as wide", "mlp")}),
