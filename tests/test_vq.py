@@ -143,7 +143,7 @@ def test_vqvae_shapes_encode_decode_and_forward_agree():
     torch.testing.assert_close(out.recon_loss, F.mse_loss(out.recon, x), **TOL)
     torch.testing.assert_close(out.loss, out.recon_loss + out.vq_loss, **TOL)
     assert Q.vqvae_loss(m, x).item() == pytest.approx(out.loss.item())
-    assert Q.VQVAE(Q.VQVAEConfig()).config.grid_size == 8
+    assert Q.VQVAEConfig().grid_size == 4 and Q.VQVAEConfig(downsample=2).grid_size == 8
 
 
 def test_vqvae_every_parameter_learns():

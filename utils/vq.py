@@ -162,15 +162,18 @@ class VectorQuantizer(nn.Module):
 
 @dataclass
 class VQVAEConfig:
-    """Sizes of a VQ-VAE. The defaults: 32×32 RGB → an 8×8 grid of codes from a codebook of 128."""
+    """Sizes of a VQ-VAE. The defaults: 32×32 RGB → a 4×4 grid of codes from a codebook of 512, 16 numbers
+    each. (On the captioned shapes, 1,500 steps: an 8×8 grid of 128 codes reconstructs with a lower error
+    but blurs small shapes into blobs, and its 64 codes per image make the GPT 2-3 times slower per step;
+    a 4×4 grid of 512 codes keeps a small shape in one cell, one code for its colour, kind and offset.)"""
 
     image_size: int = 32  # S
     channels: int = 3  # C_in
     hidden: int = 64  # C: the convolutions' width
-    downsample: int = 2  # stride-2 convolutions: G = S / 2^downsample
+    downsample: int = 3  # stride-2 convolutions: G = S / 2^downsample
     res_blocks: int = 1  # residual blocks at the grid's resolution, in the encoder and in the decoder
-    codebook_size: int = 128  # K
-    code_dim: int = 32  # D
+    codebook_size: int = 512  # K
+    code_dim: int = 16  # D
     beta: float = 0.25  # commitment weight β
     decay: float = 0.99  # moving average of the codes' usage
 
