@@ -52,7 +52,7 @@ noise to an image, conditioned on a caption and steered by classifier-free guida
 
 Letter legend (shape comments):
     B  batch size      C_in image channels     S  image side in pixels     P  patch side
-    G  patches per side (S / P)     N  patches (G²)     W  the denoiser's width     H  heads
+    G  patches per side (S / P)     N  patches (G²)     C  the denoiser's width     H  heads
     T_c caption tokens     E  caption feature size     T  training timesteps (num_train_timesteps)
 """
 from __future__ import annotations
@@ -243,7 +243,7 @@ class DenoiserConfig:
     image_size: int = 32  # S
     channels: int = 3  # C_in
     patch_size: int = 4  # P
-    width: int = 128  # W
+    width: int = 128  # C
     layers: int = 4
     heads: int = 4  # H
     cond_dim: int = 64  # E: the caption features' size (CLIP's text width)
@@ -271,7 +271,7 @@ class DenoiserConfig:
 class Denoiser(nn.Module):
     """ε_θ(x_t, t, caption): a DiT with in-context conditioning.
 
-        tokens = [time token; caption tokens; patch tokens + time]     (B, 1 + T_c + N, W)
+        tokens = [time token; caption tokens; patch tokens + time]     (B, 1 + T_c + N, C)
         tokens = block(tokens) for each EncoderLayer (pre-norm, GELU, no causal mask)
         ε = unpatchify(head(ln_f(patch tokens)))                       (B, C_in, S, S)
 
@@ -286,17 +286,17 @@ class Denoiser(nn.Module):
         if not isinstance(config, DenoiserConfig):
             raise TypeError(f"Denoiser takes a DenoiserConfig, got {type(config).__name__}")
         c = self.config = config
-        W, N = c.width, c.grid_size ** 2
-        self.patch_embed = nn.Conv2d(c.channels, W, c.patch_size, stride=c.patch_size)  # chapter 8's conv1
-        self.pos_embed = nn.Parameter(sincos_2d(c.grid_size, W)[None])  # (1, N, W) learned, from DiT's fixed start
-        self.time_mlp = nn.Sequential(nn.Linear(W, W), nn.SiLU(), nn.Linear(W, W))
-        self.cond_proj = nn.Linear(c.cond_dim, W)
-        self.cond_pos = nn.Parameter(torch.randn(1, c.max_cond_len, W) * 0.02)  # (1, T_c max, W)
-        self.null_cond = nn.Parameter(torch.randn(W) * 0.02)  # (W,) the caption ∅
-        self.blocks = nn.ModuleList(EncoderLayer(W, c.heads, 4 * W, c.dropout, "gelu", norm_first=True)
+        C, N = c.width, c.grid_size ** 2
+        self.patch_embed = nn.Conv2d(c.channels, C, c.patch_size, stride=c.patch_size)  # chapter 8's conv1
+        self.pos_embed = nn.Parameter(sincos_2d(c.grid_size, C)[None])  # (1, N, C) learned, from DiT's fixed start
+        self.time_mlp = nn.Sequential(nn.Linear(C, C), nn.SiLU(), nn.Linear(C, C))
+        self.cond_proj = nn.Linear(c.cond_dim, C)
+        self.cond_pos = nn.Parameter(torch.randn(1, c.max_cond_len, C) * 0.02)  # (1, T_c max, C)
+        self.null_cond = nn.Parameter(torch.randn(C) * 0.02)  # (C,) the caption ∅
+        self.blocks = nn.ModuleList(EncoderLayer(C, c.heads, 4 * C, c.dropout, "gelu", norm_first=True)
                                     for _ in range(c.layers))
-        self.ln_f = nn.LayerNorm(W)
-        self.head = nn.Linear(W, c.channels * c.patch_size ** 2)
+        self.ln_f = nn.LayerNorm(C)
+        self.head = nn.Linear(C, c.channels * c.patch_size ** 2)
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
 
@@ -335,18 +335,18 @@ class Denoiser(nn.Module):
         """x_t (B, C_in, S, S), t (B,), cond (B, T_c, E) → the predicted noise (B, C_in, S, S)."""
         t, cond_mask, drop = self._check(x_t, t, cond, cond_mask, drop)
         c, (B, T_c) = self.config, cond.shape[:2]
-        time = self.time_mlp(timestep_embedding(t, c.width))  # (B, W)
-        patches = rearrange(self.patch_embed(x_t), "b w h v -> b (h v) w") + self.pos_embed  # (B, N, W)
-        caption = self.cond_proj(cond.to(x_t.dtype)) + self.cond_pos[:, :T_c]  # (B, T_c, W)
+        time = self.time_mlp(timestep_embedding(t, c.width))  # (B, C)
+        patches = rearrange(self.patch_embed(x_t), "b w h v -> b (h v) w") + self.pos_embed  # (B, N, C)
+        caption = self.cond_proj(cond.to(x_t.dtype)) + self.cond_pos[:, :T_c]  # (B, T_c, C)
         first = torch.zeros(T_c, dtype=torch.bool, device=x_t.device)
         first[0] = True
         caption = torch.where(drop[:, None, None], torch.where(first[None, :, None], self.null_cond, 0.0), caption)
         keep = torch.where(drop[:, None], first[None], cond_mask)  # (B, T_c) the null caption is one token
-        x = torch.cat([time[:, None], caption, patches + time[:, None]], dim=1)  # (B, 1 + T_c + N, W)
+        x = torch.cat([time[:, None], caption, patches + time[:, None]], dim=1)  # (B, 1 + T_c + N, C)
         padding = torch.cat([torch.zeros(B, 1, dtype=torch.bool, device=x.device), ~keep,
                              torch.zeros(B, patches.shape[1], dtype=torch.bool, device=x.device)], dim=1)
         for block in self.blocks:
-            x = block(x, key_padding_mask=padding)  # (B, 1 + T_c + N, W)
+            x = block(x, key_padding_mask=padding)  # (B, 1 + T_c + N, C)
         out = self.head(self.ln_f(x[:, 1 + T_c:]))  # (B, N, C_in·P·P)
         G, P = c.grid_size, c.patch_size
         return rearrange(out, "b (h v) (ch p q) -> b ch (h p) (v q)", h=G, p=P, q=P)  # (B, C_in, S, S)
