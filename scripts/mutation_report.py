@@ -24,7 +24,34 @@ REPORT = ROOT / "tests" / "MUTATION.md"
 TARGET, TARGET_ALL = 0.90, 0.95
 
 # mutant name → (hash of its function when judged, why the mutant changes no behaviour)
-EQUIVALENT: dict[str, tuple[str, str]] = {}
+EQUIVALENT: dict[str, tuple[str, str]] = {  # judged on the run at 60afb5b
+    'utils.checkpoints.x_char_data__mutmut_6': ('4df57462dd70', "train_val_split's default fraction is 0.9: the same call"),
+    'utils.checkpoints.x_load_char_gpt__mutmut_8': ('58c7a0ca607d', "'CPU' to 'cpu' in the hint of an error message: wording only"),
+    'utils.checkpoints.x_sha256_file__mutmut_4': ('433c881e0b6a', 'safe_open reads onto the CPU by default: device None is the same device'),
+    'utils.checkpoints.x_sha256_file__mutmut_7': ('433c881e0b6a', 'safe_open reads onto the CPU by default: the omitted device is the same device'),
+    'utils.checkpoints.x_sha256_file__mutmut_22': ('433c881e0b6a', "an empty tensor's bytes are b'' either way: the condition only skipped a no-op"),
+    'utils.data.x__candidates__mutmut_4': ('dee5baa60e4a', 'paths is the empty list just before: += and = build the same list'),
+    'utils.data.x_tiny_shakespeare__mutmut_8': ('4f7cc95273a2', "'UTF-8' and 'utf-8' name the same codec"),
+    'utils.runtime.x_pick_device__mutmut_26': ('a52bc8272d63', "torch.backends has mps in every torch the book supports (>= 2.1): getattr's default is never used"),
+    'utils.runtime.x_time_per_call__mutmut_12': ('925f7427eade', "the no-op sync's return value is never used"),
+    'utils.shapes.x_captioned_shapes__mutmut_10': ('aeb9b82577a5', 'the name passed to _check_size appears only in its error message'),
+    'utils.shapes.x_captioned_shapes__mutmut_13': ('aeb9b82577a5', 'the name passed to _check_size appears only in its error message'),
+    'utils.shapes.x_captioned_shapes__mutmut_14': ('aeb9b82577a5', 'the name passed to _check_size appears only in its error message'),
+    'utils.shapes.x_captioned_shapes__mutmut_50': ('aeb9b82577a5', 'rng.random() is continuous: a draw equal to `pairs` has probability zero (2**-53 at pairs = 0)'),
+    'utils.shapes.x_captioned_shapes__mutmut_54': ('aeb9b82577a5', "numpy's choice reads replace as a truth value: None is False"),
+    'utils.shapes.x_captioned_shapes__mutmut_67': ('aeb9b82577a5', 'rng.random() is continuous: a draw of exactly 0.5 has probability zero'),
+    'utils.shapes.x_draw__mutmut_9': ('1fd2ad175cf8', 'the name passed to _check_size appears only in its error message'),
+    'utils.shapes.x_draw__mutmut_12': ('1fd2ad175cf8', 'the name passed to _check_size appears only in its error message'),
+    'utils.shapes.x_draw__mutmut_13': ('1fd2ad175cf8', 'the name passed to _check_size appears only in its error message'),
+    'utils.shapes.xǁShapeǁ__post_init____mutmut_5': ('26d9e4b48954', "the field's name appears only in the error message"),
+    'utils.shapes.xǁShapeǁ__post_init____mutmut_6': ('26d9e4b48954', "the field's name appears only in the error message"),
+    'utils.shapes.xǁShapeǁ__post_init____mutmut_7': ('26d9e4b48954', "the field's name appears only in the error message"),
+    'utils.shapes.xǁShapeǁ__post_init____mutmut_8': ('26d9e4b48954', "the field's name appears only in the error message"),
+    'utils.shapes.x_draw__mutmut_92': ('1fd2ad175cf8', 'every colour component is >= 0.10 and the jitter at most 0.07: the lower clip never acts'),
+    'utils.shapes.x_draw__mutmut_142': ('1fd2ad175cf8', 'the background is at most about 0.35 and each shape blends it convexly with a colour <= 1: the image exceeds 1 only on a 26-sigma noise draw'),
+    'utils.shapes.x_draw__mutmut_147': ('1fd2ad175cf8', 'the background is at most about 0.35 and each shape blends it convexly with a colour <= 1: the image exceeds 1 only on a 26-sigma noise draw'),
+    'utils.shapes.xǁCaptionedShapesǁrandom_captions__mutmut_2': ('f9f10fa2d1e8', 'a list indexed by a 0-d integer tensor uses __index__: the same scenes, the same captions'),
+}
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}

@@ -131,3 +131,23 @@ def test_train_char_gpt_trains_the_spec_saves_its_metadata_and_restores_threads(
         torch.set_num_threads(before)
     for name, t in ref.state_dict().items():
         torch.testing.assert_close(model.state_dict()[name], t, rtol=0, atol=0)
+
+
+def test_train_char_gpt_trains_on_the_cpu_whatever_the_machine(monkeypatch, tmp_path):
+    """The checkpoint is reproduced bit for bit only on the CPU: train_gpt must be told so, not left to pick a GPU."""
+    import utils.checkpoints as ck
+
+    seen = {}
+
+    class Stop(Exception):
+        pass
+
+    def fake_train_gpt(*args, **kwargs):
+        seen.update(kwargs)
+        raise Stop
+
+    monkeypatch.setattr(ck, "char_data", lambda: (list("ab"), torch.zeros(10, dtype=torch.long), torch.zeros(10, dtype=torch.long)))
+    monkeypatch.setattr(ck, "train_gpt", fake_train_gpt)
+    with pytest.raises(Stop):
+        train_char_gpt(path=tmp_path / "x.safetensors")
+    assert seen["device"] == "cpu" and seen["seed"] == CHAR_GPT.seed

@@ -299,3 +299,37 @@ def test_speeches_strip_only_newlines_and_check_every_heading():
     for bad in ("  ROMEO:\nhello", "ROMEO:\nhi\n\n:\nnameless", "ROMEO:\nhi\n\nROMEO\nno colon"):
         with pytest.raises(ValueError, match="heading"):
             data.speeches(bad)
+
+
+def test_the_documented_default_timeouts_are_the_ones_used(monkeypatch, tmp_path):
+    """download waits 30 s for the server and reachable 3 s for a connection when no timeout is given."""
+    seen = {}
+
+    def fake_urlopen(url, timeout):
+        seen["download"] = timeout
+        raise OSError("offline")
+
+    def fake_connect(address, timeout):
+        seen["reachable"] = timeout
+        raise OSError("offline")
+
+    monkeypatch.setattr(data.urllib.request, "urlopen", fake_urlopen)
+    monkeypatch.setattr(data.socket, "create_connection", fake_connect)
+    with pytest.raises((OSError, DataError)):
+        data.download(RemoteFile("f", "f.txt", "https://example.invalid/f.txt", 4, "0" * 64), tmp_path / "f.txt")
+    assert not data.reachable("https://example.invalid")
+    assert seen == {"download": 30.0, "reachable": 3.0}
+
+
+def test_tiny_shakespeare_is_read_as_utf8_whatever_the_locale(monkeypatch):
+    """The text is decoded as UTF-8 explicitly, not with the platform's default encoding (cp1252 on Windows)."""
+    seen = {}
+
+    class FakePath:
+        def read_text(self, encoding=None):
+            seen["encoding"] = encoding
+            return "text"
+
+    monkeypatch.setattr(data, "fetch", lambda spec, allow_download=True: FakePath())
+    assert data.tiny_shakespeare() == "text"
+    assert seen["encoding"] is not None and seen["encoding"].lower().replace("-", "") == "utf8"

@@ -219,3 +219,19 @@ def test_shift_seeds_leaves_non_integer_seeds_and_the_version_alone():
     for bad in (True, 1.5):
         with pytest.raises(ValueError, match="non-negative"):
             shift_seeds(bad)
+
+
+def test_setup_seeds_zero_by_default(monkeypatch):
+    """setup() with no seed is setup(seed=0): every chapter's set-up cell relies on it."""
+    monkeypatch.delenv("ONEHOT_SEED_SHIFT", raising=False)
+    setup(quiet=True)
+    assert torch.initial_seed() == 0
+    first = torch.rand(3)
+    setup(seed=0, quiet=True)
+    assert torch.equal(first, torch.rand(3))
+
+
+def test_time_per_call_defaults_one_warmup_and_ten_repeats():
+    calls = []
+    time_per_call(lambda: calls.append(1))
+    assert len(calls) == 11

@@ -207,3 +207,10 @@ def test_pixels_map_0_255_to_minus_1_plus_1_and_left_of_captions():
     torch.testing.assert_close(data.pixels().flatten(), torch.tensor([-1.0, -0.6, 1.0]))
     pair = (Shape("red", "circle", "small", "left"), Shape("blue", "cross", "large", "right"))
     assert caption(pair, 3) == "a red circle left of a blue cross"
+
+
+def test_captioned_shapes_default_seed_is_zero():
+    """captioned_shapes(n) is captioned_shapes(n, seed=0): the chapters' data sets depend on it."""
+    a, b, c = captioned_shapes(6), captioned_shapes(6, seed=0), captioned_shapes(6, seed=1)
+    assert torch.equal(a.images, b.images) and a.scenes == b.scenes
+    assert not torch.equal(a.images, c.images)
