@@ -451,6 +451,37 @@ def my_kd_loss(student_logits, teacher_logits, targets, T, alpha):
     ce = F.cross_entropy(student_logits.reshape(-1, V), targets.reshape(-1))
     return alpha * T ** 2 * kl + (1 - alpha) * ce
 '''),
+    # -- chapter 12 ------------------------------------------------------------------------------
+    Cell("12.1", "Noising in one jump.", """
+Write DDPM's forward process in closed form (eq. 4 of Ho et al. 2020): x_t = sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε,
+with ᾱ_t = `alphas_cumprod[t]` from the schedule's (T,) table. `x0` and `noise` are (B, C, H, W) and `t` (B,)
+holds one timestep per image, so image b is noised with ᾱ at `t[b]`; return x_t in the inputs' dtype, as
+`NoiseSchedule.add_noise` does.
+""" + _check_line("12.1", "my_add_noise", "six batches (t = 0 and t = T − 1, a batch of one, a different t per "
+                  "image, a cosine schedule, float64)"), '''
+def my_add_noise(x0, noise, t, alphas_cumprod):
+    # x0, noise (B, C, H, W); t (B,) int64 timesteps; alphas_cumprod (T,) → x_t (B, C, H, W)
+    raise NotImplementedError  # your code here
+''', '''
+def my_add_noise(x0, noise, t, alphas_cumprod):
+    abar = alphas_cumprod[t].to(x0.dtype).view(-1, 1, 1, 1)  # (B, 1, 1, 1): one ᾱ_t per image
+    return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
+'''),
+    Cell("12.2", "The nearest code.", """
+Write vector quantization's lookup (eq. 2 of van den Oord et al. 2017): for every D-vector of `z` (…, D),
+the index of the nearest row of `codebook` (K, D) in squared Euclidean distance ‖z − e_k‖², an int64
+tensor of shape (…), as `VectorQuantizer.nearest` returns. Any number of leading axes: a list of vectors
+(N, D) or a grid (B, G, G, D) of them.
+""" + _check_line("12.2", "my_nearest_codes", "five inputs (a list of vectors and two grids, a codebook of "
+                  "one code, float64, a code far away)"), '''
+def my_nearest_codes(z, codebook):
+    # z (..., D); codebook (K, D) → (...,) int64: the index of each vector's nearest code
+    raise NotImplementedError  # your code here
+''', '''
+def my_nearest_codes(z, codebook):
+    diff = z[..., None, :] - codebook  # (..., K, D) every vector minus every code
+    return diff.pow(2).sum(dim=-1).argmin(dim=-1)  # (...,) the code at the smallest squared distance
+'''),
 ]
 
 

@@ -157,6 +157,21 @@ W = {  # exercise -> [(wrong function body, status, a phrase the message must co
              (CELLS["11.7"].solution.replace("(log_p - log_q)", "(log_q - log_p)").replace("log_p.exp()", "log_q.exp()"),
               "fail", "wrong way"),
              (CELLS["11.7"].solution.replace(".sum(dim=-1).mean()", ".mean()"), "fail", "every (position")],
+    "12.1": [(CELLS["12.1"].solution.replace("abar.sqrt() * x0 + (1 - abar).sqrt() * noise",
+                                             "abar * x0 + (1 - abar) * noise"), "fail", "square roots"),
+             (CELLS["12.1"].solution.replace("abar = alphas_cumprod[t]", "abar = (alphas_cumprod / torch.cat("
+                                             "[alphas_cumprod.new_ones(1), alphas_cumprod[:-1]]))[t]"),
+              "fail", "one step's α_t"),
+             (CELLS["12.1"].solution.replace("alphas_cumprod[t]", "alphas_cumprod.cumprod(0)[t]"), "fail",
+              "already the cumulative product"),
+             (CELLS["12.1"].solution.replace(".view(-1, 1, 1, 1)", ""), "fail", "along the last axis"),
+             (CELLS["12.1"].solution.replace(".view(-1, 1, 1, 1)", ".view(1, -1, 1, 1)"), "error",
+              "case 1/6")],
+    "12.2": [("def my_nearest_codes(z, codebook):\n    return (z @ codebook.T).argmax(dim=-1)", "fail",
+              "largest dot product"),
+             (CELLS["12.2"].solution.replace("sum(dim=-1)", "sum(dim=-2)"), "fail", "summed over the codes"),
+             (CELLS["12.2"].solution.replace(".argmin(dim=-1)", ".argmin(dim=-1).int()"), "fail",
+              "expected dtype torch.int64, got torch.int32")],
 }
 
 
@@ -237,7 +252,8 @@ def test_chapters_carry_the_exercise_cells():
         if code.get("execution_count") is not None:
             assert "not attempted yet" in text, f"{path.name}: exercise {ex_id} was executed with a solution"
         found[ex_id] = path.name
-    missing = sorted(set(CELLS) - set(found))
+    in_book = {p.name[:2] for p in chapter_paths()}  # a chapter still being written (not in _toc.yml) waits
+    missing = sorted(i for i in set(CELLS) - set(found) if i[:2] in in_book)
     assert not missing, f"exercises not yet in their chapters: {missing}; run python -m scripts.exercise_cells"
 
 

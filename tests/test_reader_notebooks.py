@@ -192,7 +192,7 @@ def test_citations_read_as_author_year():
     assert md("Vaswani et al. {footcite}`vaswani2017attention` asked", ctx) == "Vaswani et al. (2017) asked"
     assert md("(Bahdanau et al. {footcite}`bahdanau2015neural`) feeds", ctx) == "(Bahdanau et al., 2015) feeds"
     assert md("the tweak of He et al. 2019 {footcite}`he2019bag`), and", ctx) == "the tweak of He et al. 2019), and"
-    assert md("(LLaVA {footcite}`liu2023visual`).", ctx) == "(LLaVA, Liu et al., 2023)."
+    assert md("(LLaVA {footcite}`liu2023visual`).", ctx) == "(LLaVA, Liu et al., 2023a)."  # 2023b: rectified flow
     assert md("Word2Vec {footcite}`mikolov2013efficient,mikolov2013distributed` turns", ctx) == \
         "Word2Vec (Mikolov et al., 2013a, 2013b) turns"  # the book's own "Mikolov et al. 2013b"
     assert md("Use `{footcite}` in code.", ctx) == "Use `{footcite}` in code."  # code spans are left alone

@@ -12,8 +12,9 @@ from scripts import exercise_cells, student_edition
 from scripts.reader_notebooks import reader_notebook
 from scripts.setup_cell import chapter_paths
 
-CELLS = {c.id: c for c in exercise_cells.CELLS}
 CHAPTERS = chapter_paths()
+# the exercises of the chapters in the book (_toc.yml); a chapter still being written has its cells ready
+CELLS = {c.id: c for c in exercise_cells.CELLS if any(p.name[:2] == c.id[:2] for p in CHAPTERS)}
 
 
 @pytest.fixture(scope="module")

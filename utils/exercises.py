@@ -1111,3 +1111,113 @@ _register(Exercise(
                       "the log ratio.", lambda s, t, y, T, a: _kd_parts(s, t, y, T, a, reverse=True)),
               Mistake("the KL is averaged over every (position, character) entry: sum over the vocabulary, then "
                       "average over positions.", lambda s, t, y, T, a: _kd_parts(s, t, y, T, a, per_element=True))]))
+
+
+# ----------------------------------------------------------------------------------------------
+# Chapter 12: DDPM's forward process, and vector quantization's nearest code
+
+def _linear_abar(T: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    return torch.cumprod(1 - torch.linspace(1e-4, 0.02, T, dtype=torch.float64), 0).to(dtype)  # (T,) DDPM's ᾱ
+
+
+def _cosine_abar(T: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    from utils.diffusion import NoiseSchedule
+    return NoiseSchedule(T, schedule="cosine").alphas_cumprod.to(dtype)  # (T,)
+
+
+def _add_noise_cases() -> list[Case]:
+    out = []
+    for name, shape, T, schedule, t, dtype, seed in [
+            ("4 images (4, 3, 4, 4), T = 1000, a random t per image", (4, 3, 4, 4), 1000, "linear", None,
+             torch.float32, 1),
+            ("t = 0 everywhere: almost the clean image", (2, 1, 4, 4), 1000, "linear", [0, 0], torch.float32, 2),
+            ("t = T - 1 everywhere: almost pure noise (cosine schedule, T = 50)", (3, 2, 5, 5), 50, "cosine",
+             [49, 49, 49], torch.float32, 3),
+            ("a batch of one (1, 3, 2, 6), t = 500", (1, 3, 2, 6), 1000, "linear", [500], torch.float32, 4),
+            ("one t per row, 0, T/2 and T - 1, each row its own (3, 2, 3, 3)", (3, 2, 3, 3), 20, "cosine",
+             [0, 10, 19], torch.float32, 5),
+            ("float64, T = 1000", (2, 3, 4, 4), 1000, "linear", [999, 1], torch.float64, 6)]:
+        g = _gen(seed)
+        x0, noise = _randn(g, *shape, dtype=dtype), _randn(g, *shape, dtype=dtype)
+        abar = (_linear_abar if schedule == "linear" else _cosine_abar)(T, dtype)
+        t = torch.randint(0, T, (shape[0],), generator=g) if t is None else torch.tensor(t)
+        hint = ("row b of the batch has its own timestep t[b]: its coefficients multiply that row only"
+                if len(set(t.tolist())) > 1 else "")
+        out.append(Case(name, (x0, noise, t, abar), hint=hint))
+    return out
+
+
+def _add_noise_ref(x0, noise, t, alphas_cumprod):
+    from utils.diffusion import NoiseSchedule
+    schedule = NoiseSchedule(len(alphas_cumprod))
+    schedule.alphas_cumprod = alphas_cumprod  # the case's ᾱ: linear or cosine, any T, float32 or float64
+    return schedule.add_noise(x0, noise, t)
+
+
+def _add_noise_formula(x0, noise, a):
+    """a (B,) → a x0 + (1 - a) noise per row, the coefficients without their square roots."""
+    a = a.view(-1, *[1] * (x0.dim() - 1))  # (B, 1, ...)
+    return a * x0 + (1 - a) * noise
+
+
+def _one_step_alphas(abar: Tensor) -> Tensor:
+    return abar / torch.cat([abar.new_ones(1), abar[:-1]])  # (T,) α_t = ᾱ_t / ᾱ_{t-1}
+
+
+_register(Exercise(
+    "12.1", "noising in one jump",
+    "my_add_noise(x0, noise, t, alphas_cumprod) -> (B, C, H, W) x_t",
+    _add_noise_cases, _add_noise_ref, outputs=("x_t",),
+    mistakes=[Mistake("the coefficients are square roots: x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε (the variances "
+                      "ᾱ_t and 1 - ᾱ_t add up to 1, not the coefficients).",
+                      lambda x0, n, t, ab: _add_noise_formula(x0, n, ab[t])),
+              Mistake("this uses one step's α_t = 1 - β_t; jumping from x0 to x_t in one go takes the product "
+                      "ᾱ_t = α_1 ⋯ α_t, which is alphas_cumprod[t] as given.",
+                      lambda x0, n, t, ab: _add_noise_ref(x0, n, t, _one_step_alphas(ab))),
+              Mistake("alphas_cumprod is already the cumulative product: index it, do not take cumprod again.",
+                      lambda x0, n, t, ab: _add_noise_ref(x0, n, t, torch.cumprod(ab, 0))),
+              Mistake("the per-image coefficients (B,) are multiplied along the last axis (the width): reshape "
+                      "them to (B, 1, 1, 1) so that image b gets its own t[b].",
+                      lambda x0, n, t, ab: ab[t].sqrt() * x0 + (1 - ab[t]).sqrt() * n)]))
+
+
+def _nearest_cases() -> list[Case]:
+    out = []
+    for name, z_shape, K, dtype, seed in [("8 vectors of 4 numbers, 16 codes", (8, 4), 16, torch.float32, 1),
+                                          ("a grid of codes (2, 3, 3, 4) per image, 10 codes", (2, 3, 3, 4), 10,
+                                           torch.float32, 2),
+                                          ("a codebook of one code (K = 1)", (5, 3), 1, torch.float32, 3),
+                                          ("float64, (2, 4, 4, 6), 32 codes", (2, 4, 4, 6), 32, torch.float64, 4)]:
+        g = _gen(seed)
+        z = _randn(g, *z_shape, dtype=dtype)
+        lengths = torch.rand(K, 1, generator=g, dtype=torch.float64).to(dtype) * 2 + 0.3  # codes of unequal length
+        codebook = _randn(g, K, z_shape[-1], dtype=dtype) * lengths  # (K, D)
+        out.append(Case(name, (z, codebook)))
+    g = _gen(5)
+    z = _randn(g, 6, 3).abs()  # (6, 3) all in the positive octant
+    codebook = torch.cat([_randn(g, 4, 3, scale=0.5).abs(), torch.full((1, 3), 40.0)])  # (5, 3) the last far away
+    out.append(Case("a code far away, in the direction of every vector", (z, codebook),
+                    hint="the nearest code is the one at the smallest distance ||z - e_k||², wherever the others "
+                         "point"))
+    return out
+
+
+def _nearest_ref(z, codebook):
+    from utils.vq import VectorQuantizer
+    K, D = codebook.shape
+    quantizer = VectorQuantizer(K, D).to(codebook.dtype)
+    with torch.no_grad():
+        quantizer.embedding.weight.copy_(codebook)
+        return quantizer.nearest(z)
+
+
+_register(Exercise(
+    "12.2", "the nearest code",
+    "my_nearest_codes(z, codebook) -> (...,) int64 code indices",
+    _nearest_cases, _nearest_ref, outputs=("the codes",),
+    mistakes=[Mistake("the largest dot product z · e_k picks the nearest code only when every code has the same "
+                      "length: take the smallest squared distance ||z - e_k||² = ||z||² - 2 z · e_k + ||e_k||².",
+                      lambda z, e: (z @ e.T).argmax(-1)),
+              Mistake("the squared differences are summed over the codes: sum them over the D features (the last "
+                      "axis) to get one distance per code, then take the argmin over the K codes.",
+                      lambda z, e: (z[..., None, :] - e).pow(2).sum(-2).argmin(-1))]))
