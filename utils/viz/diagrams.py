@@ -16,8 +16,9 @@ page itself, so the same PNG works in a light notebook, a dark one and on the we
 The models, drawn after the book's code (names and shapes as the chapters and `utils` write them):
 `rnn_bptt` (chapter 2), `lstm_cell` and `gru_cell` (chapter 3), `seq2seq_training` (chapter 4),
 `attention_decoder_step` (chapter 5), `transformer_encoder_decoder` (chapter 6), `gpt_stack` (chapter 7),
-`vit_pipeline` (chapter 8), `clip_contrastive` (chapter 9) and `compression_map` (chapter 11: where each
-compression method cuts the cost). Each returns a matplotlib `Figure` (not
+`vit_pipeline` (chapter 8), `clip_contrastive` (chapter 9), `compression_map` (chapter 11: where each
+compression method cuts the cost), `text_to_image_tokens` and `text_to_image_diffusion` (chapter 12: the
+two routes from a caption to an image). Each returns a matplotlib `Figure` (not
 registered with pyplot, so nothing piles up). A chapter shows one with `show(fig)`: a PNG drawn at twice the
 resolution and displayed at its natural size, the same bytes whatever matplotlib backend the notebook uses
 (a bare Figure would be drawn by the inline backend's hook in one notebook and not at all in another).
@@ -37,7 +38,8 @@ from matplotlib.path import Path
 from matplotlib.text import Text
 
 DRAWINGS = ("rnn_bptt", "lstm_cell", "gru_cell", "seq2seq_training", "attention_decoder_step", "transformer_encoder_decoder", "gpt_stack", "vit_pipeline",
-            "clip_contrastive", "compression_map")  # the model diagrams, in chapter order
+            "clip_contrastive", "compression_map", "text_to_image_tokens",
+            "text_to_image_diffusion")  # the model diagrams, in chapter order
 __all__ = ["PALETTE", "INK", "GRADIENT", "TIE", "DARK_PAGE", "DPI", "DRAWINGS", "contrast", "Box", "Diagram", "png",
            "show", *DRAWINGS]
 
@@ -782,4 +784,141 @@ def compression_map() -> Figure:
         d.line([(left + 0.05, y - rh / 2), (left + cw * len(columns) - 0.05, y - rh / 2)], lw=0.6)
         for j, (label, role) in cuts.items():
             d.box(left + cw * (j + 0.5), y, label, w=cw - 0.12, h=rh - 0.14, role=role, size=SMALL)
+    return d.fig
+
+
+# ================================================================================ chapter 12
+
+def text_to_image_tokens() -> Figure:
+    """Chapter 12, route 1, images as tokens (DALL·E in small, `utils.vq`). Training: the VQ-VAE's encoder
+    turns a 32×32 image into a 4×4 grid of code ids (16 tokens from a codebook of 512); the caption's tokens
+    and then the 16 codes, row by row, make one sequence, and a GPT learns it with the next-token loss on the
+    codes only (`joint_sequence`). Sampling: the GPT continues a caption with 16 codes, one at a time, guided
+    on the logits, logits_uncond + s (logits_cond − logits_uncond) (`sample_image_codes`); the decoder turns
+    each of k samples into an image, CLIP scores each against the caption, and the best of k is kept
+    (`best_of_k`)."""
+    d = Diagram(10.0, 6.3)
+    d.text(0.15, 6.05, "training", ha="left", bold=True)
+    y1 = 5.35
+    image = d.box(0.8, y1, "image 32×32", w=1.3, h=0.44, role="data")
+    enc = d.box(2.75, y1, "VQ-VAE encoder", w=1.6, h=0.44, role="mlp")
+    d.arrow(image.right, enc.left)
+    cell, g0x = 0.21, 4.05  # the 4 × 4 grid of codes, lower-left at (g0x, g0y)
+    g0y = y1 - 2 * cell
+    shades = [0.55, 1.0, 0.75, 0.9, 0.7, 0.6, 1.0, 0.8, 0.95, 0.65, 0.85, 0.55, 0.8, 0.9, 0.6, 1.0]
+    for i, a in enumerate(shades):
+        r, c = divmod(i, 4)
+        d.cell(g0x + c * cell, g0y + (3 - r) * cell, cell, PALETTE["gate"], alpha=a, outline=True)
+    d.arrow(enc.right, (g0x, y1))
+    d.text(g0x + 4 * cell + 0.15, y1 + 0.2, "a 4×4 grid of code ids:", ha="left", size=SMALL)
+    d.text(g0x + 4 * cell + 0.15, y1 - 0.04, "16 tokens from a codebook of 512", ha="left", size=SMALL)
+    d.shape(g0x + 4 * cell + 0.15, y1 - 0.28, "codes (B, 4, 4)")
+    # the joint sequence: caption tokens, then the codes row by row
+    y2, step = 4.05, 0.58
+    slots = ["a", "red", "circle", "<pad>", "c1", "c2", "⋯", "c16"]
+    seq = []
+    for i, label in enumerate(slots):
+        x = 0.55 + i * step + (0.25 if i >= 4 else 0.0)
+        if label == "⋯":
+            d.text(x, y2, "⋯")
+            continue
+        seq.append(d.box(x, y2, label, w=0.52 if label != "<pad>" else 0.56, h=0.38,
+                         role="data" if i < 4 else "gate", size=SMALL))
+    d.arrow((g0x + 2 * cell, g0y), (g0x + 2 * cell, y2 + 0.19))
+    d.text(g0x + 2 * cell + 0.1, (g0y + y2 + 0.19) / 2, "row by row", ha="left", size=SMALL)
+    d.text(seq[0].x - 0.26, y2 - 0.38, "caption tokens (T_c, padded)", ha="left", size=SMALL)
+    d.text(seq[4].x - 0.26, y2 - 0.38, "then the 16 image codes", ha="left", size=SMALL)
+    gpt = d.box(6.55, y2, "GPT (causal)", w=1.35, h=0.46, role="attn")
+    d.arrow(seq[-1].right, gpt.left)
+    loss = d.box(8.75, y2, "next-token loss\non the codes only", w=1.85, h=0.62, role="loss", size=SMALL)
+    d.arrow(gpt.right, loss.left)
+    d.line([(0.15, 3.3), (9.85, 3.3)], lw=0.6)
+    # sampling
+    d.text(0.15, 3.05, "sampling", ha="left", bold=True)
+    y3 = 2.25
+    caption = d.box(0.65, y3, "caption", w=1.0, h=0.44, role="data")
+    sampler = d.box(2.4, y3, "GPT samples\n16 codes, one by one", w=1.9, h=0.66, role="attn", size=SMALL)
+    d.arrow(caption.right, sampler.left)
+    dec = d.box(4.45, y3, "VQ-VAE decoder", w=1.55, h=0.44, role="mlp")
+    d.arrow(sampler.right, dec.left)
+    cands = d.box(6.05, y3, "k candidate\nimages", w=1.1, h=0.62, role="data", size=SMALL)
+    d.arrow(dec.right, cands.left)
+    clip = d.box(7.65, y3, "CLIP scores each\nagainst the caption", w=1.6, h=0.62, role="embed", size=SMALL)
+    d.arrow(cands.right, clip.left)
+    best = d.box(9.35, y3, "best of k", w=0.95, h=0.44, role="data", size=SMALL)
+    d.arrow(clip.right, best.left)
+    d.arrow(caption.bottom, clip.bottom, via=[(caption.x, 0.3), (clip.x, 0.3)])
+    d.text(caption.x + 0.12, 0.48, "the caption, for CLIP", ha="left", size=SMALL)
+    d.text(1.5, 1.5, "guidance at every code:", ha="left", size=SMALL, italic=True)
+    d.text(1.5, 1.22, r"logits = logits_uncond + s · (logits_cond − logits_uncond)", ha="left", size=SMALL)
+    d.text(1.5, 0.94, "uncond: after the null caption (trained with captions dropped)", ha="left", size=SMALL)
+    return d.fig
+
+
+def text_to_image_diffusion() -> Figure:
+    """Chapter 12, route 2, latent diffusion (`utils.diffusion` on `utils.vq`'s latent). Training: the VQ-VAE's
+    encoder gives the latent z0 (16 channels × 4×4); it is noised to z_t = √ᾱ_t z0 + √(1−ᾱ_t) ε at a random
+    t, and the denoiser, a small DiT (`Denoiser`: the 16 latent vectors as tokens, with a time token and the
+    CLIP text tower's caption features in the same sequence, DiT's in-context conditioning), predicts z0
+    (x0-prediction, `prediction="sample"`). Sampling: from noise, DDIM steps, each with classifier-free
+    guidance (the unconditional and the conditional prediction, combined with scale s, `guided_epsilon`);
+    the final z0 is snapped to the nearest codes and decoded into an image."""
+    d = Diagram(10.0, 6.6)
+    d.text(0.15, 6.35, "training", ha="left", bold=True)
+    y1 = 5.6
+    image = d.box(0.75, y1, "image", w=1.0, h=0.44, role="data")
+    enc = d.box(2.45, y1, "VQ-VAE encoder", w=1.6, h=0.44, role="mlp")
+    d.arrow(image.right, enc.left)
+    z0 = d.box(4.2, y1, r"latent $z_0$", w=1.2, h=0.44, role="data")
+    d.arrow(enc.right, z0.left)
+    d.shape(z0.x, y1 - 0.4, "(B, 16, 4, 4)", ha="center")
+    noise = d.box(6.75, y1, r"$z_t = \sqrt{\bar\alpha_t}\,z_0 + \sqrt{1-\bar\alpha_t}\,\epsilon$", w=2.75, h=0.5,
+                  role="neutral")
+    d.arrow(z0.right, noise.left)
+    eps = d.box(9.2, y1, r"$\epsilon \sim N(0, I)$", w=1.3, h=0.44, role="data", size=SMALL)
+    d.arrow(eps.left, noise.right)
+    d.text(eps.x, y1 + 0.4, "t at random", size=SMALL)
+    y2 = 4.25
+    caption = d.box(0.7, y2, "caption", w=1.0, h=0.44, role="data")
+    text = d.box(2.2, y2, "CLIP text tower", w=1.6, h=0.44, role="embed")
+    d.arrow(caption.right, text.left)
+    dit = d.box(5.85, y2, "denoiser: a small DiT\ntokens [time; caption features; 16 latent vectors]", w=3.9,
+                h=0.7, role="attn", size=SMALL)
+    d.arrow(text.right, dit.left)
+    d.shape((text.right[0] + dit.left[0]) / 2, y2 + 0.22, "(T_c, E)", ha="center")
+    d.arrow(noise.bottom, (noise.x, dit.top[1]))
+    d.text(noise.x + 0.1, (noise.bottom[1] + dit.top[1]) / 2, r"$z_t$ and $t$", ha="left", size=SMALL)
+    loss = d.box(9.0, y2, r"$\|\hat z_0 - z_0\|^2$", w=1.3, h=0.44, role="loss")
+    d.arrow(dit.right, loss.left)
+    d.text((dit.right[0] + loss.left[0]) / 2, y2 + 0.2, r"$\hat z_0$", size=SMALL)
+    d.text(dit.x, y2 - 0.55, "it predicts the clean latent (x0-prediction), not the noise", size=SMALL, italic=True)
+    d.line([(0.15, 3.3), (9.85, 3.3)], lw=0.6)
+    # sampling
+    d.text(0.15, 3.05, "sampling", ha="left", bold=True)
+    y3 = 2.15
+    start = d.box(0.75, y3, r"$z_T \sim N(0, I)$", w=1.25, h=0.44, role="data", size=SMALL)
+    d.frame(1.7, 1.3, 8.45, 2.9, label="one DDIM step, t → t′", repeat="× steps")
+    uncond = d.box(3.0, y3 + 0.32, r"DiT($z_t$, $t$, $\varnothing$)", w=1.9, h=0.4, role="attn", size=SMALL)
+    cond = d.box(3.0, y3 - 0.32, r"DiT($z_t$, $t$, caption)", w=1.9, h=0.4, role="attn", size=SMALL)
+    d.arrow(start.right, (1.85, y3))
+    d.line([(1.85, uncond.y), (1.85, cond.y)])
+    d.arrow((1.85, uncond.y), uncond.left)
+    d.arrow((1.85, cond.y), cond.left)
+    guide = d.box(5.35, y3, r"$\hat z_0 = u + s\,(c - u)$", w=1.85, h=0.46, role="norm", size=SMALL)
+    d.arrow(uncond.right, guide.at("left", 0.75), via=[(4.2, uncond.y), (4.2, guide.y + 0.115)])
+    d.arrow(cond.right, guide.at("left", 0.25), via=[(4.2, cond.y), (4.2, guide.y - 0.115)])
+    d.text(4.3, uncond.y + 0.02, "u", ha="left", size=SMALL)
+    d.text(4.3, cond.y - 0.02, "c", ha="left", size=SMALL)
+    ddim = d.box(7.4, y3, r"DDIM: $z_t \to z_{t'}$", w=1.5, h=0.46, role="neutral", size=SMALL)
+    d.arrow(guide.right, ddim.left)
+    d.text(5.35, y3 - 0.5, "guidance, scale s", size=SMALL, italic=True)
+    # the last z0 → codes → image, from right to left underneath
+    y4 = 0.55
+    snap = d.box(8.6, y4, "snap to the\nnearest codes", w=1.4, h=0.6, role="gate", size=SMALL)
+    d.arrow(ddim.bottom, snap.at("top", 0.3), via=[(ddim.x, y4 + 0.5), (snap.at("top", 0.3)[0], y4 + 0.5)])
+    d.text(ddim.x - 0.1, 1.0, r"$z_0$ after the last step", ha="right", size=SMALL)
+    dec = d.box(6.0, y4, "VQ-VAE decoder", w=1.6, h=0.44, role="mlp")
+    d.arrow(snap.left, dec.right)
+    out = d.box(4.15, y4, "image", w=1.0, h=0.44, role="data")
+    d.arrow(dec.left, out.right)
     return d.fig
