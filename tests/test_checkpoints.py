@@ -151,3 +151,67 @@ def test_train_char_gpt_trains_on_the_cpu_whatever_the_machine(monkeypatch, tmp_
     with pytest.raises(Stop):
         train_char_gpt(path=tmp_path / "x.safetensors")
     assert seen["device"] == "cpu" and seen["seed"] == CHAR_GPT.seed
+
+
+# ----------------------------------------------------------------------------- chapter 9's CLIP (chapter 12)
+
+def test_shapes_clip_loads_with_its_hash_and_is_chapter_9s_cpu_model():
+    from utils.checkpoints import SHAPES_CLIP, load_shapes_clip, shapes_clip_config
+    assert sha256_file(SHAPES_CLIP.path) == SHAPES_CLIP.sha256
+    model = load_shapes_clip()
+    cfg = shapes_clip_config()
+    assert model.config == cfg and cfg.vision.patch_size == 8 and cfg.vision.image_size == 32
+    assert (SHAPES_CLIP.steps, SHAPES_CLIP.batch_size, SHAPES_CLIP.lr, SHAPES_CLIP.train_images) == (2000, 128, 2e-3, 10_000)
+    assert SHAPES_CLIP.path.stat().st_size < 8e6  # float16: a few MB
+    assert not model.training and not any(p.requires_grad for p in model.parameters())
+    assert {p.dtype for p in model.parameters()} == {torch.float32}
+
+
+def test_shapes_clip_reads_the_captioned_shapes():
+    """The loaded CLIP is a trained one: it matches fresh renders to their own complete captions far above chance."""
+    from utils.checkpoints import load_shapes_clip
+    from utils.shapes import captioned_shapes
+    from utils.text import CLIPTokenizer
+    model, data = load_shapes_clip(), captioned_shapes(64, seed=99, pairs=0.0)
+    ids = CLIPTokenizer()(data.captions(0), context_length=32)
+    with torch.no_grad():
+        logits, _ = model(data.pixels(), ids[:, : int(ids.argmax(1).max()) + 1])
+    accuracy = (logits.argmax(1) == torch.arange(64)).float().mean().item()
+    assert accuracy > 0.3, accuracy  # chance: 1/64
+
+
+def test_altered_or_missing_shapes_clip_is_refused(tmp_path):
+    from utils.checkpoints import SHAPES_CLIP, load_shapes_clip
+    bad = tmp_path / "x.safetensors"
+    shutil.copy(SHAPES_CLIP.path, bad)
+    with open(bad, "r+b") as f:
+        f.seek(-4, 2)
+        f.write(b"\x00\x01\x02\x03")
+    with pytest.raises(ValueError, match="expected .*retrain it with python -m scripts.train_shapes_clip"):
+        load_shapes_clip(dataclasses.replace(SHAPES_CLIP, path=bad))
+    with pytest.raises(FileNotFoundError, match="produce it with python -m scripts.train_shapes_clip"):
+        load_shapes_clip(dataclasses.replace(SHAPES_CLIP, path=tmp_path / "missing.safetensors"))
+
+
+def test_sha256_file_hashes_zero_dimensional_half_tensors(tmp_path):
+    """A 0-d float16 tensor (CLIP's logit scale) is hashed by its two bytes, as a 1-element tensor would be."""
+    from safetensors.torch import save_file
+    import hashlib
+    import json
+    path = tmp_path / "s.safetensors"
+    save_file({"s": torch.tensor(1.0, dtype=torch.float16)}, str(path))
+    h = hashlib.sha256()
+    h.update(b"s|torch.float16|()|" + bytes.fromhex("003c"))
+    h.update(json.dumps({}).encode())
+    assert sha256_file(path) == h.hexdigest()
+
+
+@pytest.mark.skipif(not os.environ.get("ONEHOT_SLOW_TESTS"),
+                    reason="a full training run (about 3 minutes); set ONEHOT_SLOW_TESTS=1 to reproduce the checkpoint")
+def test_the_script_reproduces_the_shapes_clip_bit_for_bit(tmp_path):
+    from utils.checkpoints import SHAPES_CLIP, train_shapes_clip
+    _, history, path = train_shapes_clip(SHAPES_CLIP, tmp_path / "again.safetensors")
+    assert history.steps == SHAPES_CLIP.steps
+    assert sha256_file(path) == SHAPES_CLIP.sha256, (
+        "retraining gave different bytes: a different torch version or CPU can change float rounding; if the "
+        "recipe changed on purpose, run python -m scripts.train_shapes_clip and update SHAPES_CLIP.sha256")
