@@ -52,7 +52,7 @@ def test_layout(edition):
     assert sorted(p.name for p in (out / "chapters").iterdir()) == [p.name for p in CHAPTERS]
     assert sorted(p.name for p in (out / "key").iterdir()) == [p.with_suffix(".md").name for p in CHAPTERS]
     readme = " ".join((out / "README.md").read_text().split())
-    assert "chapters/" in readme and "key/" in readme and "22 checkable" in readme and "grade_exercises" in readme
+    assert "chapters/" in readme and "key/" in readme and "24 checkable" in readme and "grade_exercises" in readme
 
 
 def test_no_checkable_solution_in_the_students_notebooks(edition):
