@@ -12,51 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from explorers import controls_of, on_the_page
 from utils import viz
 from utils.viz import generation
-
-
-def on_the_page(box):
-    """What a static page shows after the reader changed the controls: the browser-side links applied as the
-    browser would, then the visible pages' text and pictures (as in tests/test_viz.py)."""
-    import ipywidgets as widgets
-
-    for link in box.links:
-        (source, s_trait), (target, t_trait) = link.source, link.target
-        setattr(target, t_trait, getattr(source, s_trait))
-    shown = []
-
-    def walk(w):
-        if isinstance(w, widgets.Stack):
-            walk(w.children[w.selected_index])
-        elif isinstance(w, widgets.Box):
-            for child in w.children:
-                walk(child)
-        elif isinstance(w, widgets.Image):
-            shown.append(bytes(w.value))
-        elif isinstance(w, widgets.HTML) and w.value:
-            shown.append(w.value)
-
-    walk(box)
-    return shown
-
-
-def controls_of(box):
-    import ipywidgets as widgets
-
-    found = {}
-
-    def walk(w):
-        if isinstance(w, widgets.Stack):
-            return
-        if isinstance(w, widgets.Box):
-            for child in w.children:
-                walk(child)
-        elif isinstance(w, (widgets.Dropdown, widgets.SelectionSlider, widgets.IntSlider, widgets.Text)):
-            found[w.description] = w
-
-    walk(box)
-    return found
 
 
 def pictures_in(box):

@@ -83,6 +83,20 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
+def _checked_file(path: str | Path, sha256: str, retrain: str, check_hash: bool = True) -> Path:
+    """`path` as a Path, after checking that it exists and (with `check_hash`) that its sha256 is `sha256`;
+    otherwise an error that says how to get the file back (`retrain`: the command)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}; produce it with {retrain}")
+    if check_hash:
+        digest = sha256_file(path)
+        if digest != sha256:
+            raise ValueError(f"{path} has sha256 {digest}, expected {sha256}: the file is corrupt or from "
+                             f"another run; restore it from git or retrain it with {retrain}")
+    return path
+
+
 def char_data() -> tuple[CharVocab, torch.Tensor, torch.Tensor]:
     """Chapter 7's data: the character vocabulary of Tiny Shakespeare and the train / validation ids
     (the first 90% of the text / the rest)."""
@@ -113,15 +127,8 @@ def load_char_gpt(spec: PretrainedSpec = CHAR_GPT, device: str | torch.device = 
                   check_hash: bool = True) -> tuple[GPT, CharVocab]:
     """The trained GPT of `spec` (in eval mode, on `device`) and its character vocabulary. The file's
     sha256 must equal `spec.sha256`; a missing or different file raises an error that says how to retrain."""
-    path = Path(spec.path)
-    retrain = "python -m scripts.train_char_gpt (about 3 minutes on a CPU)"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; produce it with {retrain}")
-    if check_hash:
-        digest = sha256_file(path)
-        if digest != spec.sha256:
-            raise ValueError(f"{path} has sha256 {digest}, expected {spec.sha256}: the file is corrupt or from "
-                             f"another run; restore it from git or retrain it with {retrain}")
+    path = _checked_file(spec.path, spec.sha256, "python -m scripts.train_char_gpt (about 3 minutes on a CPU)",
+                         check_hash)
     chars, _, _ = char_data()
     model = GPT(spec.recipe.gpt_config(len(chars)))
     info = load_checkpoint(path, model)
@@ -213,15 +220,8 @@ def load_shapes_clip(spec: ShapesClipSpec = SHAPES_CLIP, device: str | torch.dev
     """Chapter 9's trained CPU CLIP (float32, eval mode, frozen, on `device`). The file's sha256 must equal
     `spec.sha256`; a missing or different file raises an error that says how to retrain."""
     from .clip import CLIP
-    path = Path(spec.path)
-    retrain = "python -m scripts.train_shapes_clip (about 3 minutes on a CPU)"
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}; produce it with {retrain}")
-    if check_hash:
-        digest = sha256_file(path)
-        if digest != spec.sha256:
-            raise ValueError(f"{path} has sha256 {digest}, expected {spec.sha256}: the file is corrupt or from "
-                             f"another run; restore it from git or retrain it with {retrain}")
+    path = _checked_file(spec.path, spec.sha256, "python -m scripts.train_shapes_clip (about 3 minutes on a CPU)",
+                         check_hash)
     model = CLIP(shapes_clip_config()).half()
     load_checkpoint(path, model)
     return model.float().to(device).eval().requires_grad_(False)
