@@ -24,10 +24,10 @@ OUTPUT = ROOT / "book" / "figures" / "chapter_map.png"
 
 # The axes use inches as data units, so sizes below are in inches. The figure is drawn to be read at
 # about half its pixel width (a book column), hence the large type.
-WIDTH_IN, HEIGHT_IN, DPI = 9.6, 6.5, 150  # 1440 x 975 pixels
+WIDTH_IN, HEIGHT_IN, DPI = 9.6, 8.22, 150  # 1440 x 1233 pixels
 BOX_W, BOX_H = 2.84, 1.1
 COL = [1.52, 4.8, 8.08]  # box centres of the three columns
-ROW = [5.83, 4.11, 2.39, 0.67]  # box centres of the four rows, top to bottom
+ROW = [7.55, 5.83, 4.11, 2.39, 0.67]  # box centres of the five rows, top to bottom
 GAP_Y = ROW[0] - ROW[1] - BOX_H  # empty band between two rows, where arrows turn and labels sit
 TITLE_PT, SMALL_PT = 12.5, 11
 
@@ -56,7 +56,7 @@ class Chapter:
 
 
 # Three rows of the spine (1-3, then 4-6), then the fork: 7 (language) beside 8 (vision), 9 under 8,
-# 10 beside 9, and 11 (compressing the GPT) left of 7.
+# 10 beside 9, 11 (compressing the GPT) left of 7, and 12 (drawing from text) under 9.
 CHAPTERS = [
     Chapter(1, "Words as vectors", "one-hot, co-occurrence, Word2Vec", "utils.text, utils.word2vec",
             COL[0], ROW[0], "words"),
@@ -80,6 +80,8 @@ CHAPTERS = [
             COL[1], ROW[3], "clip"),
     Chapter(11, "Small and fast", "quantize, prune, distil, draft", "utils.quantize, .compress",
             COL[0], ROW[2], "language"),
+    Chapter(12, "Text to image", "VQ + GPT, diffusion, guidance", "utils.vq, utils.diffusion",
+            COL[2], ROW[4], "clip"),
 ]
 
 # (from, to, label on the arrow)
@@ -87,7 +89,7 @@ EDGES = [
     (1, 2, ""), (2, 3, ""), (3, 4, ""), (4, 5, ""), (5, 6, ""),
     (6, 7, "decoder blocks"), (6, 8, "encoder blocks"),
     (7, 9, "BPE, causal design"), (8, 9, "image tower"),
-    (7, 10, ""), (9, 10, ""), (7, 11, ""),
+    (7, 10, ""), (9, 10, ""), (7, 11, ""), (9, 12, "text tower, reranking"),
 ]
 
 

@@ -454,13 +454,13 @@ def my_kd_loss(student_logits, teacher_logits, targets, T, alpha):
     # -- chapter 12 ------------------------------------------------------------------------------
     Cell("12.1", "Noising in one jump.", """
 Write DDPM's forward process in closed form (eq. 4 of Ho et al. 2020): x_t = sqrt(ᾱ_t) x0 + sqrt(1 − ᾱ_t) ε,
-with ᾱ_t = `alphas_cumprod[t]` from the schedule's (T,) table. `x0` and `noise` are (B, C_in, S, S) and `t` (B,)
+with ᾱ_t = `alphas_cumprod[t]` from the schedule's (T,) table. `x0` and `noise` are (B, C_in, height, width) and `t` (B,)
 holds one timestep per image, so image b is noised with ᾱ at `t[b]`; return x_t in the inputs' dtype, as
 `NoiseSchedule.add_noise` does.
 """ + _check_line("12.1", "my_add_noise", "six batches (t = 0 and t = T − 1, a batch of one, a different t per "
                   "image, a cosine schedule, float64)"), '''
 def my_add_noise(x0, noise, t, alphas_cumprod):
-    # x0, noise (B, C_in, S, S); t (B,) int64 timesteps; alphas_cumprod (T,) → x_t (B, C_in, S, S)
+    # x0, noise (B, C_in, height, width); t (B,) int64 timesteps; alphas_cumprod (T,) → x_t (B, C_in, height, width)
     raise NotImplementedError  # your code here
 ''', '''
 def my_add_noise(x0, noise, t, alphas_cumprod):

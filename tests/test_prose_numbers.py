@@ -108,6 +108,24 @@ NOT_OUTPUTS = {  # number or percentage quoted in the text, printed by no output
                        "0.0": "the number zero, which the quantization grid must hold exactly",
                        "0.25": "the ideal int8 byte ratio, 1/4", "6.7": "LLM.int8()'s model size (6.7B) where outliers appear",
                        "12.6": "Llama-2-7B's 6.74e9 weights x 2 bytes, in GiB"},
+    "12_text_to_image": {"10,000": "the training set's size, captioned_shapes(10_000) as in chapter 9",
+                         "2.5": "a section number of Ramesh et al. (2021)", "2.2": "a section number of Ramesh et al. (2021)",
+                         "80%": "the 500-step CLIP's best of 16 in one run while the chapter was prepared (utils.checkpoints' docstring); "
+                                "the GPT route's target, asserted",
+                         "86%": "the 2,000-step CLIP's best of 16 in that run (the chapter's own run prints 86.5%)",
+                         "7 MB": "the checkpoint file's size, 7,082,706 bytes", "0.25": "the VQ-VAE's commitment weight beta",
+                         "70%": "the share of VQ-VAE training during which dead codes are reset",
+                         "8.6": "the left/top place's centre, 0.27 x 32 pixels", "23.4": "the right/bottom place's centre, 0.73 x 32",
+                         "10%": "the share of captions dropped for guidance (p_uncond 0.1)", "0.02": "DDPM's last beta",
+                         "2%": "the epsilon-predicting prototype's share right (utils.diffusion's docstring)",
+                         "8,192": "DALL-E's codebook size (its paper)", "1,024": "DALL-E's 32 x 32 image tokens (its paper)",
+                         "8 ×": "Stable Diffusion's downsampling factor (its paper)",
+                         "99%": "the attribute reader's target, asserted",
+                         "3.5": "the standard error of a share near one half over 200 prompts, sqrt(0.25 / 200)",
+                         "2.6": "a section number of Ramesh et al. (2021)",
+                         "1,300": "the steps of the prototype's diffusion runs (utils.diffusion's docstring)",
+                         "5%": "the epsilon-predicting prototype's best share right (utils.diffusion's docstring: 2-5%)",
+                         "45%": "the x0-predicting prototype's best share right (utils.diffusion's docstring: 25-45%)"},
 }
 
 

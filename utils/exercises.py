@@ -1166,7 +1166,7 @@ def _one_step_alphas(abar: Tensor) -> Tensor:
 
 _register(Exercise(
     "12.1", "noising in one jump",
-    "my_add_noise(x0, noise, t, alphas_cumprod) -> (B, C_in, S, S) x_t",
+    "my_add_noise(x0, noise, t, alphas_cumprod) -> (B, C_in, height, width) x_t",
     _add_noise_cases, _add_noise_ref, outputs=("x_t",),
     mistakes=[Mistake("the coefficients are square roots: x_t = sqrt(ᾱ_t) x0 + sqrt(1 - ᾱ_t) ε (the variances "
                       "ᾱ_t and 1 - ᾱ_t add up to 1, not the coefficients).",

@@ -815,7 +815,7 @@ def text_to_image_tokens() -> Figure:
     d.shape(g0x + 4 * cell + 0.15, y1 - 0.28, "codes (B, 4, 4)")
     # the joint sequence: caption tokens, then the codes row by row
     y2, step = 4.05, 0.58
-    slots = ["a", "red", "circle", "<pad>", "c1", "c2", "⋯", "c16"]
+    slots = ["a", "red", "square", "<pad>", "c1", "c2", "⋯", "c16"]
     seq = []
     for i, label in enumerate(slots):
         x = 0.55 + i * step + (0.25 if i >= 4 else 0.0)
