@@ -109,7 +109,7 @@ NOT_OUTPUTS = {  # number or percentage quoted in the text, printed by no output
                        "0.25": "the ideal int8 byte ratio, 1/4", "6.7": "LLM.int8()'s model size (6.7B) where outliers appear",
                        "12.6": "Llama-2-7B's 6.74e9 weights x 2 bytes, in GiB"},
     "12_text_to_image": {"10,000": "the training set's size, captioned_shapes(10_000) as in chapter 9",
-                         "2.5": "a section number of Ramesh et al. (2021)", "2.2": "a section number of Ramesh et al. (2021)",
+                         "2.2": "a section number of Ramesh et al. (2021)",
                          "80%": "the 500-step CLIP's best of 16 in one run while the chapter was prepared (utils.checkpoints' docstring); "
                                 "the GPT route's target, asserted",
                          "86%": "the 2,000-step CLIP's best of 16 in that run (the chapter's own run prints 86.5%)",
