@@ -6,7 +6,9 @@ Per module: mutants generated, killed, timed out, survived (no test noticed), wi
 the function), not yet checked; the score is (killed + timed out) / (all − equivalent). Every survivor is
 listed with its change; a survivor is "equivalent" only if it changes no behaviour, with a one-line reason in
 EQUIVALENT below, keyed by mutant name and the hash of its function (an entry whose function has changed is
-reported stale, never counted). Modules not yet run are listed as such, never scored.
+reported stale, never counted). Modules not yet run are listed as such, never scored. `mutants/` is
+a scratch folder: a module that was run at an earlier sitting but not in this `mutants/` keeps its row and section
+from the report it writes over (the row names the commit it was run at), so the report grows module by module.
 """
 from __future__ import annotations
 
@@ -104,18 +106,54 @@ def collect() -> dict[str, dict]:
     return out
 
 
-def render(results: dict[str, dict]) -> str:
+ROW = re.compile(r"^\| `(?P<module>[\w]+)` \| (?P<run>[^|]*)\| (?P<total>\d+) \| (?P<killed>\d+) \| (?P<timeout>\d+) "
+                 r"\| (?P<survived>\d+) \| (?P<none>\d+) \| (?P<equivalent>\d+) \| (?P<unchecked>\d+) \| (?P<score>[^|]+) \|$")
+
+
+def earlier(text: str) -> dict[str, dict]:
+    """The scored modules of an earlier report: module -> its table row, counts and section lines."""
+    out: dict[str, dict] = {}
+    lines = text.splitlines()
+    for line in lines:
+        m = ROW.match(line)
+        if m and m["score"].strip() != "not run":
+            out[m["module"]] = dict(row=line, section=[], total=int(m["total"]), equivalent=int(m["equivalent"]),
+                                    killed=int(m["killed"]) + int(m["timeout"]))
+    current = None
+    for line in lines:
+        head = re.match(r"^## `utils/(\w+)\.py`$", line)
+        if head:
+            current = head[1] if head[1] in out else None
+        if current:
+            out[current]["section"].append(line)
+    for entry in out.values():  # the blank lines between sections belong to neither
+        while entry["section"] and not entry["section"][-1].strip():
+            entry["section"].pop()
+    return out
+
+
+def render(results: dict[str, dict], previous: dict[str, dict] | None = None) -> str:
     lines = ["# Mutation testing of `utils/`", "",
              "Written by `python -m scripts.mutation_report` from the results of `make mutate` (mutmut 3.8.1,",
              "configured in `setup.cfg`): do not edit by hand. A mutant is a copy of one function with one small",
              "change; the unit tests that call the function run against it. Score = (killed + timed out) /",
              "(mutants − equivalent); target ≥ 90% per module, ≥ 95% over all (issue 31). `utils/viz` (plotting)",
              "is not mutated, and statements that raise an error or warn are left whole (setup.cfg's",
-             "`do_not_mutate_patterns`): a reworded message changes no behaviour a test should pin.", "",
+             "`do_not_mutate_patterns`): a reworded message changes no behaviour a test should pin. Modules are run",
+             "one sitting at a time: each row names the commit its module was mutated at.", "",
              "| module | commit | mutants | killed | timed out | survived | no tests | equivalent | not checked "
              "| score |", "|---|---|---|---|---|---|---|---|---|---|"]
+    previous = previous or {}
+    kept = {m for m, r in results.items() if r["counts"]["not checked"] == r["total"] and m in previous}
+    kept |= set(previous) - set(results)
     done_all = killed_all = 0
-    for module, r in results.items():
+    for module in sorted(set(results) | kept):
+        if module in kept:
+            p = previous[module]
+            lines.append(p["row"])
+            done_all, killed_all = done_all + p["total"] - p["equivalent"], killed_all + p["killed"]
+            continue
+        r = results[module]
         c = r["counts"]
         checked = r["total"] - c["not checked"]
         run = r["run"] or {}
@@ -129,7 +167,12 @@ def render(results: dict[str, dict]) -> str:
                      f"| {c['not checked']} | {score} |")
     if done_all:
         lines += ["", f"Over the modules run in full: {killed_all / done_all:.1%} of {done_all} non-equivalent mutants."]
-    for module, r in results.items():
+    for module in sorted(set(results) | kept):
+        if module in kept:
+            if previous[module]["section"]:
+                lines += ["", *previous[module]["section"]]
+            continue
+        r = results[module]
         if not (r["survivors"] or r["equivalent"] or r["stale"]):
             continue
         lines += ["", f"## `utils/{module}.py`"]
@@ -150,7 +193,8 @@ def render(results: dict[str, dict]) -> str:
 def main(argv: list[str]) -> int:
     if not (MUTANTS / "utils").is_dir():
         raise SystemExit("scripts.mutation_report: no mutants/utils: run `make mutate` (or MODULE=...) first")
-    REPORT.write_text(render(collect()), encoding="utf-8")
+    previous = earlier(REPORT.read_text(encoding="utf-8")) if REPORT.exists() else {}
+    REPORT.write_text(render(collect(), previous), encoding="utf-8")
     print(f"wrote {REPORT.relative_to(ROOT)}")
     return 0
 

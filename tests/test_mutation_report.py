@@ -72,3 +72,21 @@ def test_without_a_run_it_says_what_to_do(tmp_path, monkeypatch):
     monkeypatch.setattr(mr, "MUTANTS", tmp_path)
     with pytest.raises(SystemExit, match="make mutate"):
         mr.main([])
+
+
+def test_a_module_run_at_an_earlier_sitting_keeps_its_row_and_section(mutants):
+    """mutants/ is scratch: a module scored in the old report but not run in this mutants/ (all "not checked")
+    keeps its row, its survivors' section and its share of the overall score; a module run now is rewritten."""
+    old = mr.render(mr.collect())  # m scored (66.7%), n not run
+    (mutants / "utils" / "n.py.meta").write_text(json.dumps(
+        {"exit_code_by_key": {"utils.n.x_h__mutmut_1": 1}, "hash_by_function_name": {"x_h": "ccc"}}))
+    meta = json.loads((mutants / "utils" / "m.py.meta").read_text())
+    meta["exit_code_by_key"] = dict.fromkeys(meta["exit_code_by_key"])  # m not run in this mutants/
+    (mutants / "utils" / "m.py.meta").write_text(json.dumps(meta))
+    text = mr.render(mr.collect(), mr.earlier(old))
+    assert "| `m` | abc1234 2026-12-07 | 4 | 1 | 1 | 1 | 0 | 1 | 0 | 66.7% |" in text
+    assert "| `n` | ? " in text and "| 1 | 0 | 0 | 0 | 0 | 0 | 100.0% |" in text
+    assert "- return a + b\n  + return a + b + 0" in text and "`x_f__mutmut_3`: addition commutes" in text
+    assert text.count("## `utils/m.py`") == 1
+    assert "Over the modules run in full: 75.0% of 4 non-equivalent mutants." in text  # (2 + 1) / (3 + 1)
+    assert mr.render(mr.collect(), mr.earlier(text)) == text  # written again from itself: the same report
