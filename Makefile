@@ -9,7 +9,8 @@
 #   make execute  re-execute the chapter notebooks in place (outputs in git = what the code produces)
 #   make notebooks  rewrite notebooks/en/ (the chapters without MyST, for Colab and JupyterLab) after any chapter edit
 #   make student  the student edition in _build/student/ (checkable exercises' solutions removed) and the key
-#   make mutate   mutation testing of utils/ (MODULE=vlm for one module; hours for all): writes tests/MUTATION.md
+#   make mutate   mutation testing of utils/ (MODULE=vlm for one module, AGAIN=1 its survivors only; hours for all):
+#                 writes tests/MUTATION.md
 #
 # Python: the active virtual environment if there is one ($VIRTUAL_ENV), else the project's own .venv,
 # which `make install` creates with python3 (3.11+; another with BASE_PYTHON=python3.12). PY=... overrides.
@@ -87,4 +88,4 @@ MUTMUT = mutmut==3.8.1
 MODULE ?=
 mutate: install-python
 	$(PY) -m pip install -q $(MUTMUT)
-	OMP_NUM_THREADS=1 $(PY) -m scripts.mutate $(MODULE)
+	OMP_NUM_THREADS=1 $(PY) -m scripts.mutate $(if $(AGAIN),--survivors )$(MODULE)

@@ -3,6 +3,7 @@
     make mutate                 # every module (hours on a 2-core machine: run it over several sittings)
     make mutate MODULE=vlm      # one module: utils/vlm.py
     python -m scripts.mutate vlm compress   # the same, several modules
+    python -m scripts.mutate --survivors vq # after adding tests: test again only the module's survivors
 
 The tool is mutmut 3.8.1 (pinned in the Makefile), configured in setup.cfg: it copies the repository into
 `mutants/` (git-ignored), rewrites each function of `utils/` into many variants that differ by one small
@@ -45,16 +46,39 @@ def commit() -> str:
     return head + ("+changes" if dirty else "")
 
 
-def run(names: list[str]) -> int:
+SURVIVED = (0, 5, 33)  # mutmut's exit codes for "survived" and "no tests" (see scripts.mutation_report.STATUS)
+
+
+def forget_survivors(name: str) -> int:
+    """Mark the survivors of utils/<name>.py in mutants/ as not yet checked, so that the next run tests them
+    again with the tests as they are now (a killed mutant stays killed: adding tests cannot revive it).
+    Returns how many were reset."""
+    meta_path = ROOT / "mutants" / "utils" / f"{name}.py.meta"
+    if not meta_path.exists():
+        raise SystemExit(f"scripts.mutate: utils/{name}.py has no results in mutants/ to test again: run it first")
+    meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    codes = meta["exit_code_by_key"]
+    again = [key for key, code in codes.items() if code in SURVIVED]
+    for key in again:
+        codes[key] = None
+    meta_path.write_text(json.dumps(meta), encoding="utf-8")
+    return len(again)
+
+
+def run(names: list[str], survivors: bool = False) -> int:
     known = modules()
     unknown = [n for n in names if n not in known]
     if unknown:
         raise SystemExit(f"scripts.mutate: no module utils/{unknown[0]}.py; the modules are: {', '.join(known)}")
+    if survivors and not names:
+        raise SystemExit("scripts.mutate: --survivors needs the modules to test again, e.g. --survivors vq")
     todo = names or known
     env = dict(os.environ, OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
     runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
     status = 0
     for name in todo:
+        if survivors:
+            print(f"utils/{name}.py: {forget_survivors(name)} survivors to test again", flush=True)
         start, at = time.time(), commit()
         print(f"mutating utils/{name}.py at {at} ...", flush=True)
         code = subprocess.run([sys.executable, "-m", "mutmut", "run", f"utils.{name}.*"], cwd=ROOT, env=env).returncode
@@ -62,7 +86,12 @@ def run(names: list[str]) -> int:
             print(f"scripts.mutate: mutmut stopped with exit code {code} on utils/{name}.py", file=sys.stderr)
             status = code
             continue
-        runs[name] = dict(commit=at, date=dt.date.today().isoformat(), seconds=round(time.time() - start))
+        seconds = round(time.time() - start)
+        if survivors and name in runs:  # the module's first run still holds most verdicts: name both
+            first = runs[name]
+            runs[name] = dict(first, survivors_again=dict(commit=at, date=dt.date.today().isoformat(), seconds=seconds))
+        else:
+            runs[name] = dict(commit=at, date=dt.date.today().isoformat(), seconds=seconds)
         RUNS.parent.mkdir(exist_ok=True)
         RUNS.write_text(json.dumps(runs, indent=1, sort_keys=True))
     from scripts import mutation_report
@@ -71,4 +100,6 @@ def run(names: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(run(sys.argv[1:]))
+    args = sys.argv[1:]
+    again = "--survivors" in args
+    sys.exit(run([a for a in args if a != "--survivors"], survivors=again))

@@ -53,6 +53,14 @@ EQUIVALENT: dict[str, tuple[str, str]] = {  # judged on the run at 60afb5b
     'utils.shapes.x_draw__mutmut_142': ('1fd2ad175cf8', 'the background is at most about 0.35 and each shape blends it convexly with a colour <= 1: the image exceeds 1 only on a 26-sigma noise draw'),
     'utils.shapes.x_draw__mutmut_147': ('1fd2ad175cf8', 'the background is at most about 0.35 and each shape blends it convexly with a colour <= 1: the image exceeds 1 only on a 26-sigma noise draw'),
     'utils.shapes.xǁCaptionedShapesǁrandom_captions__mutmut_2': ('f9f10fa2d1e8', 'a list indexed by a 0-d integer tensor uses __index__: the same scenes, the same captions'),
+    # judged on the run at b4de10f
+    'utils.vq.xǁVQVAEǁencode__mutmut_9': ('6b7243137fdf', 'einops axis names are any identifiers: upper case names the same permutation'),
+    'utils.vq.xǁVectorQuantizerǁforward__mutmut_15': ('72b4f1011714', 'einops axis names are any identifiers: upper case names the same permutation'),
+    'utils.vq.xǁVectorQuantizerǁlookup__mutmut_25': ('2739335eae64', 'einops axis names are any identifiers: upper case names the same permutation'),
+    'utils.vq.xǁVectorQuantizerǁforward__mutmut_53': ('72b4f1011714', "add_ casts its argument to the buffer's dtype in place: the same sum"),
+    'utils.vq.xǁVectorQuantizerǁnearest__mutmut_10': ('72761dfa4243', 'sum of z cubed is one number per vector, the same for all K distances: the same argmin'),
+    'utils.vq.xǁVectorQuantizerǁnearest__mutmut_19': ('72761dfa4243', 'the codebook is (K, D): dim +1 is dim -1'),
+    'utils.vq.x_drop_captions__mutmut_24': ('2223837f6254', 'torch.rand is continuous: a draw exactly equal to p has probability 2**-24 at most'),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
@@ -162,7 +170,9 @@ def render(results: dict[str, dict], previous: dict[str, dict] | None = None) ->
         score = f"{killed / denominator:.1%}" if checked == r["total"] and denominator else "not run"
         if checked == r["total"]:
             done_all, killed_all = done_all + denominator, killed_all + killed
-        lines.append(f"| `{module}` | {run.get('commit', '?')} {run.get('date', '')} | {r['total']} | {c['killed']} "
+        again = run.get("survivors_again")
+        when = f"{run.get('commit', '?')} {run.get('date', '')}" + (f"; survivors again at {again['commit']}" if again else "")
+        lines.append(f"| `{module}` | {when} | {r['total']} | {c['killed']} "
                      f"| {c['timeout']} | {c['survived']} | {c['no tests']} | {len(r['equivalent'])} "
                      f"| {c['not checked']} | {score} |")
     if done_all:

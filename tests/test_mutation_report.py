@@ -90,3 +90,11 @@ def test_a_module_run_at_an_earlier_sitting_keeps_its_row_and_section(mutants):
     assert text.count("## `utils/m.py`") == 1
     assert "Over the modules run in full: 75.0% of 4 non-equivalent mutants." in text  # (2 + 1) / (3 + 1)
     assert mr.render(mr.collect(), mr.earlier(text)) == text  # written again from itself: the same report
+
+
+def test_a_second_look_at_the_survivors_is_named_in_the_row(mutants):
+    runs = {"m": {"commit": "abc1234", "date": "2026-12-07", "survivors_again": {"commit": "def5678"}}}
+    (mutants / "onehot-runs.json").write_text(json.dumps(runs))
+    text = mr.render(mr.collect())
+    assert "| `m` | abc1234 2026-12-07; survivors again at def5678 | 4 |" in text
+    assert mr.earlier(text)["m"]["killed"] == 2  # the row is read back
