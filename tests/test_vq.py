@@ -271,3 +271,210 @@ def test_bad_input_fails_clearly():
         Q.best_of_k(torch.zeros(2, 3), torch.zeros(2))
     with pytest.raises(ValueError, match="candidates must be"):
         Q.best_of_k(torch.zeros(2, 4), torch.zeros(2, 3))
+
+
+# --- what a mutation run found untested (issue 31) --------------------------------------------------------
+
+def test_codebook_starts_uniform_in_plus_minus_one_over_K_with_the_papers_defaults():
+    torch.manual_seed(0)
+    q = Q.VectorQuantizer(64, 8)
+    w = q.embedding.weight
+    assert -1 / 64 <= w.min() < -0.9 / 64 and 0.9 / 64 < w.max() <= 1 / 64  # U(-1/K, 1/K), both ends reached
+    assert q.beta == 0.25 and q.decay == 0.99  # β of van den Oord et al. (2017), section 3.2
+    assert Q.VQVAEConfig().beta == 0.25
+
+
+def test_quantizer_arguments_at_their_bounds():
+    assert Q.VectorQuantizer(4, 2, beta=0.0).beta == 0.0  # no commitment term is allowed
+    assert Q.VectorQuantizer(4, 2, decay=0.0).decay == 0.0  # usage = this batch's shares
+    for decay in (1.0, 1.5, -0.1):
+        with pytest.raises(ValueError, match=rf"^VectorQuantizer: decay must be in \[0, 1\), got {decay}"):
+            Q.VectorQuantizer(4, 2, decay=decay)
+    for name, args in (("codebook_size", (0, 2)), ("code_dim", (4, 0)), ("codebook_size", (True, 2)),
+                       ("code_dim", (4, 1.5))):
+        with pytest.raises(ValueError, match=rf"^VectorQuantizer: {name} must be a positive int, got {args[name == 'code_dim']}"):
+            Q.VectorQuantizer(*args)
+
+
+@pytest.mark.parametrize("name", ["image_size", "channels", "hidden", "downsample", "codebook_size", "code_dim"])
+def test_vqvae_config_checks_every_size(name):
+    with pytest.raises(ValueError, match=rf"^VQVAEConfig: {name} must be a positive int, got 0$"):
+        Q.VQVAEConfig(**{name: 0})
+
+
+def test_vqvae_config_res_blocks_may_be_zero_not_negative():
+    assert Q.VQVAEConfig(res_blocks=0).res_blocks == 0
+    for bad in (-1, True, 0.5):
+        with pytest.raises(ValueError, match=rf"^VQVAEConfig: res_blocks must be an int ≥ 0, got {bad}"):
+            Q.VQVAEConfig(res_blocks=bad)
+
+
+def test_resblock_is_the_papers_formula():
+    block = scramble_(Q.ResBlock(4), 0)
+    x = randn(2, 4, 5, 5, seed=1)
+    expected = x + F.conv2d(F.relu(F.conv2d(F.relu(x), block.conv1.weight, block.conv1.bias, padding=1)),
+                            block.conv2.weight, block.conv2.bias)
+    torch.testing.assert_close(block(x), expected, **TOL)
+
+
+def test_vqvae_encoder_and_decoder_by_hand():
+    """The architecture of the docstring, written out: stride-2 4x4 convolutions with ReLU, residual blocks,
+    ReLU, 1x1 to D; the decoder its mirror. The config's β, decay and res_blocks reach the model."""
+    cfg = Q.VQVAEConfig(image_size=16, hidden=8, downsample=2, codebook_size=8, code_dim=4, res_blocks=2,
+                        beta=0.5, decay=0.9)
+    m = scramble_(Q.VQVAE(cfg), 3).eval()
+    assert m.quantizer.beta == 0.5 and m.quantizer.decay == 0.9
+    enc_blocks = [b for b in m.encoder if isinstance(b, Q.ResBlock)]
+    dec_blocks = [b for b in m.decoder if isinstance(b, Q.ResBlock)]
+    assert len(enc_blocks) == 2 and len(dec_blocks) == 2
+    convs = [c for c in m.encoder if isinstance(c, torch.nn.Conv2d)]  # two stride-2, then the 1x1
+    x = randn(2, 3, 16, 16, seed=4)
+    h = x
+    for conv in convs[:2]:
+        h = F.relu(F.conv2d(h, conv.weight, conv.bias, stride=2, padding=1))
+    for b in enc_blocks:
+        h = b(h)
+    z = F.conv2d(F.relu(h), convs[2].weight, convs[2].bias)
+    torch.testing.assert_close(m.encode_continuous(x), z, **TOL)
+    first = m.decoder[0]
+    ups = [c for c in m.decoder if isinstance(c, torch.nn.ConvTranspose2d)]
+    codes = m.encode(x)
+    h = F.conv2d(m.quantizer.lookup(codes), first.weight, first.bias, padding=1)
+    for b in dec_blocks:
+        h = b(h)
+    for up in ups:
+        h = F.conv_transpose2d(F.relu(h), up.weight, up.bias, stride=2, padding=1)
+    torch.testing.assert_close(m.decode(codes), h, **TOL)
+    assert not [b for b in Q.VQVAE(Q.VQVAEConfig(res_blocks=0)).modules() if isinstance(b, Q.ResBlock)]
+
+
+def test_vqvae_forward_reports_the_quantizers_perplexity_and_use():
+    m, x = model(), randn(3, 3, 16, 16, seed=1)
+    out, q = m(x), m.quantizer(m.encode_continuous(x))
+    assert out.perplexity.item() == pytest.approx(q.perplexity.item()) and out.used.item() == pytest.approx(q.used.item())
+    assert 1.0 <= out.perplexity.item() <= 8 and 0 < out.used.item() <= 1
+
+
+def test_quantizer_in_float64_and_on_a_single_vector():
+    q = quantizer().double().eval()
+    out = q(Z.double())
+    assert out.perplexity.dtype == torch.float64 and out.used.dtype == torch.float64
+    q = quantizer()
+    q.decay = 0.5
+    one = torch.tensor([0.9, 0.1]).view(1, 2, 1, 1)  # one image, a 1x1 grid: one vector, code 1
+    out = q.train()(one)
+    assert out.codes.tolist() == [[[1]]] and out.perplexity.item() == pytest.approx(1.0)
+    torch.testing.assert_close(q.usage, 0.5 * torch.full((4,), 0.25) + 0.5 * torch.tensor([0.0, 1.0, 0.0, 0.0]))
+
+
+def test_nearest_is_per_vector_whatever_else_is_in_the_batch():
+    q = Q.VectorQuantizer(16, 3)
+    z = randn(40, 3, seed=5)
+    alone = torch.stack([q.nearest(v[None])[0] for v in z])
+    with_outlier = q.nearest(torch.cat([z, torch.full((1, 3), 1e4)]))[:40]  # one far vector beside them
+    assert torch.equal(alone, with_outlier) and torch.equal(alone, torch.cdist(z, q.embedding.weight).argmin(1))
+
+
+def test_codes_at_both_ends_of_the_codebook_are_valid():
+    q, m = quantizer(), model()
+    torch.testing.assert_close(q.lookup(torch.tensor([[[0, 3]]])), torch.tensor([[[[0.0, 5.0]], [[0.0, 5.0]]]]))
+    codes = torch.tensor([[0, 7, 0, 7]] * 4).view(1, 4, 4)
+    assert m.decode(codes).shape == (1, 3, 16, 16)
+
+
+@pytest.mark.parametrize("bad, got", [
+    ([[[0]]], "got list"),
+    (torch.zeros(1, 1, 1, dtype=torch.int32), r"got shape \(1, 1, 1\), dtype torch.int32"),
+    (torch.zeros(1, 2, dtype=torch.long), r"got shape \(1, 2\), dtype torch.int64"),
+])
+def test_lookup_names_what_it_got(bad, got):
+    with pytest.raises(ValueError, match=rf"^lookup: codes must be an int64 tensor \(B, G, G\), {got}"):
+        quantizer().lookup(bad)
+
+
+def test_lookup_refuses_codes_outside_the_codebook():
+    for codes, lo, hi in (([[[-1, 0]]], -1, 0), ([[[0, 4]]], 0, 4)):
+        with pytest.raises(ValueError, match=rf"^lookup: codes must lie in \[0, K=4\), got min {lo}, max {hi}"):
+            quantizer().lookup(torch.tensor(codes))
+
+
+@pytest.mark.parametrize("bad, got", [
+    ([[[0]]], "got list"),
+    (torch.zeros(1, 4, 4, dtype=torch.int32), r"got shape \(1, 4, 4\), dtype torch.int32"),
+    (torch.zeros(1, 3, 3, dtype=torch.long), r"got shape \(1, 3, 3\), dtype torch.int64"),
+])
+def test_decode_names_what_it_got(bad, got):
+    with pytest.raises(ValueError, match=rf"^decode: codes must be an int64 tensor \(B, 4, 4\), {got}"):
+        model().decode(bad)
+
+
+def test_decode_refuses_codes_outside_the_codebook_itself():
+    for fill, lo, hi in ((-1, -1, 0), (8, 0, 8)):
+        codes = torch.zeros(1, 4, 4, dtype=torch.long)
+        codes[0, 0, 0] = fill
+        with pytest.raises(ValueError, match=rf"^decode: codes must lie in \[0, K=8\), got min {lo}, max {hi}"):
+            model().decode(codes)
+
+
+@pytest.mark.parametrize("bad, got", [
+    ([0.0], "got list"),
+    (torch.zeros(2, 3, 32, 32), r"got shape \(2, 3, 32, 32\), dtype torch.float32"),
+])
+def test_encode_names_what_it_got(bad, got):
+    with pytest.raises(ValueError, match=rf"^encode: images must be a float tensor \(B, 3, 16, 16\) .*{got}"):
+        model().encode_continuous(bad)
+
+
+@pytest.mark.parametrize("bad, got", [
+    ([0.0], "got list"),
+    (torch.zeros(1, 2, 2, 2, dtype=torch.long), r"got shape \(1, 2, 2, 2\), dtype torch.int64"),
+    (torch.zeros(2, 2, 2), r"got shape \(2, 2, 2\), dtype torch.float32"),
+])
+def test_quantizer_names_what_it_got(bad, got):
+    with pytest.raises(ValueError, match=rf"^VectorQuantizer: z must be a float tensor \(B, D=2, G, G\), {got}"):
+        quantizer()(bad)
+
+
+@pytest.mark.parametrize("text, got", [
+    ([[1]], "got list"),
+    (torch.tensor([[1]], dtype=torch.int32), r"got shape \(1, 1\), dtype torch.int32"),
+    (torch.tensor([1]), r"got shape \(1,\), dtype torch.int64"),
+    (torch.zeros(1, 0, dtype=torch.long), r"got shape \(1, 0\), dtype torch.int64"),
+])
+def test_joint_sequence_names_what_it_got(text, got):
+    codes = torch.zeros(1, 2, 2, dtype=torch.long)
+    with pytest.raises(ValueError, match=rf"^joint_sequence: text_ids must be a non-empty int64 tensor \(B, length\), {got}"):
+        Q.joint_sequence(text, codes, 5, 5)
+    with pytest.raises(ValueError, match=rf"^joint_sequence: codes \(B, G, G\) or \(B, N\) must be a non-empty int64 tensor \(B, length\), {got}"):
+        Q.joint_sequence(torch.tensor([[1]]), text, 5, 5)
+
+
+def test_joint_sequence_checks_both_vocabularies():
+    text, codes = torch.tensor([[1]]), torch.zeros(1, 2, 2, dtype=torch.long)
+    for name, args in (("text_vocab", (0, 5)), ("codebook_size", (5, 0))):
+        with pytest.raises(ValueError, match=rf"^joint_sequence: {name} must be a positive int, got 0"):
+            Q.joint_sequence(text, codes, *args)
+
+
+def test_drop_captions_checks_its_arguments():
+    text, null = torch.arange(12).view(4, 3), torch.zeros(3, dtype=torch.long)
+    with pytest.raises(ValueError, match=r"^drop_captions: p is a probability in \[0, 1\], got 1.5"):
+        Q.drop_captions(text, null, 1.5)
+    for t, n in ((text, torch.zeros(3, 1, dtype=torch.long)), ([[1, 2, 3]], null), (torch.arange(3), null),
+                 (text, torch.zeros(5, dtype=torch.long)), (text, [0, 0, 0])):
+        with pytest.raises(ValueError, match=r"^drop_captions: text_ids must be \(B, T_c\) and null_ids \(T_c,\)"):
+            Q.drop_captions(t, n, 0.5)
+
+
+def test_drop_captions_keeps_the_captions_dtype_and_device():
+    """The generator draws on the CPU; the captions may live elsewhere (the meta device stands in for a GPU)."""
+    text = torch.arange(12, dtype=torch.int32).view(4, 3)
+    out = Q.drop_captions(text, torch.zeros(3, dtype=torch.long), 1.0)
+    assert out.dtype == torch.int32 and torch.equal(out, torch.zeros(4, 3, dtype=torch.int32))
+    out = Q.drop_captions(torch.zeros(4, 3, dtype=torch.long, device="meta"), torch.zeros(3, dtype=torch.long), 0.5)
+    assert out.device.type == "meta" and out.shape == (4, 3)
+
+
+def test_best_of_one_is_the_only_sample():
+    best, index = Q.best_of_k(torch.tensor([[7], [8]]), torch.tensor([[0.3], [-0.2]]))
+    assert best.tolist() == [7, 8] and index.tolist() == [0, 0]

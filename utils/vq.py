@@ -404,4 +404,5 @@ def best_of_k(candidates: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
     if torch.isnan(scores).any():
         raise ValueError("best_of_k: scores hold NaN")
     index = scores.argmax(dim=1)  # (B,)
-    return candidates[torch.arange(len(scores), device=candidates.device), index.to(candidates.device)], index
+    rows = torch.arange(len(scores))  # CPU index tensors index a tensor on any device
+    return candidates[rows, index.cpu()], index
