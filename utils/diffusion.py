@@ -133,7 +133,7 @@ class NoiseSchedule:
             raise ValueError(f"add_noise: x0 and noise must be tensors of one shape (B, ...), got "
                              f"{tuple(getattr(x0, 'shape', ()))} and {tuple(getattr(noise, 'shape', ()))}")
         t = self._check_t(t, x0.shape[0])  # (B,)
-        abar = self.alphas_cumprod.to(x0.device)[t.to(x0.device)].to(x0.dtype)  # (B,)
+        abar = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype)  # (B,): t on x0's device or the CPU
         abar = abar.view(-1, *[1] * (x0.dim() - 1))  # (B, 1, ...)
         return abar.sqrt() * x0 + (1 - abar).sqrt() * noise
 
@@ -286,7 +286,7 @@ class Denoiser(nn.Module):
         if not isinstance(config, DenoiserConfig):
             raise TypeError(f"Denoiser takes a DenoiserConfig, got {type(config).__name__}")
         c = self.config = config
-        C, N = c.width, c.grid_size ** 2
+        C = c.width
         self.patch_embed = nn.Conv2d(c.channels, C, c.patch_size, stride=c.patch_size)  # chapter 8's conv1
         self.pos_embed = nn.Parameter(sincos_2d(c.grid_size, C)[None])  # (1, N, C) learned, from DiT's fixed start
         self.time_mlp = nn.Sequential(nn.Linear(C, C), nn.SiLU(), nn.Linear(C, C))
@@ -335,7 +335,7 @@ class Denoiser(nn.Module):
         """x_t (B, C_in, S, S), t (B,), cond (B, T_c, E) → the predicted noise (B, C_in, S, S)."""
         t, cond_mask, drop = self._check(x_t, t, cond, cond_mask, drop)
         c, (B, T_c) = self.config, cond.shape[:2]
-        time = self.time_mlp(timestep_embedding(t, c.width))  # (B, C)
+        time = self.time_mlp(timestep_embedding(t, c.width).to(x_t.dtype))  # (B, C)
         patches = rearrange(self.patch_embed(x_t), "b w h v -> b (h v) w") + self.pos_embed  # (B, N, C)
         caption = self.cond_proj(cond.to(x_t.dtype)) + self.cond_pos[:, :T_c]  # (B, T_c, C)
         first = torch.zeros(T_c, dtype=torch.bool, device=x_t.device)
