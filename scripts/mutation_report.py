@@ -61,6 +61,20 @@ EQUIVALENT: dict[str, tuple[str, str]] = {  # judged on the run at 60afb5b
     'utils.vq.xǁVectorQuantizerǁnearest__mutmut_10': ('72761dfa4243', 'sum of z cubed is one number per vector, the same for all K distances: the same argmin'),
     'utils.vq.xǁVectorQuantizerǁnearest__mutmut_19': ('72761dfa4243', 'the codebook is (K, D): dim +1 is dim -1'),
     'utils.vq.x_drop_captions__mutmut_24': ('2223837f6254', 'torch.rand is continuous: a draw exactly equal to p has probability 2**-24 at most'),
+    # judged on the run at b4de10f
+    'utils.diffusion.x_clip_text_features__mutmut_12': ('274eebd4eac7', 'CLIP._check_text makes the ids (B, T): dim +1 is dim -1'),
+    'utils.diffusion.x_diffusion_loss__mutmut_46': ('75411b7d786b', 'torch.rand is continuous: a draw exactly equal to p_uncond has probability 2**-24 at most'),
+    'utils.diffusion.x_guided_epsilon__mutmut_20': ('c5cf686b6fe5', 't is an int (sample passes the ints of timesteps()): torch.full infers int64 from an int fill'),
+    'utils.diffusion.x_guided_epsilon__mutmut_24': ('c5cf686b6fe5', 't is an int (sample passes the ints of timesteps()): torch.full infers int64 from an int fill'),
+    'utils.diffusion.x_sincos_2d__mutmut_9': ('4f4e7a85d78f', "torch.meshgrid's default indexing is 'ij': the same grid (torch only adds a warn-once deprecation notice)"),
+    'utils.diffusion.x_sincos_2d__mutmut_12': ('4f4e7a85d78f', "torch.meshgrid's default indexing is 'ij': the same grid (torch only adds a warn-once deprecation notice)"),
+    'utils.diffusion.x_timestep_embedding__mutmut_11': ('d145ba2427ac', 'dim is checked even: arange(dim / 2) and division by dim / 2 give the same float32 values as dim // 2'),
+    'utils.diffusion.x_timestep_embedding__mutmut_31': ('d145ba2427ac', 't is (B,) (Denoiser checks it, sincos_2d flattens): the angles are (B, dim/2), dim +1 is dim -1'),
+    'utils.diffusion.xǁNoiseScheduleǁ__init____mutmut_47': ('288e10b5967b', 'the extra f(T+1) is never read: betas use f(0) .. f(T)'),
+    # judged on the survivors' run at 6204203 (Denoiser's __init__ and forward changed there)
+    'utils.diffusion.xǁDenoiserǁ__init____mutmut_68': ('0515bb87ca6c', "EncoderLayer's norm_first defaults to True: the same layer"),
+    'utils.diffusion.xǁDenoiserǁforward__mutmut_29': ('ba0eac9981c7', 'einops axis names are any identifiers: upper case names the same permutation'),
+    'utils.diffusion.xǁDenoiserǁforward__mutmut_57': ('ba0eac9981c7', "a dropped caption's tokens after the first are padding (keep = first): masked keys, never read, whatever their value"),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
