@@ -133,7 +133,9 @@ def test_max_seconds_stops_early_and_evaluation_is_off_the_clock():
     history = train(model, regression_batches(2), slow_mse,
                     config=quiet(max_steps=10_000, max_seconds=0.1, lr=1e-3))
     assert history.stopped_by == "max_seconds"
-    assert 0.1 <= history.seconds < 1.0 and 3 <= history.steps <= 6
+    # at least one step, and at most the 0.1 s / 0.02 s sleeps + the step that crosses the limit; a loaded machine
+    # (CI's two workers beside a chapter) can take 0.05 s a step, so no lower bound beyond one
+    assert 0.1 <= history.seconds < 1.0 and 1 <= history.steps <= 6
     assert history.train[-1].step == history.steps  # the last partial window is logged
     assert time.perf_counter() - start < 2.0
 
