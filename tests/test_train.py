@@ -140,14 +140,14 @@ def test_max_seconds_stops_early_and_evaluation_is_off_the_clock():
     assert time.perf_counter() - start < 2.0
 
     def slow_eval(model):
-        time.sleep(0.03)
+        time.sleep(0.2)  # longer than four small steps take even on a loaded machine
         return {"score": 1.0}
 
     start = time.perf_counter()
     history = train(mlp(), regression_batches(2), mse, evaluate=slow_eval,
                     config=quiet(max_steps=4, eval_every=1, lr=1e-3))
     wall = time.perf_counter() - start
-    assert wall >= 5 * 0.03 and history.seconds < 0.05  # five evaluations, none of them counted
+    assert wall >= 5 * 0.2 and history.seconds < 0.2  # five evaluations, not even one of them counted
 
 
 def test_evaluate_runs_at_the_right_steps_in_eval_mode_without_grad():
