@@ -27,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+from scripts import mutation_report
 from scripts.setup_cell import ROOT
 
 RUNS = ROOT / "mutants" / "onehot-runs.json"
@@ -46,7 +47,7 @@ def commit() -> str:
     return head + ("+changes" if dirty else "")
 
 
-SURVIVED = (0, 5, 33)  # mutmut's exit codes for "survived" and "no tests" (see scripts.mutation_report.STATUS)
+SURVIVED = {code for code, s in mutation_report.STATUS.items() if s in ("survived", "no tests")}  # mutmut exit codes
 
 
 def forget_survivors(name: str) -> int:
@@ -94,7 +95,6 @@ def run(names: list[str], survivors: bool = False) -> int:
             runs[name] = dict(commit=at, date=dt.date.today().isoformat(), seconds=seconds)
         RUNS.parent.mkdir(exist_ok=True)
         RUNS.write_text(json.dumps(runs, indent=1, sort_keys=True))
-    from scripts import mutation_report
     mutation_report.main([])
     return status
 
