@@ -70,12 +70,12 @@ def sha256_file(path: str | Path) -> str:
     identical trainings give files that differ in the header only."""
     h = hashlib.sha256()
     try:
-        with safe_open(str(path), framework="pt", device="cpu") as f:
+        with safe_open(str(path), framework="pt") as f:  # onto the CPU
             meta = f.metadata() or {}
             for name in sorted(f.keys()):
                 t = f.get_tensor(name).contiguous()
                 h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
-                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")  # 0-d too
+                h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())  # 0-d and empty tensors too
     except Exception as err:  # safetensors raises its own error types for corrupt files
         raise ValueError(f"{path} is not a readable safetensors file ({err}); restore it from git or retrain it "
                          "with its script (python -m scripts.train_char_gpt or scripts.train_shapes_clip)") from err
@@ -83,7 +83,7 @@ def sha256_file(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def _checked_file(path: str | Path, sha256: str, retrain: str, check_hash: bool = True) -> Path:
+def _checked_file(path: str | Path, sha256: str, retrain: str, check_hash: bool) -> Path:
     """`path` as a Path, after checking that it exists and (with `check_hash`) that its sha256 is `sha256`;
     otherwise an error that says how to get the file back (`retrain`: the command)."""
     path = Path(path)
@@ -163,10 +163,9 @@ SHAPES_CLIP = ShapesClipSpec(
 
 
 def shapes_clip_config():
-    """Chapter 9's CPU CLIP: `CLIPConfig.small("vit")` with 8-pixel patches (16 patches of a 32×32 image)."""
+    """Chapter 9's CPU CLIP: `CLIPConfig.small()`'s ViT with 8-pixel patches (16 patches of a 32×32 image)."""
     from .clip import CLIPConfig, CLIPVisionConfig
-    return CLIPConfig.small("vit", vision=CLIPVisionConfig(image_size=32, layers=4, width=64, patch_size=8,
-                                                           head_width=16))
+    return CLIPConfig.small(vision=CLIPVisionConfig(image_size=32, layers=4, width=64, patch_size=8, head_width=16))
 
 
 def _shapes_clip_batches(spec: ShapesClipSpec):
