@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -291,13 +292,13 @@ def test_clear_errors():
         speculative_generate(TARGET, TARGET, PROMPT, 62, 2)
     with pytest.raises(ValueError, match="outside the vocabulary"):
         speculative_generate(TARGET, TARGET, torch.tensor([1, 11]), 5, 2)
-    with pytest.raises(TypeError, match="draft must be a utils.gpt.GPT"):
+    with pytest.raises(TypeError, match=r"^speculative_generate: draft must be a utils\.gpt\.GPT, got Linear$"):
         speculative_generate(TARGET, torch.nn.Linear(2, 2), PROMPT, 5, 2)
     with pytest.raises(ValueError, match="temperature"):
         speculative_generate(TARGET, TARGET, PROMPT, 5, 2, temperature=-1.0)
-    with pytest.raises(ValueError, match="shape"):
+    with pytest.raises(ValueError, match=r"^residual_distribution: p and q must have the same shape"):
         residual_distribution(torch.ones(3) / 3, torch.ones(4) / 4)
-    with pytest.raises(ValueError, match="k \\+ 1"):
+    with pytest.raises(ValueError, match=r"^verify_greedy: need proposal \(k,\) and target_logits \(k \+ 1, V\)"):
         verify_greedy(torch.tensor([1, 2]), torch.zeros(2, 5))
     with pytest.raises(ValueError, match="alpha"):
         expected_tokens_per_round(1.5, 2)
@@ -314,7 +315,7 @@ def test_clear_errors():
         compare_speed(TARGET, TARGET, PROMPT, 5, ks=[1], rounds=0)
     with pytest.raises(ValueError, match="draft length k"):
         compare_speed(TARGET, TARGET, PROMPT, 5, ks=[1, 0])
-    with pytest.raises(ValueError, match="q \\(k, V\\)"):
+    with pytest.raises(ValueError, match=r"^verify_sampling: need proposal \(k,\), q \(k, V\) and p \(k \+ 1, V\)"):
         verify_sampling(torch.tensor([1, 2]), torch.ones(2, 5) / 5, torch.ones(2, 5) / 5)
 
 
@@ -327,3 +328,245 @@ def test_edges_no_new_tokens_the_last_position_and_the_global_generator():
     torch.manual_seed(0)
     out, stats = speculative_generate(TARGET, DRAFTS["noisy copy"], PROMPT, 12, 3, temperature=1.0, top_p=0.9)
     assert out.shape == (len(PROMPT) + 12,) and stats.new_tokens == 12
+
+
+# ------------------------------------------------------------------------------------------ bounds and messages
+
+def test_each_bound_of_speculative_generate_on_both_sides():
+    V = TARGET.config.vocab_size
+    with pytest.raises(TypeError, match=r"^speculative_generate: target must be a utils\.gpt\.GPT, got Linear$"):
+        speculative_generate(torch.nn.Linear(2, 2), TARGET, PROMPT, 5, 2)
+    with pytest.raises(ValueError, match=r"^prompt has token ids outside the vocabulary \[0, 11\)"):
+        speculative_generate(TARGET, TARGET, torch.tensor([1, 11]), 5, 2)
+    # 4 prompt tokens + 61 new ones read positions 0 .. 63 (the last token needs no forward pass): allowed
+    # (test_edges_...); one more is refused up front, not halfway by the model's own position check.
+    with pytest.raises(ValueError, match=r"^a prompt of 4 tokens plus 62 new ones needs positions up to 64, "):
+        speculative_generate(TARGET, TARGET, PROMPT, 62, 2)
+
+    def sample(**filters):
+        return speculative_generate(TARGET, DRAFTS["independent"], PROMPT, 12, 3, temperature=1.0,
+                                    generator=torch.Generator().manual_seed(0), **filters)[0]
+
+    greedy, unfiltered = generate(TARGET, PROMPT, 12, greedy=True), sample()
+    assert not torch.equal(unfiltered, greedy)  # this sample is not the greedy output, so the checks below bite
+    # top_k = 1 (the smallest allowed) keeps only the argmax, and so does a tiny top_p (the most likely
+    # token is always kept): speculative sampling becomes greedy decoding.
+    assert torch.equal(sample(top_k=1), greedy) and torch.equal(sample(top_p=1e-9), greedy)
+    # top_k = V and top_p = 1 (the largest allowed) filter nothing: the same draws as no filter.
+    assert torch.equal(sample(top_k=V), unfiltered) and torch.equal(sample(top_p=1.0), unfiltered)
+
+
+def test_verify_errors_name_the_function_for_each_shape_condition():
+    logits = torch.zeros(3, 5)
+    for proposal, target_logits in ((torch.tensor([[1], [2]]), logits),  # proposal not (k,)
+                                    (torch.tensor([1, 2]), logits[..., None])):  # logits not (k + 1, V)
+        with pytest.raises(ValueError, match=r"^verify_greedy: need proposal \(k,\) and target_logits"):
+            verify_greedy(proposal, target_logits)
+    u5, u4 = torch.ones(5) / 5, torch.ones(4) / 4
+    for proposal, q, p in ((torch.tensor([[1]]), u5[None], u5.expand(2, 5)),  # proposal not (k,)
+                           (torch.tensor([1, 2]), u5.expand(3, 5), u5.expand(3, 5)),  # q has 3 rows, k = 2
+                           (torch.tensor([1]), u5[None, :, None], u5.expand(2, 5)[..., None]),  # q not 2-D
+                           (torch.tensor([1]), u5[None], u4.expand(2, 4))):  # p over another vocabulary
+        with pytest.raises(ValueError, match=r"^verify_sampling: need proposal \(k,\), q \(k, V\) and p"):
+            verify_sampling(proposal, q, p)
+
+
+def test_speedup_with_a_free_draft_is_the_expected_tokens_per_round():
+    # Theorem 3.8 at c = 0 (the bound is c ≥ 0): eq. (1) alone, (1 - alpha^(k+1)) / (1 - alpha).
+    assert expected_speedup(0.6, 3, 0.0) == pytest.approx((1 - 0.6 ** 4) / (1 - 0.6))
+    with pytest.raises(ValueError, match=r"^cost_ratio \(draft time / target time per forward\) must be ≥ 0"):
+        expected_speedup(0.6, 3, -1e-9)
+
+
+# ------------------------------------------------------------------------------------------ randomness
+
+def test_verify_sampling_accepts_when_u_q_is_below_p_with_u_the_generators_draw():
+    # The rule as the docstring states it: accept x iff u q(x) < p(x), u ~ U[0, 1) the next draw of the
+    # caller's generator, at p's precision (float64 here). p(x) / q(x) = 1/2: half the seeds accept.
+    q = torch.tensor([[0.1, 0.6, 0.3]], dtype=torch.float64)
+    p = torch.tensor([[0.4, 0.3, 0.3], [0.2, 0.5, 0.3]], dtype=torch.float64)
+    decisions = []
+    for seed in range(60):
+        n, _ = verify_sampling(torch.tensor([1]), q, p, generator=torch.Generator().manual_seed(seed))
+        u = torch.rand((), generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
+        assert n == int(u * 0.6 < 0.3), seed
+        decisions.append(n)
+    assert 10 < sum(decisions) < 50  # both outcomes occur
+
+
+def test_a_token_the_target_never_emits_is_rejected_even_when_u_is_zero(monkeypatch):
+    # min(1, p(x) / q(x)) = 0 when p(x) = 0; u = 0 is a possible draw of U[0, 1) and must not accept it.
+    monkeypatch.setattr(S, "_uniform", lambda generator, device, dtype: torch.zeros((), dtype=dtype))
+    q = torch.tensor([[0.5, 0.5, 0.0]], dtype=torch.float64)
+    p = torch.tensor([[0.0, 0.5, 0.5], [1 / 3, 1 / 3, 1 / 3]], dtype=torch.float64)
+    n, new = verify_sampling(torch.tensor([0]), q, p, generator=torch.Generator().manual_seed(0))
+    assert n == 0 and new.tolist() == [2]  # rejected; the residual max(0, p - q) ∝ (0, 0, 0.5) gives token 2
+
+
+def test_verify_sampling_with_a_generator_ignores_the_global_random_state():
+    # Accept/reject decisions, residual draws and bonus draws all come from the caller's generator.
+    q = torch.tensor([[0.1, 0.6, 0.2, 0.1]], dtype=torch.float64)  # (k, V), proposing token 1
+    p = torch.tensor([[0.3, 0.3, 0.2, 0.2], [0.25] * 4], dtype=torch.float64)  # accept 1 w.p. 0.3 / 0.6
+    # residual after a rejection: max(0, p - q) = (0.2, 0, 0, 0.1) → (2/3, 0, 0, 1/3); bonus: uniform
+
+    def run(global_seed):
+        torch.manual_seed(global_seed)
+        gen = torch.Generator().manual_seed(1)
+        return [verify_sampling(torch.tensor([1]), q, p, generator=gen) for _ in range(100)]
+
+    first, second = run(0), run(1)
+    assert [n for n, _ in first] == [n for n, _ in second]
+    assert all(torch.equal(a, b) for (_, a), (_, b) in zip(first, second))
+    resampled = [int(new[0]) for n, new in first if n == 0]
+    bonus = [int(new[1]) for n, new in first if n == 1]
+    assert set(resampled) == {0, 3} and set(bonus) == {0, 1, 2, 3}  # both draws vary, so both are checked
+    assert min(len(resampled), len(bonus)) > 20
+
+
+def test_uniform_draws_from_the_generator_on_its_device_and_returns_on_the_asked_device():
+    # The meta device stands in for an accelerator: its draws do not touch the CPU's random state.
+    u = S._uniform(torch.Generator().manual_seed(4), torch.device("cpu"), torch.float64)
+    assert u.dtype == torch.float64 and u.shape == ()
+    assert u == torch.rand((), generator=torch.Generator().manual_seed(4), dtype=torch.float64)
+    g = torch.Generator().manual_seed(4)
+    u = S._uniform(g, torch.device("meta"), torch.float32)
+    assert u.device.type == "meta" and u.dtype == torch.float32
+    fresh = torch.Generator().manual_seed(4)
+    torch.rand((), generator=fresh)
+    assert torch.equal(torch.rand(3, generator=g), torch.rand(3, generator=fresh))  # g gave one draw
+    torch.manual_seed(5)
+    u = S._uniform(None, torch.device("meta"), torch.float64)  # no generator: the meta device's own
+    assert u.device.type == "meta" and u.dtype == torch.float64
+    after = torch.rand(())
+    torch.manual_seed(5)
+    assert after == torch.rand(())  # the CPU's global generator was not used
+
+
+def test_probs_computes_in_float32_at_least_and_applies_the_nucleus():
+    logits = torch.tensor([[2.0, 0.5, -1.0, 0.25]], dtype=torch.bfloat16)
+    got = S._probs(logits, 0.5, None, None)
+    assert got.dtype == torch.float32  # as utils.gpt.generate: softmax of float32 logits / temperature
+    torch.testing.assert_close(got, torch.softmax(logits.float() / 0.5, dim=-1), rtol=0, atol=1e-7)
+    probs = torch.tensor([0.5, 0.3, 0.15, 0.05], dtype=torch.float64)
+    # top_p = 0.7: the mass ranked above each token is 0, 0.5, 0.8, 0.95; tokens with ≥ 0.7 above are dropped.
+    got = S._probs(probs.log(), 1.0, None, 0.7)
+    torch.testing.assert_close(got, torch.tensor([0.625, 0.375, 0.0, 0.0], dtype=torch.float64))
+
+
+# ------------------------------------------------------------------------------------------ compare_speed
+
+def spy_on_runs(monkeypatch) -> list[list]:
+    """Record [k, output] of every generation compare_speed starts (k = 0: the target alone), real ones
+    (the output stays None if the call raises)."""
+    calls = []
+    real_generate, real_speculative = S.generate, S.speculative_generate
+
+    def spy_generate(*args, **kwargs):
+        calls.append([0, None])
+        calls[-1][1] = real_generate(*args, **kwargs)
+        return calls[-1][1]
+
+    def spy_speculative(target, draft, prompt, n, k, **kwargs):
+        calls.append([k, None])
+        calls[-1][1], stats = real_speculative(target, draft, prompt, n, k, **kwargs)
+        return calls[-1][1], stats
+
+    monkeypatch.setattr(S, "generate", spy_generate)
+    monkeypatch.setattr(S, "speculative_generate", spy_speculative)
+    return calls
+
+
+SPREAD_TARGET, SPREAD_DRAFT = small_pair(11)  # next-token distributions far from one-hot: samples vary
+
+
+def test_compare_speed_greedy_runs_all_give_the_targets_greedy_output(monkeypatch):
+    calls = spy_on_runs(monkeypatch)
+    greedy = generate(SPREAD_TARGET, PROMPT, 12, greedy=True)
+    compare_speed(SPREAD_TARGET, SPREAD_DRAFT, PROMPT, 12, ks=[1, 3], rounds=1)  # greedy by default
+    # warm-up: 0, 1, 3; then one round: 0, 1, 0, 3
+    assert [k for k, _ in calls] == [0, 1, 3, 0, 1, 0, 3]
+    assert all(torch.equal(out, greedy) for _, out in calls)
+    # Sampling whose only choice is the argmax: top_k = 1, a tiny nucleus, or a temperature near 0.
+    for options in (dict(top_k=1), dict(top_p=1e-9), dict(temperature=1e-6)):
+        calls.clear()
+        compare_speed(SPREAD_TARGET, SPREAD_DRAFT, PROMPT, 12, ks=[2], rounds=1, greedy=False, **options)
+        assert len(calls) == 4 and all(torch.equal(out, greedy) for _, out in calls), options
+
+
+def test_compare_speed_samples_with_a_generator_seeded_by_seed_default_0_at_temperature_1(monkeypatch):
+    calls = spy_on_runs(monkeypatch)
+    target, draft = SPREAD_TARGET, SPREAD_DRAFT
+
+    def reference(seed, temperature=1.0):  # the target alone and k = 2, each from a fresh seeded generator
+        return (generate(target, PROMPT, 12, temperature=temperature, generator=torch.Generator().manual_seed(seed)),
+                speculative_generate(target, draft, PROMPT, 12, 2, temperature=temperature,
+                                     generator=torch.Generator().manual_seed(seed))[0])
+
+    compare_speed(target, draft, PROMPT, 12, ks=[2], rounds=1, greedy=False)
+    alone, spec = reference(0)
+    assert [k for k, _ in calls] == [0, 2, 0, 2]  # every call reseeds: the same tokens in every round
+    assert all(torch.equal(out, alone if k == 0 else spec) for k, out in calls)
+    # the references are told apart by the seed and by the temperature, so the check above pins both
+    for other in (reference(1), reference(0, temperature=2.0)):
+        assert not torch.equal(other[0], alone) and not torch.equal(other[1], spec)
+
+
+def test_compare_speed_with_no_draft_lengths_times_the_target_alone_five_times(monkeypatch):
+    calls = spy_on_runs(monkeypatch)
+    rows = compare_speed(TARGET, TARGET, PROMPT, 4, ks=[])
+    assert [k for k, _ in calls] == [0] * 6  # warm-up, then the default rounds = 5
+    assert len(rows) == 1 and (rows[0].name, rows[0].k, rows[0].speedup) == ("target alone", 0, 1.0)
+    assert rows[0].tokens_per_s == pytest.approx(4 / rows[0].seconds)
+
+
+def test_compare_speed_checks_every_argument_before_running_anything(monkeypatch):
+    calls = spy_on_runs(monkeypatch)
+    V = TARGET.config.vocab_size
+    for kwargs, message in ((dict(rounds=0), r"^rounds must be an int ≥ 1, got 0$"),
+                            (dict(rounds=True), r"^rounds must be an int ≥ 1, got True$"),
+                            (dict(rounds=2.0), r"^rounds must be an int ≥ 1, got 2\.0$"),
+                            (dict(temperature=-0.5), r"^temperature must be ≥ 0"),
+                            (dict(top_k=0), r"^top_k must be an int in \[1, 11\] or None, got 0$"),
+                            (dict(top_k=V + 1), r"^top_k must be an int in \[1, 11\] or None, got 12$"),
+                            (dict(top_p=0.0), r"^top_p must be in \(0, 1\] or None, got 0\.0$"),
+                            (dict(top_p=1.5), r"^top_p must be in \(0, 1\] or None, got 1\.5$")):
+        with pytest.raises(ValueError, match=message):
+            compare_speed(TARGET, TARGET, PROMPT, 4, ks=[1], greedy=False, **kwargs)
+    assert calls == []  # refused before the warm-up
+    for kwargs in (dict(top_k=V, top_p=1.0), dict(top_k=1, temperature=0.0)):  # the other side of each bound
+        rows = compare_speed(TARGET, TARGET, PROMPT, 4, ks=[1], rounds=1, greedy=False, **kwargs)
+        assert [r.k for r in rows] == [0, 1]
+    assert len(calls) == 8
+
+
+def test_compare_speed_waits_for_the_gpu_around_every_timed_call(monkeypatch):
+    # A GPU is faked: the model reports a cuda device, S.torch is a stand-in holding torch.cuda.synchronize
+    # and torch.Generator, and the generations only log themselves (as in the fake-clock test).
+    events = []
+    model = scrambled_gpt(0, n_layer=1)
+    cuda = torch.device("cuda")
+    model.parameters = lambda recurse=True: iter([SimpleNamespace(device=cuda)])
+
+    class FakeGenerator:
+        def __init__(self, device):
+            events.append(("generator", device))
+
+        def manual_seed(self, seed):
+            events.append(("seed", seed))
+            return self
+
+    fake_cuda = SimpleNamespace(synchronize=lambda: events.append("sync"))
+    monkeypatch.setattr(S, "torch", SimpleNamespace(Generator=FakeGenerator, cuda=fake_cuda))
+    monkeypatch.setattr(S, "generate", lambda *args, **kwargs: events.append("alone"))
+
+    def fake_speculative(target, draft, prompt, n, k, **kwargs):
+        events.append(f"k = {k}")
+        return None, SpeculativeStats(k=k, rounds=1, proposed=k, accepted=k, checked=k, new_tokens=n)
+
+    monkeypatch.setattr(S, "speculative_generate", fake_speculative)
+    compare_speed(model, model, PROMPT, 4, ks=[1, 2], rounds=2)
+    runs = [e for e in events if isinstance(e, str)]
+    warm_up = ["alone", "k = 1", "k = 2"]
+    timed = ["sync", "alone", "sync", "sync", "k = 1", "sync", "sync", "alone", "sync", "sync", "k = 2", "sync"]
+    assert runs == warm_up + 2 * timed
+    assert {e for e in events if isinstance(e, tuple)} == {("generator", cuda), ("seed", 0)}

@@ -30,6 +30,7 @@ Letter legend (shape comments):
 """
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 from contextlib import ExitStack
@@ -75,18 +76,18 @@ class SpeculativeStats:
     @property
     def acceptance_rate(self) -> float:
         """Accepted draft tokens / proposed draft tokens (nan if none was proposed)."""
-        return self.accepted / self.proposed if self.proposed else float("nan")
+        return self.accepted / self.proposed if self.proposed else math.nan
 
     @property
     def per_token_acceptance(self) -> float:
         """Accepted / checked: an estimate of Leviathan et al.'s alpha, the probability that the target
         keeps a draft token it looks at (nan if none was checked)."""
-        return self.accepted / self.checked if self.checked else float("nan")
+        return self.accepted / self.checked if self.checked else math.nan
 
     @property
     def tokens_per_target_forward(self) -> float:
         """New tokens per target forward pass: 1 for the target alone, up to k + 1 here."""
-        return self.new_tokens / self.rounds if self.rounds else float("nan")
+        return self.new_tokens / self.rounds if self.rounds else math.nan
 
 
 def expected_tokens_per_round(alpha: float, k: int) -> float:
@@ -121,7 +122,7 @@ def verify_greedy(proposal: Tensor, target_logits: Tensor) -> tuple[int, Tensor]
         raise ValueError(f"verify_greedy: need proposal (k,) and target_logits (k + 1, V), got "
                          f"{tuple(proposal.shape)} and {tuple(target_logits.shape)}")
     best = target_logits.argmax(dim=-1)  # (k + 1,) the target's own choice at each position
-    agree = (proposal == best[:k]).to(torch.long)  # (k,) 1 where the draft guessed the target's token
+    agree = (proposal == best[:k]).long()  # (k,) 1 where the draft guessed the target's token
     n = int(agree.cumprod(dim=0).sum())  # leading run of agreements
     return n, torch.cat([proposal[:n], best[n:n + 1]])  # (n + 1,)
 
@@ -169,7 +170,7 @@ def _uniform(generator: torch.Generator | None, device: torch.device, dtype: tor
 
 def _draw(probs: Tensor, generator: torch.Generator | None) -> Tensor:
     """One token id (1,) drawn from probs (V,)."""
-    src = probs.to(generator.device) if generator is not None and generator.device != probs.device else probs
+    src = probs if generator is None else probs.to(generator.device)  # multinomial draws on the generator's device
     return torch.multinomial(src, 1, generator=generator).to(probs.device)  # (1,)
 
 
@@ -195,7 +196,7 @@ def _probs(logits: Tensor, temperature: float, top_k: int | None, top_p: float |
     return top_k_top_p_filter(logits.reshape(-1, shape[-1]), top_k, top_p).softmax(dim=-1).reshape(shape)
 
 
-def _check_inputs(target: GPT, draft: GPT, idx: Tensor, max_new_tokens: int, k: int, temperature: float,
+def _check_inputs(target: GPT, draft: GPT, idx: Tensor, max_new_tokens: int, temperature: float,
                   top_k: int | None, top_p: float | None) -> Tensor:
     for name, model in (("target", target), ("draft", draft)):
         if not isinstance(model, GPT):
@@ -207,7 +208,6 @@ def _check_inputs(target: GPT, draft: GPT, idx: Tensor, max_new_tokens: int, k: 
     dev_t, dev_d = next(target.parameters()).device, next(draft.parameters()).device
     if dev_t != dev_d:
         raise ValueError(f"target is on {dev_t} and draft on {dev_d}; put both on the same device")
-    _check_k(k)
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
         raise ValueError(f"max_new_tokens must be an int ≥ 0, got {max_new_tokens!r}")
     if not temperature >= 0:
@@ -253,7 +253,8 @@ def speculative_generate(target: GPT, draft: GPT, idx: Tensor, max_new_tokens: i
     where two logits tie to the last bits (tests/test_speculative.py checks equality in float64 and
     float32)."""
     single = isinstance(idx, Tensor) and idx.dim() == 1
-    idx = _check_inputs(target, draft, idx, max_new_tokens, k, temperature, top_k, top_p)  # (1, N0)
+    _check_k(k)
+    idx = _check_inputs(target, draft, idx, max_new_tokens, temperature, top_k, top_p)  # (1, N0)
     greedy = greedy or temperature == 0
     stats = SpeculativeStats(k=k)
     out = idx  # (1, N)
@@ -334,7 +335,7 @@ def compare_speed(target: GPT, draft: GPT, prompt: Tensor, max_new_tokens: int, 
         _check_k(k)
     if not isinstance(rounds, int) or isinstance(rounds, bool) or rounds < 1:
         raise ValueError(f"rounds must be an int ≥ 1, got {rounds!r}")
-    _check_inputs(target, draft, prompt, max_new_tokens, max(ks, default=1), temperature, top_k, top_p)
+    _check_inputs(target, draft, prompt, max_new_tokens, temperature, top_k, top_p)
     device = next(target.parameters()).device
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
 
@@ -366,7 +367,7 @@ def compare_speed(target: GPT, draft: GPT, prompt: Tensor, max_new_tokens: int, 
             ratios[k].append(t0 / t1)
     if not ks:
         alone = [seconds(0) for _ in range(rounds)]
-    rows = [SpeedRow("target alone", 0, median(alone), max_new_tokens / median(alone), 1.0, float("nan"), 1.0)]
+    rows = [SpeedRow("target alone", 0, median(alone), max_new_tokens / median(alone), 1.0, math.nan, 1.0)]
     for k in ks:
         s = stats[k]
         rows.append(SpeedRow(f"speculative, k = {k}", k, median(times[k]), max_new_tokens / median(times[k]),
