@@ -12,6 +12,7 @@ from the report it writes over (the row names the commit it was run at), so the 
 """
 from __future__ import annotations
 
+import ast
 import difflib
 import json
 import re
@@ -99,6 +100,25 @@ def change(module: str, mutant: str) -> str:
     b = [re.sub(r"__mutmut_\d+\(", "(", line) for line in src[mut[0] - 1:mut[1]]]
     lines = [d for d in difflib.unified_diff(a, b, lineterm="", n=0) if d[:1] in "+-" and d[:3] not in ("+++", "---")]
     return "\n".join(line.strip()[:1] + " " + line[1:].strip() for line in lines[:4]) or "(no textual change)"
+
+
+def unmutated(source: str) -> list[str]:
+    """The functions of a module's source that mutmut 3.8.1 generates no mutant for: those with a decorator
+    other than a lone @staticmethod / @classmethod (@torch.no_grad(), @property, @contextmanager, @cache):
+    their code is not measured by the module's score."""
+    tree = ast.parse(source)
+    out = []
+
+    def visit(body, prefix=""):
+        for node in body:
+            if isinstance(node, ast.ClassDef):
+                visit(node.body, prefix + node.name + ".")
+            elif isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.decorator_list:
+                lone = node.decorator_list[0] if len(node.decorator_list) == 1 else None
+                if not (isinstance(lone, ast.Name) and lone.id in ("staticmethod", "classmethod")):
+                    out.append(prefix + node.name)
+    visit(tree.body)
+    return out
 
 
 def collect() -> dict[str, dict]:
@@ -191,6 +211,14 @@ def render(results: dict[str, dict], previous: dict[str, dict] | None = None) ->
                      f"| {c['not checked']} | {score} |")
     if done_all:
         lines += ["", f"Over the modules run in full: {killed_all / done_all:.1%} of {done_all} non-equivalent mutants."]
+    skipped = {module: unmutated((ROOT / "utils" / f"{module}.py").read_text(encoding="utf-8"))
+               for module in sorted(set(results) | kept)
+               if (ROOT / "utils" / f"{module}.py").exists()}
+    lines += ["", "Not measured: mutmut 3.8.1 makes no mutant of a function that has a decorator (other than a lone",
+              "`@staticmethod` or `@classmethod`), so the scores above say nothing about these functions of the",
+              "code as it is now (a function moved out of the list by writing `with torch.no_grad():` in its body",
+              "is measured from its module's next run):", ""]
+    lines += [f"- `{module}`: " + ", ".join(f"`{f}`" for f in names) for module, names in skipped.items() if names]
     for module in sorted(set(results) | kept):
         if module in kept:
             if previous[module]["section"]:

@@ -98,3 +98,37 @@ def test_a_second_look_at_the_survivors_is_named_in_the_row(mutants):
     text = mr.render(mr.collect())
     assert "| `m` | abc1234 2026-12-07; survivors again at def5678 | 4 |" in text
     assert mr.earlier(text)["m"]["killed"] == 2  # the row is read back
+
+
+def test_decorated_functions_are_named_as_not_measured():
+    """mutmut 3.8.1 skips a function with any decorator but a lone @staticmethod or @classmethod: the report
+    must say so rather than score the module as if they had been tested."""
+    source = '''
+import torch
+from contextlib import contextmanager
+@torch.no_grad()
+def sample(x):
+    return x
+def plain(x):
+    return x
+@contextmanager
+def ctx():
+    yield
+class A:
+    @property
+    def p(self):
+        return 1
+    @staticmethod
+    def s():
+        return 2
+    @classmethod
+    def c(cls):
+        return 3
+    @staticmethod
+    @torch.no_grad()
+    def both():
+        return 4
+    def m(self):
+        return 5
+'''
+    assert mr.unmutated(source) == ["sample", "ctx", "A.p", "A.both"]

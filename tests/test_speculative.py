@@ -570,3 +570,21 @@ def test_compare_speed_waits_for_the_gpu_around_every_timed_call(monkeypatch):
     timed = ["sync", "alone", "sync", "sync", "k = 1", "sync", "sync", "alone", "sync", "sync", "k = 2", "sync"]
     assert runs == warm_up + 2 * timed
     assert {e for e in events if isinstance(e, tuple)} == {("generator", cuda), ("seed", 0)}
+
+
+def test_no_forward_pass_records_a_graph(monkeypatch):
+    """Decoding never trains: every forward pass of both models runs with autograd off (no graph, no saved
+    activations), also when the models' parameters require gradients."""
+    target, draft = scrambled_gpt(0), scrambled_gpt(1)
+    assert all(p.requires_grad for p in target.parameters())
+    seen = []
+    for model in (target, draft):
+        real = model.forward_cached
+
+        def spy(*a, _real=real, **k):
+            seen.append(torch.is_grad_enabled())
+            return _real(*a, **k)
+        monkeypatch.setattr(model, "forward_cached", spy)
+    speculative_generate(target, draft, PROMPT, 12, 3, greedy=True)
+    assert len(seen) > 3 and not any(seen)
+    assert torch.is_grad_enabled()  # and autograd is on again after

@@ -582,13 +582,13 @@ class CLIP(nn.Module):
         logits_per_image = scale * image_features @ text_features.t()  # (B_i, B_t)
         return logits_per_image, logits_per_image.t()
 
-    @torch.no_grad()
     def clamp_logit_scale_(self) -> None:
         """Clamp logit_scale in place to [0, ln 100], so exp(logit_scale) stays in [1, 100]: call it after every
         optimizer step (`utils.train.train(..., after_step=model.clamp_logit_scale_)`), as open_clip's training
         loop does. Clamping the parameter, not its use in the forward pass, keeps the gradient: a scale that
         overshoots the cap is pulled back to it and can still move down again."""
-        self.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
+        with torch.no_grad():
+            self.logit_scale.clamp_(0, LOGIT_SCALE_MAX)
 
     # -- checkpoints ----------------------------------------------------------------------------
 

@@ -418,7 +418,6 @@ def guided_epsilon(model: EpsModel, x_t: Tensor, t: int, cond: Tensor, cond_mask
     return guide(eps[B:], eps[:B], scale)
 
 
-@torch.no_grad()
 def sample(model: EpsModel, schedule: NoiseSchedule, cond: Tensor, shape: tuple[int, ...],
            cond_mask: Tensor | None = None, steps: int = 50, sampler: str = "ddim", guidance_scale: float = 1.0,
            spacing: str = "trailing", clip_x0: bool = True, generator: torch.Generator | None = None,
@@ -428,33 +427,34 @@ def sample(model: EpsModel, schedule: NoiseSchedule, cond: Tensor, shape: tuple[
     `schedule.timesteps(steps, spacing)`, each with the guided noise prediction. With `return_trajectory`
     also [(t, x_t, x̂_0)] at every step, for a denoising-step explorer. The model runs in eval mode.
     `prediction`: what the model predicts, "epsilon" or "sample" (x_0), as it was trained."""
-    _check_prediction(prediction, "sample")
-    if sampler not in ("ddim", "ddpm"):
-        raise ValueError(f"sample: sampler must be 'ddim' or 'ddpm', got {sampler!r}")
-    device = cond.device
-    x = torch.randn(shape, generator=generator).to(device) if x_T is None else x_T.clone()
-    if x.shape[0] != cond.shape[0]:
-        raise ValueError(f"sample: {cond.shape[0]} captions but a batch of {x.shape[0]} images")
-    ts = schedule.timesteps(steps, spacing)
-    trajectory = []
-    was_training = isinstance(model, nn.Module) and model.training
-    if isinstance(model, nn.Module):
-        model.eval()
-    try:
-        for i, t in enumerate(ts):
-            prev_t = ts[i + 1] if i + 1 < len(ts) else -1
-            eps = guided_epsilon(model, x, t, cond, cond_mask, guidance_scale, schedule, prediction)
-            if return_trajectory:
-                x0 = schedule.predict_x0(eps, t, x)
-                trajectory.append((t, x.clone(), x0.clamp(-1, 1) if clip_x0 else x0))
-            if sampler == "ddim":
-                x = schedule.ddim_step(eps, t, x, prev_t, clip_x0=clip_x0)
-            else:
-                x = schedule.ddpm_step(eps, t, x, prev_t, generator=generator, clip_x0=clip_x0)
-    finally:
-        if was_training:
-            model.train()
-    return (x, trajectory) if return_trajectory else x
+    with torch.no_grad():
+        _check_prediction(prediction, "sample")
+        if sampler not in ("ddim", "ddpm"):
+            raise ValueError(f"sample: sampler must be 'ddim' or 'ddpm', got {sampler!r}")
+        device = cond.device
+        x = torch.randn(shape, generator=generator).to(device) if x_T is None else x_T.clone()
+        if x.shape[0] != cond.shape[0]:
+            raise ValueError(f"sample: {cond.shape[0]} captions but a batch of {x.shape[0]} images")
+        ts = schedule.timesteps(steps, spacing)
+        trajectory = []
+        was_training = isinstance(model, nn.Module) and model.training
+        if isinstance(model, nn.Module):
+            model.eval()
+        try:
+            for i, t in enumerate(ts):
+                prev_t = ts[i + 1] if i + 1 < len(ts) else -1
+                eps = guided_epsilon(model, x, t, cond, cond_mask, guidance_scale, schedule, prediction)
+                if return_trajectory:
+                    x0 = schedule.predict_x0(eps, t, x)
+                    trajectory.append((t, x.clone(), x0.clamp(-1, 1) if clip_x0 else x0))
+                if sampler == "ddim":
+                    x = schedule.ddim_step(eps, t, x, prev_t, clip_x0=clip_x0)
+                else:
+                    x = schedule.ddpm_step(eps, t, x, prev_t, generator=generator, clip_x0=clip_x0)
+        finally:
+            if was_training:
+                model.train()
+        return (x, trajectory) if return_trajectory else x
 
 
 def clip_text_features(clip: nn.Module, text: Tensor) -> tuple[Tensor, Tensor]:

@@ -919,16 +919,16 @@ def _clip_logits_cases() -> list[Case]:
     return out
 
 
-@torch.no_grad()
 def _clip_logits_ref(images, text, logit_scale):
     """CLIP.forward's logits for these images and captions, at this logit_scale."""
-    model = _tiny_clip()
-    saved = model.logit_scale.detach().clone()
-    model.logit_scale.fill_(logit_scale)
-    try:
-        return model(images, text)
-    finally:
-        model.logit_scale.copy_(saved)
+    with torch.no_grad():
+        model = _tiny_clip()
+        saved = model.logit_scale.detach().clone()
+        model.logit_scale.fill_(logit_scale)
+        try:
+            return model(images, text)
+        finally:
+            model.logit_scale.copy_(saved)
 
 
 def _scaled(image_features: Tensor, text_features: Tensor, scale: Tensor) -> tuple[Tensor, Tensor]:

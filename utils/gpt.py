@@ -412,7 +412,6 @@ def _next_token(logits: Tensor, temperature: float, top_k: int | None, top_p: fl
     return torch.multinomial(probs, 1, generator=generator).to(logits.device)  # (B, 1)
 
 
-@torch.no_grad()
 def generate(model: GPT, idx: Tensor, max_new_tokens: int, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, greedy: bool = False, generator: torch.Generator | None = None,
              use_cache: bool = True) -> Tensor:
@@ -429,38 +428,39 @@ def generate(model: GPT, idx: Tensor, max_new_tokens: int, temperature: float = 
     tokens) the model only sees the last block_size tokens; every position then shifts at each step, so
     the cached keys (computed at other positions) no longer apply, and both modes rerun the cropped window.
     """
-    if not isinstance(model, GPT):
-        raise TypeError(f"generate: model must be a GPT, got {type(model).__name__}")
-    single = isinstance(idx, Tensor) and idx.dim() == 1
-    idx = idx[None] if single else idx  # (B, T0)
-    model._check_ids(idx, "prompt")
-    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
-        raise ValueError(f"max_new_tokens must be an int ≥ 0, got {max_new_tokens!r}")
-    if not temperature >= 0:
-        raise ValueError(f"temperature must be ≥ 0 (0 = greedy), got {temperature}")
-    V = model.config.vocab_size
-    if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k <= V):
-        raise ValueError(f"top_k must be an int in [1, {V}] or None, got {top_k!r}")
-    if top_p is not None and not 0.0 < top_p <= 1.0:
-        raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
-    greedy = greedy or temperature == 0
-    block_size = model.config.block_size
-    with eval_mode(model):
-        if use_cache:
-            logits, cache = model.forward_cached(idx)  # (B, T0, V)
-        else:
-            logits = model(idx)  # (B, T0, V)
-        out = idx
-        for step in range(max_new_tokens):
-            nxt = _next_token(logits[:, -1], temperature, top_k, top_p, greedy, generator)  # (B, 1)
-            out = torch.cat([out, nxt], dim=1)  # (B, T0 + step + 1)
-            if step == max_new_tokens - 1:
-                break  # the last token's logits are not needed
-            if use_cache and out.shape[1] <= block_size:
-                logits, cache = model.forward_cached(nxt, cache)  # (B, 1, V)
+    with torch.no_grad():
+        if not isinstance(model, GPT):
+            raise TypeError(f"generate: model must be a GPT, got {type(model).__name__}")
+        single = isinstance(idx, Tensor) and idx.dim() == 1
+        idx = idx[None] if single else idx  # (B, T0)
+        model._check_ids(idx, "prompt")
+        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 0:
+            raise ValueError(f"max_new_tokens must be an int ≥ 0, got {max_new_tokens!r}")
+        if not temperature >= 0:
+            raise ValueError(f"temperature must be ≥ 0 (0 = greedy), got {temperature}")
+        V = model.config.vocab_size
+        if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k <= V):
+            raise ValueError(f"top_k must be an int in [1, {V}] or None, got {top_k!r}")
+        if top_p is not None and not 0.0 < top_p <= 1.0:
+            raise ValueError(f"top_p must be in (0, 1] or None, got {top_p}")
+        greedy = greedy or temperature == 0
+        block_size = model.config.block_size
+        with eval_mode(model):
+            if use_cache:
+                logits, cache = model.forward_cached(idx)  # (B, T0, V)
             else:
-                logits = model(out[:, -block_size:])  # (B, ≤ block_size, V)
-    return out[0] if single else out
+                logits = model(idx)  # (B, T0, V)
+            out = idx
+            for step in range(max_new_tokens):
+                nxt = _next_token(logits[:, -1], temperature, top_k, top_p, greedy, generator)  # (B, 1)
+                out = torch.cat([out, nxt], dim=1)  # (B, T0 + step + 1)
+                if step == max_new_tokens - 1:
+                    break  # the last token's logits are not needed
+                if use_cache and out.shape[1] <= block_size:
+                    logits, cache = model.forward_cached(nxt, cache)  # (B, 1, V)
+                else:
+                    logits = model(out[:, -block_size:])  # (B, ≤ block_size, V)
+        return out[0] if single else out
 
 
 # ----------------------------------------------------------------------------------------------

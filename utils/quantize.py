@@ -206,15 +206,15 @@ def compressible_weights(model: GPT) -> dict[str, nn.Parameter]:
     return out
 
 
-@torch.no_grad()
 def fake_quantize_(model: GPT, bits: int = 8, granularity: str | int = "channel", symmetric: bool = True,
                    blocks_only: bool = False) -> GPT:
     """Replace every compressible weight of `model` (in place) by dequantize(quantize(w)); returns it.
     blocks_only: only the blocks' Linear weights (the embeddings stay in float), the set GPTQ quantizes."""
-    for name, w in compressible_weights(model).items():
-        if not blocks_only or name.startswith("transformer.h."):
-            w.copy_(quantize(w, bits, granularity, symmetric).dequantize().to(w.dtype))
-    return model
+    with torch.no_grad():
+        for name, w in compressible_weights(model).items():
+            if not blocks_only or name.startswith("transformer.h."):
+                w.copy_(quantize(w, bits, granularity, symmetric).dequantize().to(w.dtype))
+        return model
 
 
 def quantized_nbytes(model: GPT, bits: int | None = None, granularity: str | int = "channel",
@@ -282,38 +282,38 @@ class _Stop(Exception):
     """Raised by a hook once it has what it needs: the rest of the forward pass is not needed."""
 
 
-@torch.no_grad()
 def observe_inputs(model: nn.Module, batches: Iterable[Tensor],
                    modules: dict[str, nn.Module] | None = None) -> dict[str, InputStats]:
     """Run `model` on the calibration `batches` (each what model(x) takes, e.g. token ids (B, T)) and record
     the inputs of `modules` (default: a GPT's block Linears, else every nn.Linear): {name: InputStats}."""
-    modules = _default_linears(model) if modules is None else modules
-    if not modules:
-        raise ValueError("observe_inputs: no modules to observe (the model has no nn.Linear)")
-    stats: dict[str, list] = {}
+    with torch.no_grad():
+        modules = _default_linears(model) if modules is None else modules
+        if not modules:
+            raise ValueError("observe_inputs: no modules to observe (the model has no nn.Linear)")
+        stats: dict[str, list] = {}
 
-    def hook_for(name: str):
-        def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-            x = inputs[0].detach().flatten(0, -2).float()  # (N, I)
-            lo, hi, cmax = x.min(), x.max(), x.abs().amax(dim=0)  # (), (), (I,)
-            if name in stats:
-                s = stats[name]
-                s[0], s[1], s[2] = torch.minimum(s[0], lo), torch.maximum(s[1], hi), torch.maximum(s[2], cmax)
-                s[3] += x.shape[0]
-            else:
-                stats[name] = [lo, hi, cmax, x.shape[0]]
-        return hook
+        def hook_for(name: str):
+            def hook(module: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+                x = inputs[0].detach().flatten(0, -2).float()  # (N, I)
+                lo, hi, cmax = x.min(), x.max(), x.abs().amax(dim=0)  # (), (), (I,)
+                if name in stats:
+                    s = stats[name]
+                    s[0], s[1], s[2] = torch.minimum(s[0], lo), torch.maximum(s[1], hi), torch.maximum(s[2], cmax)
+                    s[3] += x.shape[0]
+                else:
+                    stats[name] = [lo, hi, cmax, x.shape[0]]
+            return hook
 
-    handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in modules.items()]
-    try:
-        _run(model, batches, "observe_inputs")
-    finally:
-        for h in handles:
-            h.remove()
-    missing = [name for name in modules if name not in stats]
-    if missing:
-        raise ValueError(f"observe_inputs: the forward pass never called {missing}")
-    return {name: InputStats(*s) for name, s in stats.items()}
+        handles = [m.register_forward_pre_hook(hook_for(name)) for name, m in modules.items()]
+        try:
+            _run(model, batches, "observe_inputs")
+        finally:
+            for h in handles:
+                h.remove()
+        missing = [name for name in modules if name not in stats]
+        if missing:
+            raise ValueError(f"observe_inputs: the forward pass never called {missing}")
+        return {name: InputStats(*s) for name, s in stats.items()}
 
 
 def activation_qparams(lo: Tensor | float, hi: Tensor | float, bits: int = 8,
@@ -467,22 +467,22 @@ class Int8Linear(nn.Module):
         return f"in_features={self.in_features}, out_features={self.out_features}, activations={self.mode}"
 
 
-@torch.no_grad()
 def int8_linears_(model: GPT, mode: str = "static", batches: Iterable[Tensor] | None = None) -> GPT:
     """Replace every Linear of a GPT's blocks (in place) by an `Int8Linear` with activations `mode`
     ("static": scales from `observe_inputs` on the calibration `batches`, token ids (B, T), run on the float
     model first; "dynamic" or "token": no calibration). The embeddings and the output head stay in float.
     Returns the model."""
-    linears = block_linears(model)
-    if mode not in ACTIVATION_MODES:
-        raise ValueError(f"int8_linears_: mode must be one of {ACTIVATION_MODES}, got {mode!r}")
-    if mode == "static" and batches is None:
-        raise ValueError("int8_linears_: mode 'static' needs calibration batches (token ids (B, T))")
-    stats = observe_inputs(model, batches, linears) if mode == "static" else {}
-    for name, lin in linears.items():
-        parent, _, child = name.rpartition(".")
-        setattr(model.get_submodule(parent), child, Int8Linear(lin, mode, stats.get(name)))
-    return model
+    with torch.no_grad():
+        linears = block_linears(model)
+        if mode not in ACTIVATION_MODES:
+            raise ValueError(f"int8_linears_: mode must be one of {ACTIVATION_MODES}, got {mode!r}")
+        if mode == "static" and batches is None:
+            raise ValueError("int8_linears_: mode 'static' needs calibration batches (token ids (B, T))")
+        stats = observe_inputs(model, batches, linears) if mode == "static" else {}
+        for name, lin in linears.items():
+            parent, _, child = name.rpartition(".")
+            setattr(model.get_submodule(parent), child, Int8Linear(lin, mode, stats.get(name)))
+        return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,34 +559,33 @@ def gptq_quantize(w: Tensor, H: Tensor, bits: int = 4, granularity: str | int = 
     return Quantized(Qg.to(_int_dtype(bits, symmetric)), scale.float(), zero.float(), bits, w.shape)
 
 
-@torch.no_grad()
 def input_hessian(model: Callable[[Tensor], object], module: nn.Module, batches: Iterable[Tensor]) -> Tensor:
     """H = (2 / N) Σ_n x_n x_nᵀ (I, I) over the N input vectors x_n (rows of module's input (..., I)) that
     `module` receives while `model` (a module or any callable containing it) runs on `batches` (GPTQ's
     Hessian of ‖W X - Ŵ X‖², averaged). The forward pass stops at `module` (what comes after it is not
     needed)."""
-    acc: list = []
+    with torch.no_grad():
+        acc: list = []
 
-    def hook(m: nn.Module, inputs: tuple[Tensor, ...]) -> None:
-        x = inputs[0].detach().flatten(0, -2).to(torch.float64)  # (N, I)
-        if acc:
-            acc[0] += x.T @ x
-            acc[1] += x.shape[0]
-        else:
-            acc.extend([x.T @ x, x.shape[0]])
-        raise _Stop
+        def hook(m: nn.Module, inputs: tuple[Tensor, ...]) -> None:
+            x = inputs[0].detach().flatten(0, -2).to(torch.float64)  # (N, I)
+            if acc:
+                acc[0] += x.T @ x
+                acc[1] += x.shape[0]
+            else:
+                acc.extend([x.T @ x, x.shape[0]])
+            raise _Stop
 
-    handle = module.register_forward_pre_hook(hook)
-    try:
-        _run(model, batches, "input_hessian")
-    finally:
-        handle.remove()
-    if not acc:
-        raise ValueError("input_hessian: the forward pass never called the module")
-    return 2 * acc[0] / acc[1]
+        handle = module.register_forward_pre_hook(hook)
+        try:
+            _run(model, batches, "input_hessian")
+        finally:
+            handle.remove()
+        if not acc:
+            raise ValueError("input_hessian: the forward pass never called the module")
+        return 2 * acc[0] / acc[1]
 
 
-@torch.no_grad()
 def gptq_quantize_model_(model: GPT, batches: list[Tensor], bits: int = 4, granularity: str | int = "channel",
                          symmetric: bool = True, damp: float = 0.01, block_size: int = 128) -> GPT:
     """GPTQ every Linear of a GPT's blocks (in place), one after another in the order of the forward pass:
@@ -596,26 +595,27 @@ def gptq_quantize_model_(model: GPT, batches: list[Tensor], bits: int = 4, granu
     embeddings, then the blocks one by one), so the model is not rerun from the start for every layer.
     The weights are replaced by their dequantized values (fake quantization, like
     `fake_quantize_(..., blocks_only=True)`); the embeddings and the output head stay in float. Returns it."""
-    _check_gpt(model)
-    _check_bits(bits)
-    batches = list(batches)
-    if not batches:
-        raise ValueError("gptq_quantize_model_: the calibration batches are empty")
-    was = model.training
-    model.eval()
-    try:
-        for idx in batches:
-            model._check_ids(idx)
-        hidden = [model._embed(idx, 0) for idx in batches]  # each (B, T, C)
-        for block in model.transformer.h:
-            for lin in (m for m in block.modules() if isinstance(m, nn.Linear)):
-                H = input_hessian(lambda x: block(x, is_causal=True), lin, hidden)  # (I, I)
-                q = gptq_quantize(lin.weight, H, bits, granularity, symmetric, damp, block_size)
-                lin.weight.copy_(q.dequantize().to(lin.weight.dtype))
-            hidden = [block(x, is_causal=True) for x in hidden]  # the next block's inputs, this one quantized
-    finally:
-        model.train(was)
-    return model
+    with torch.no_grad():
+        _check_gpt(model)
+        _check_bits(bits)
+        batches = list(batches)
+        if not batches:
+            raise ValueError("gptq_quantize_model_: the calibration batches are empty")
+        was = model.training
+        model.eval()
+        try:
+            for idx in batches:
+                model._check_ids(idx)
+            hidden = [model._embed(idx, 0) for idx in batches]  # each (B, T, C)
+            for block in model.transformer.h:
+                for lin in (m for m in block.modules() if isinstance(m, nn.Linear)):
+                    H = input_hessian(lambda x: block(x, is_causal=True), lin, hidden)  # (I, I)
+                    q = gptq_quantize(lin.weight, H, bits, granularity, symmetric, damp, block_size)
+                    lin.weight.copy_(q.dequantize().to(lin.weight.dtype))
+                hidden = [block(x, is_causal=True) for x in hidden]  # the next block's inputs, this one quantized
+        finally:
+            model.train(was)
+        return model
 
 
 # ----------------------------------------------------------------------------------------------
@@ -694,18 +694,18 @@ def qat_prepare_(model: GPT, bits: int = 4, granularity: str | int = "channel", 
     return model
 
 
-@torch.no_grad()
 def qat_finalize_(model: GPT) -> GPT:
     """Undo `qat_prepare_` keeping the quantized values: every parametrized weight becomes a plain parameter
     holding its fake-quantized value (the tied token table and output head stay one tensor). Returns it."""
-    _check_gpt(model)
-    head, wte = model.lm_head, model.transformer.wte
-    if parametrize.is_parametrized(head) and parametrize.is_parametrized(wte) and \
-            head.parametrizations.weight.original is wte.parametrizations.weight.original:
-        parametrize.remove_parametrizations(head, "weight", leave_parametrized=False)  # back to the shared tensor
-        parametrize.remove_parametrizations(wte, "weight", leave_parametrized=True)  # quantized in place
-        head.weight = wte.weight
-    for m in [wte, model.transformer.wpe, *block_linears(model).values()]:
-        if parametrize.is_parametrized(m):
-            parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
-    return model
+    with torch.no_grad():
+        _check_gpt(model)
+        head, wte = model.lm_head, model.transformer.wte
+        if parametrize.is_parametrized(head) and parametrize.is_parametrized(wte) and \
+                head.parametrizations.weight.original is wte.parametrizations.weight.original:
+            parametrize.remove_parametrizations(head, "weight", leave_parametrized=False)  # back to the shared tensor
+            parametrize.remove_parametrizations(wte, "weight", leave_parametrized=True)  # quantized in place
+            head.weight = wte.weight
+        for m in [wte, model.transformer.wpe, *block_linears(model).values()]:
+            if parametrize.is_parametrized(m):
+                parametrize.remove_parametrizations(m, "weight", leave_parametrized=True)
+        return model

@@ -519,7 +519,6 @@ class CharRNN(nn.Module):
             raise ValueError(f"targets must have the shape of idx {tuple(idx.shape)}, got {tuple(targets.shape)}")
         return F.cross_entropy(logits.flatten(0, 1), targets.flatten())
 
-    @torch.no_grad()
     def gate_activations(self, idx: Tensor) -> dict[str, Tensor]:
         """Per-character gate activations of the top layer for ids (T,) or (B, T).
 
@@ -527,17 +526,17 @@ class CharRNN(nn.Module):
         (T, H) for a single sequence. Computed by this module's from-scratch LSTM/GRU with the model's
         own weights (a fused torch.nn module cannot expose its gates).
         """
-        if self.config.kind == "rnn":
-            raise ValueError("a plain RNN has no gates; use kind='lstm' or 'gru'")
-        single = isinstance(idx, Tensor) and idx.dim() == 1
-        idx = idx[None] if single else idx  # (B, T)
-        self._check_ids(idx)
-        out, _, gates = _as_ours(self.rnn)(self.embed(idx), return_gates=True)  # (B, T, H)
-        gates = {**gates, "h": out}
-        return {k: v[0] for k, v in gates.items()} if single else gates  # (T, H) or (B, T, H)
+        with torch.no_grad():
+            if self.config.kind == "rnn":
+                raise ValueError("a plain RNN has no gates; use kind='lstm' or 'gru'")
+            single = isinstance(idx, Tensor) and idx.dim() == 1
+            idx = idx[None] if single else idx  # (B, T)
+            self._check_ids(idx)
+            out, _, gates = _as_ours(self.rnn)(self.embed(idx), return_gates=True)  # (B, T, H)
+            gates = {**gates, "h": out}
+            return {k: v[0] for k, v in gates.items()} if single else gates  # (T, H) or (B, T, H)
 
 
-@torch.no_grad()
 def sample(model: CharRNN, prompt: Tensor, num_chars: int, temperature: float = 1.0, top_k: int | None = None,
            generator: torch.Generator | None = None) -> Tensor:
     """Continue `prompt` ids (T0,) or (B, T0) by `num_chars` sampled characters.
@@ -546,44 +545,45 @@ def sample(model: CharRNN, prompt: Tensor, num_chars: int, temperature: float = 
     likely if given; temperature 0 means greedy (argmax). Pass a seeded `torch.Generator` for
     reproducible samples. Returns (T0 + num_chars,) or (B, T0 + num_chars) ids, prompt included.
     """
-    if not isinstance(prompt, Tensor) or prompt.dim() not in (1, 2):
-        raise ValueError("prompt must be a tensor of ids, shape (T0,) or (B, T0)")
-    if prompt.shape[-1] == 0:
-        raise ValueError("prompt is empty; give at least one character to condition on")
-    if num_chars < 0:
-        raise ValueError(f"num_chars must be ≥ 0, got {num_chars}")
-    if temperature < 0:
-        raise ValueError(f"temperature must be ≥ 0, got {temperature}")
-    V = model.config.vocab_size
-    if top_k is not None and not 1 <= top_k <= V:
-        raise ValueError(f"top_k must be in [1, {V}], got {top_k}")
-    single = prompt.dim() == 1
-    device = next(model.parameters()).device
-    idx = (prompt[None] if single else prompt).to(device)  # (B, T0)
-    was_training = model.training
-    model.eval()
-    try:
-        out = [idx]
-        logits, state = model(idx)  # (B, T0, V)
-        for _ in range(num_chars):
-            last = logits[:, -1].float()  # (B, V)
-            if temperature == 0:
-                nxt = last.argmax(dim=-1, keepdim=True)  # (B, 1)
-            else:
-                last = last / temperature
-                if top_k is not None:
-                    kth = torch.topk(last, top_k, dim=-1).values[:, -1:]  # (B, 1)
-                    last = last.masked_fill(last < kth, float("-inf"))
-                probs = F.softmax(last, dim=-1)  # (B, V)
-                if generator is not None and generator.device != probs.device:
-                    probs = probs.to(generator.device)
-                nxt = torch.multinomial(probs, 1, generator=generator).to(device)  # (B, 1)
-            out.append(nxt)
-            logits, state = model(nxt, state)  # (B, 1, V)
-    finally:
-        model.train(was_training)
-    ids = torch.cat(out, dim=1)  # (B, T0 + num_chars)
-    return ids[0] if single else ids
+    with torch.no_grad():
+        if not isinstance(prompt, Tensor) or prompt.dim() not in (1, 2):
+            raise ValueError("prompt must be a tensor of ids, shape (T0,) or (B, T0)")
+        if prompt.shape[-1] == 0:
+            raise ValueError("prompt is empty; give at least one character to condition on")
+        if num_chars < 0:
+            raise ValueError(f"num_chars must be ≥ 0, got {num_chars}")
+        if temperature < 0:
+            raise ValueError(f"temperature must be ≥ 0, got {temperature}")
+        V = model.config.vocab_size
+        if top_k is not None and not 1 <= top_k <= V:
+            raise ValueError(f"top_k must be in [1, {V}], got {top_k}")
+        single = prompt.dim() == 1
+        device = next(model.parameters()).device
+        idx = (prompt[None] if single else prompt).to(device)  # (B, T0)
+        was_training = model.training
+        model.eval()
+        try:
+            out = [idx]
+            logits, state = model(idx)  # (B, T0, V)
+            for _ in range(num_chars):
+                last = logits[:, -1].float()  # (B, V)
+                if temperature == 0:
+                    nxt = last.argmax(dim=-1, keepdim=True)  # (B, 1)
+                else:
+                    last = last / temperature
+                    if top_k is not None:
+                        kth = torch.topk(last, top_k, dim=-1).values[:, -1:]  # (B, 1)
+                        last = last.masked_fill(last < kth, float("-inf"))
+                    probs = F.softmax(last, dim=-1)  # (B, V)
+                    if generator is not None and generator.device != probs.device:
+                        probs = probs.to(generator.device)
+                    nxt = torch.multinomial(probs, 1, generator=generator).to(device)  # (B, 1)
+                out.append(nxt)
+                logits, state = model(nxt, state)  # (B, 1, V)
+        finally:
+            model.train(was_training)
+        ids = torch.cat(out, dim=1)  # (B, T0 + num_chars)
+        return ids[0] if single else ids
 
 
 def random_lm_batch(data: Tensor, batch_size: int, block_size: int,
@@ -656,7 +656,6 @@ def _first_rows(state, m: int):
     return state[:, :m] if isinstance(state, Tensor) else tuple(s[:, :m] for s in state)
 
 
-@torch.no_grad()
 def evaluate_lm_stateful(model: nn.Module, data: Tensor, block_size: int = 256, lanes: int = 1) -> float:
     """Mean loss in nats per token over `data` (N,) read as a stream: the state is carried from each
     window of `block_size` into the next, so a token is predicted from all the text before it in its lane.
@@ -665,47 +664,48 @@ def evaluate_lm_stateful(model: nn.Module, data: Tensor, block_size: int = 256, 
     (faster; each run starts from a zero state). Scores exactly the tokens `evaluate_lm` scores (a final
     remainder shorter than a window is dropped), so the two compare. `model(ids, state)` must return
     (logits, state), as a `CharRNN` does."""
-    x, y = _lm_windows(data, block_size)  # (W, T) each
-    n_windows = len(x)
-    if not 1 <= lanes <= n_windows:
-        raise ValueError(f"lanes must be between 1 and the {n_windows} windows of {block_size}, got {lanes}")
-    device = next(model.parameters()).device
-    runs = torch.tensor_split(torch.arange(n_windows), lanes)  # consecutive windows; longer runs first
-    was_training = model.training
-    model.eval()
-    total, state = 0.0, None
-    try:
-        for k in range(len(runs[0])):
-            rows = torch.stack([r[k] for r in runs if len(r) > k])  # window k of every run still going (a prefix)
-            if state is not None:
-                state = _first_rows(state, len(rows))
-            logits, state = model(x[rows].to(device), state)  # (m, T, V)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), y[rows].flatten().to(device),
-                                     reduction="sum").item()
-    finally:
-        model.train(was_training)
-    return total / (n_windows * block_size)
+    with torch.no_grad():
+        x, y = _lm_windows(data, block_size)  # (W, T) each
+        n_windows = len(x)
+        if not 1 <= lanes <= n_windows:
+            raise ValueError(f"lanes must be between 1 and the {n_windows} windows of {block_size}, got {lanes}")
+        device = next(model.parameters()).device
+        runs = torch.tensor_split(torch.arange(n_windows), lanes)  # consecutive windows; longer runs first
+        was_training = model.training
+        model.eval()
+        total, state = 0.0, None
+        try:
+            for k in range(len(runs[0])):
+                rows = torch.stack([r[k] for r in runs if len(r) > k])  # window k of every run still going (a prefix)
+                if state is not None:
+                    state = _first_rows(state, len(rows))
+                logits, state = model(x[rows].to(device), state)  # (m, T, V)
+                total += F.cross_entropy(logits.flatten(0, 1).float(), y[rows].flatten().to(device),
+                                         reduction="sum").item()
+        finally:
+            model.train(was_training)
+        return total / (n_windows * block_size)
 
 
-@torch.no_grad()
 def evaluate_lm(model: nn.Module, data: Tensor, block_size: int = 256, batch_size: int = 64) -> float:
     """Mean loss in nats per token over all of `data` (N,), cut into consecutive windows of
     `block_size` tokens, each read from a zero state (a recurrent model) or with no earlier context (a
     Transformer: every window starts afresh). Deterministic: every token counts once (except a final
     remainder shorter than a window, which is dropped). `model(ids)` may return the logits (B, T, V), as
     a GPT does, or (logits, state), as a `CharRNN` does."""
-    x, y = _lm_windows(data, block_size)  # (W, T) each
-    n_windows = len(x)
-    device = next(model.parameters()).device
-    was_training = model.training
-    model.eval()
-    total = 0.0
-    try:
-        for s in range(0, n_windows, batch_size):
-            xb, yb = x[s:s + batch_size].to(device), y[s:s + batch_size].to(device)  # (b, T)
-            out = model(xb)
-            logits = out[0] if isinstance(out, tuple) else out  # (b, T, V)
-            total += F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="sum").item()
-    finally:
-        model.train(was_training)
-    return total / (n_windows * block_size)
+    with torch.no_grad():
+        x, y = _lm_windows(data, block_size)  # (W, T) each
+        n_windows = len(x)
+        device = next(model.parameters()).device
+        was_training = model.training
+        model.eval()
+        total = 0.0
+        try:
+            for s in range(0, n_windows, batch_size):
+                xb, yb = x[s:s + batch_size].to(device), y[s:s + batch_size].to(device)  # (b, T)
+                out = model(xb)
+                logits = out[0] if isinstance(out, tuple) else out  # (b, T, V)
+                total += F.cross_entropy(logits.flatten(0, 1).float(), yb.flatten(), reduction="sum").item()
+        finally:
+            model.train(was_training)
+        return total / (n_windows * block_size)

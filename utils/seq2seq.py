@@ -531,14 +531,14 @@ def seq2seq_loss(logits: Tensor, tgt_out: Tensor) -> Tensor:
     return F.cross_entropy(logits.flatten(0, 1), tgt_out.flatten(), ignore_index=PAD)
 
 
-@torch.no_grad()
 def sequence_log_prob(model: Seq2Seq, src: Tensor, src_len: Tensor, tgt_out: Tensor) -> Tensor:
     """log p(y | x) summed over each target (B, T) up to and including its <eos> (padding after it ignored)."""
-    tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], SOS), tgt_out[:, :-1]], dim=1)  # (B, T)
-    with eval_mode(model):
-        logp = F.log_softmax(model(src, src_len, tgt_in), dim=-1)  # (B, T, V)
-    tok = logp.gather(-1, tgt_out[..., None])[..., 0]  # (B, T)
-    return (tok * (tgt_out != PAD)).sum(dim=1)  # (B,)
+    with torch.no_grad():
+        tgt_in = torch.cat([torch.full_like(tgt_out[:, :1], SOS), tgt_out[:, :-1]], dim=1)  # (B, T)
+        with eval_mode(model):
+            logp = F.log_softmax(model(src, src_len, tgt_in), dim=-1)  # (B, T, V)
+        tok = logp.gather(-1, tgt_out[..., None])[..., 0]  # (B, T)
+        return (tok * (tgt_out != PAD)).sum(dim=1)  # (B,)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -559,15 +559,15 @@ def _check_decode_args(max_len: int) -> None:
         raise ValueError(f"max_len must be a positive int, got {max_len!r}")
 
 
-@torch.no_grad()
 def greedy_decode(model: Seq2Seq, src: Tensor, src_len: Tensor, max_len: int = 16,
                   return_attn: bool = False) -> Decoded:
     """Batched greedy decoding: at each step feed back the most likely token, until every row has <eos>."""
-    _check_decode_args(max_len)
-    device = _device(model)
-    src, src_len = src.to(device), src_len.to(device)
-    with eval_mode(model):
-        return _greedy(model, src, src_len, max_len, return_attn)
+    with torch.no_grad():
+        _check_decode_args(max_len)
+        device = _device(model)
+        src, src_len = src.to(device), src_len.to(device)
+        with eval_mode(model):
+            return _greedy(model, src, src_len, max_len, return_attn)
 
 
 def _greedy(model: Seq2Seq, src: Tensor, src_len: Tensor, max_len: int, return_attn: bool) -> Decoded:
@@ -601,7 +601,6 @@ class Candidate:
     finished: bool  # ended with <eos> (False only if max_len was reached first)
 
 
-@torch.no_grad()
 def beam_search(model: Seq2Seq, src: Sequence[int] | Tensor, beam_width: int = 4, max_len: int = 16,
                 alpha: float = 0.0) -> list[Candidate]:
     """Beam search for one source (ids, (S,)): the best `beam_width` candidates, best first.
@@ -615,22 +614,23 @@ def beam_search(model: Seq2Seq, src: Sequence[int] | Tensor, beam_width: int = 4
     favours longer outputs (length normalisation; Wu et al. 2016 use a smoothed variant).
     With beam_width=1 this is exactly greedy decoding.
     """
-    _check_decode_args(max_len)
-    if not isinstance(beam_width, int) or beam_width < 1:
-        raise ValueError(f"beam_width must be a positive int, got {beam_width!r}")
-    if alpha < 0:
-        raise ValueError(f"alpha must be ≥ 0, got {alpha}")
-    device = _device(model)
-    src = torch.as_tensor(src, dtype=torch.long, device=device)
-    if src.dim() == 2 and src.shape[0] == 1:
-        src = src[0]
-    if src.dim() != 1:
-        raise ValueError(f"beam_search decodes one source of shape (S,), got {tuple(src.shape)}; "
-                         "loop over a batch, or use greedy_decode for batches")
-    if src.numel() == 0:
-        raise ValueError("sequence length 0: the source is empty")
-    with eval_mode(model):
-        return _beam(model, src, beam_width, max_len, alpha)
+    with torch.no_grad():
+        _check_decode_args(max_len)
+        if not isinstance(beam_width, int) or beam_width < 1:
+            raise ValueError(f"beam_width must be a positive int, got {beam_width!r}")
+        if alpha < 0:
+            raise ValueError(f"alpha must be ≥ 0, got {alpha}")
+        device = _device(model)
+        src = torch.as_tensor(src, dtype=torch.long, device=device)
+        if src.dim() == 2 and src.shape[0] == 1:
+            src = src[0]
+        if src.dim() != 1:
+            raise ValueError(f"beam_search decodes one source of shape (S,), got {tuple(src.shape)}; "
+                             "loop over a batch, or use greedy_decode for batches")
+        if src.numel() == 0:
+            raise ValueError("sequence length 0: the source is empty")
+        with eval_mode(model):
+            return _beam(model, src, beam_width, max_len, alpha)
 
 
 def _beam(model: Seq2Seq, src: Tensor, beam_width: int, max_len: int, alpha: float) -> list[Candidate]:
@@ -679,18 +679,18 @@ def _beam(model: Seq2Seq, src: Tensor, beam_width: int, max_len: int, alpha: flo
     return sorted(finished, key=lambda c: c.score, reverse=True)[:beam_width]
 
 
-@torch.no_grad()
 def translate(model: Seq2Seq, texts: Sequence[str], src_vocab: Seq2SeqVocab, tgt_vocab: Seq2SeqVocab,
               max_len: int = 16, batch_size: int = 512, unknown: str = "error") -> list[str]:
     """Greedy-decode a list of texts in batches; returns the output strings."""
-    if isinstance(texts, str):
-        raise TypeError("translate takes a list of strings; wrap a single text as [text]")
-    out: list[str] = []
-    for s in range(0, len(texts), batch_size):
-        src, src_len = encode_sources(texts[s:s + batch_size], src_vocab, unknown=unknown)
-        tokens = greedy_decode(model, src, src_len, max_len).tokens
-        out += [tgt_vocab.decode(row) for row in tokens]
-    return out
+    with torch.no_grad():
+        if isinstance(texts, str):
+            raise TypeError("translate takes a list of strings; wrap a single text as [text]")
+        out: list[str] = []
+        for s in range(0, len(texts), batch_size):
+            src, src_len = encode_sources(texts[s:s + batch_size], src_vocab, unknown=unknown)
+            tokens = greedy_decode(model, src, src_len, max_len).tokens
+            out += [tgt_vocab.decode(row) for row in tokens]
+        return out
 
 
 def exact_match(predictions: Sequence[str], targets: Sequence[str]) -> float:

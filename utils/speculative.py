@@ -230,7 +230,6 @@ def _check_inputs(target: GPT, draft: GPT, idx: Tensor, max_new_tokens: int, tem
     return idx
 
 
-@torch.no_grad()
 def speculative_generate(target: GPT, draft: GPT, idx: Tensor, max_new_tokens: int, k: int = 4,
                          temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                          greedy: bool = False, generator: torch.Generator | None = None
@@ -261,6 +260,7 @@ def speculative_generate(target: GPT, draft: GPT, idx: Tensor, max_new_tokens: i
     t_cache: KVCache | None = None  # the target's keys and values of out[:, :P_t]
     d_cache: KVCache | None = None  # the draft's, of out[:, :P_d]
     with ExitStack() as stack:
+        stack.enter_context(torch.no_grad())
         stack.enter_context(eval_mode(target))
         stack.enter_context(eval_mode(draft))
         while stats.new_tokens < max_new_tokens:

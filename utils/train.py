@@ -260,37 +260,37 @@ def _check_loss(loss: Any, step: int) -> None:
                          "was it computed under torch.no_grad(), detached, or are all parameters frozen?")
 
 
-@torch.no_grad()
 def estimate_loss(model: nn.Module, batches: Iterable[Batch] | Callable[[int], Batch], loss_fn: LossFn,
                   max_batches: int | None = None, device: str | torch.device | None = None) -> float:
     """The mean of `loss_fn` over `batches` (at most `max_batches`), in eval mode and without gradients
     (nanoGPT's `estimate_loss`). The model's train/eval mode is restored afterwards."""
-    if max_batches is not None and (not isinstance(max_batches, int) or max_batches <= 0):
-        raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
-    if max_batches is None and _is_endless(batches):
-        raise ValueError("these validation batches come from a function or an iterator that may never end; "
-                         "set max_batches (TrainConfig.eval_batches) to say how many to average")
-    if callable(batches) and not isinstance(batches, Iterable):
-        get_batch = batches
-        batches = (get_batch(i) for i in range(max_batches))
-    device = _model_device(model, device)
-    was_training = model.training
-    model.eval()
-    try:
-        total, count = 0.0, 0
-        for batch in batches:
-            if max_batches is not None and count >= max_batches:
-                break
-            loss = loss_fn(model, to_device(batch, device))
-            if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
-                raise ValueError("loss_fn must return a scalar (0-d) tensor; reduce it with .mean()")
-            total += loss.item()
-            count += 1
-    finally:
-        model.train(was_training)
-    if count == 0:
-        raise ValueError("the validation batches yielded no batches; check the validation set is not empty")
-    return total / count
+    with torch.no_grad():
+        if max_batches is not None and (not isinstance(max_batches, int) or max_batches <= 0):
+            raise ValueError(f"max_batches must be a positive int or None, got {max_batches!r}")
+        if max_batches is None and _is_endless(batches):
+            raise ValueError("these validation batches come from a function or an iterator that may never end; "
+                             "set max_batches (TrainConfig.eval_batches) to say how many to average")
+        if callable(batches) and not isinstance(batches, Iterable):
+            get_batch = batches
+            batches = (get_batch(i) for i in range(max_batches))
+        device = _model_device(model, device)
+        was_training = model.training
+        model.eval()
+        try:
+            total, count = 0.0, 0
+            for batch in batches:
+                if max_batches is not None and count >= max_batches:
+                    break
+                loss = loss_fn(model, to_device(batch, device))
+                if not isinstance(loss, torch.Tensor) or loss.ndim != 0:
+                    raise ValueError("loss_fn must return a scalar (0-d) tensor; reduce it with .mean()")
+                total += loss.item()
+                count += 1
+        finally:
+            model.train(was_training)
+        if count == 0:
+            raise ValueError("the validation batches yielded no batches; check the validation set is not empty")
+        return total / count
 
 
 def _evaluate(model: nn.Module, evaluate: Evaluate | None, val: Callable[[], float] | None) -> dict[str, float]:

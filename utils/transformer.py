@@ -542,15 +542,15 @@ class TransformerSeq2Seq(Seq2Seq):
             raise TypeError(f"TransformerSeq2Seq takes a TransformerConfig, got {type(config).__name__}")
         super().__init__(config, encoder=TransformerEncoder(config), decoder=TransformerDecoder(config))
 
-    @torch.no_grad()
     def attention_maps(self, src: Tensor, src_len: Tensor, tgt_in: Tensor) -> dict[str, Tensor]:
         """Every attention map of one teacher-forced pass, in eval mode (dropout off), without gradients:
         {"encoder self-attention": (B, L, H, S, S), "decoder self-attention": (B, L, H, T, T),
          "cross-attention": (B, L, H, T, S)}. The source is checked by `encode` (which runs the encoder
         once more; these maps are for figures, not for speed)."""
-        with eval_mode(self):
-            self.encode(src, src_len)  # the source checks of Seq2Seq.encode
-            memory, enc_attn = self.encoder(src, src_len, return_attn=True)  # (B, L, H, S, S)
-            _, dec_attn, cross_attn = self.decoder.forward_all(tgt_in, memory, return_attn=True)
-        return {"encoder self-attention": enc_attn, "decoder self-attention": dec_attn,
-                "cross-attention": cross_attn}
+        with torch.no_grad():
+            with eval_mode(self):
+                self.encode(src, src_len)  # the source checks of Seq2Seq.encode
+                memory, enc_attn = self.encoder(src, src_len, return_attn=True)  # (B, L, H, S, S)
+                _, dec_attn, cross_attn = self.decoder.forward_all(tgt_in, memory, return_attn=True)
+            return {"encoder self-attention": enc_attn, "decoder self-attention": dec_attn,
+                    "cross-attention": cross_attn}

@@ -473,7 +473,6 @@ class VisionLanguageModel(nn.Module):
         logits, cache, _, _ = self._layers(x, visual, image_index, cache, True, False)
         return logits, cache
 
-    @torch.no_grad()
     def generate(self, images: Tensor | None, ids: Tensor, max_new_tokens: int, eos_id: int | None = None,
                  use_cache: bool = True, visual: Tensor | None = None) -> Tensor:
         """Greedy answers: images (B, 3, S, S) or (B, M, 3, S, S) (or their `visual` tokens), prompts ids (B, T0)
@@ -482,37 +481,38 @@ class VisionLanguageModel(nn.Module):
         per step through `forward_cached`; use_cache=False reruns the whole sequence: both give the same tokens.
         The image token (or marker) is never chosen: it marks where visual tokens go and cannot be an answer. The
         last new token is never fed back, so prompt + max_new_tokens may exceed block_size by one."""
-        if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
-            raise ValueError(f"generate: max_new_tokens must be an int ≥ 1, got {max_new_tokens!r}")
-        self._check_text(ids)
-        bs = self.language_model.config.block_size
-        if ids.shape[1] + max_new_tokens - 1 > bs:  # the model reads prompt + all new tokens but the last
-            raise ValueError(f"generate: a prompt of {ids.shape[1]} tokens (image tokens included) plus "
-                             f"{max_new_tokens} new ones does not fit the context window block_size={bs}; shorten "
-                             "the question or ask for fewer tokens")
-        with eval_mode(self):
-            visual = self._visual(images, visual, ids.shape[0])  # (B, M, N, C)
-            self._check_markers(ids, *visual.shape[1:3])
-            logits, cache = self.forward_cached(ids, visual) if use_cache else (self(None, ids, visual=visual), None)
-            out = ids
-            done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)  # (B,)
-            image_id = self.config.image_token_id
-            for step in range(max_new_tokens):
-                last = logits[:, -1]  # (B, V)
-                if image_id is not None:  # an early checkpoint may rank the image token first
-                    last = last.index_fill(-1, torch.tensor([image_id], device=last.device), float("-inf"))
-                nxt = last.argmax(dim=-1, keepdim=True)  # (B, 1)
-                if eos_id is not None:
-                    nxt = nxt.masked_fill(done[:, None], eos_id)
-                    done |= nxt[:, 0] == eos_id
-                out = torch.cat([out, nxt], dim=1)  # (B, T0 + step + 1)
-                if step == max_new_tokens - 1 or bool(done.all()):
-                    break
-                if use_cache:
-                    logits, cache = self.forward_cached(nxt, visual, cache)  # (B, 1, V)
-                else:
-                    logits = self(None, out, visual=visual)  # (B, T, V)
-        return out[:, ids.shape[1]:]
+        with torch.no_grad():
+            if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+                raise ValueError(f"generate: max_new_tokens must be an int ≥ 1, got {max_new_tokens!r}")
+            self._check_text(ids)
+            bs = self.language_model.config.block_size
+            if ids.shape[1] + max_new_tokens - 1 > bs:  # the model reads prompt + all new tokens but the last
+                raise ValueError(f"generate: a prompt of {ids.shape[1]} tokens (image tokens included) plus "
+                                 f"{max_new_tokens} new ones does not fit the context window block_size={bs}; shorten "
+                                 "the question or ask for fewer tokens")
+            with eval_mode(self):
+                visual = self._visual(images, visual, ids.shape[0])  # (B, M, N, C)
+                self._check_markers(ids, *visual.shape[1:3])
+                logits, cache = self.forward_cached(ids, visual) if use_cache else (self(None, ids, visual=visual), None)
+                out = ids
+                done = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)  # (B,)
+                image_id = self.config.image_token_id
+                for step in range(max_new_tokens):
+                    last = logits[:, -1]  # (B, V)
+                    if image_id is not None:  # an early checkpoint may rank the image token first
+                        last = last.index_fill(-1, torch.tensor([image_id], device=last.device), float("-inf"))
+                    nxt = last.argmax(dim=-1, keepdim=True)  # (B, 1)
+                    if eos_id is not None:
+                        nxt = nxt.masked_fill(done[:, None], eos_id)
+                        done |= nxt[:, 0] == eos_id
+                    out = torch.cat([out, nxt], dim=1)  # (B, T0 + step + 1)
+                    if step == max_new_tokens - 1 or bool(done.all()):
+                        break
+                    if use_cache:
+                        logits, cache = self.forward_cached(nxt, visual, cache)  # (B, 1, V)
+                    else:
+                        logits = self(None, out, visual=visual)  # (B, T, V)
+            return out[:, ids.shape[1]:]
 
     def num_params(self, trainable: bool = False) -> int:
         """Parameters (each tied tensor counted once); `trainable`: only those that get a gradient."""
@@ -589,7 +589,6 @@ def count_parameters(model: VisionLanguageModel) -> dict[str, tuple[int, int]]:
 # ----------------------------------------------------------------------------------------------
 # Where the answer looked: the explorer's maps
 
-@torch.no_grad()
 def answer_attention(model: VisionLanguageModel, images: Tensor, ids: Tensor, answer_start: int
                      ) -> tuple[Tensor, Tensor]:
     """Where each answer token looked on the image, layer by layer: images (1, 3, S, S) and ids (1, T), the prompt
@@ -604,31 +603,32 @@ def answer_attention(model: VisionLanguageModel, images: Tensor, ids: Tensor, an
         (Flamingo's tanh gating, Alayrac et al. 2022, figure 4), the same for every token.
     One image per text, "default" visual tokens (one per patch).
     """
-    if not isinstance(model, VisionLanguageModel):
-        raise TypeError(f"answer_attention: expected a VisionLanguageModel, got {type(model).__name__}")
-    c, G = model.config, model.vision_tower.config.grid_size
-    if c.vision_feature_select_strategy != "default":
-        raise ValueError(f"answer_attention: the maps need one visual token per patch (strategy 'default'), this "
-                         f"model uses {c.vision_feature_select_strategy!r}")
-    if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or not isinstance(images, Tensor) or \
-            images.dim() != 4 or images.shape[0] != 1:
-        raise ValueError("answer_attention: give one text ids (1, T) and its image (1, 3, S, S), got "
-                         f"{tuple(getattr(ids, 'shape', ()))} and {tuple(getattr(images, 'shape', ()))}")
-    T = ids.shape[1]
-    if not isinstance(answer_start, int) or not 1 <= answer_start <= T:
-        raise ValueError(f"answer_attention: answer_start must be an int in [1, {T}] (the answer's first position, "
-                         f"T if there is no answer), got {answer_start!r}")
-    n = max(1, T - answer_start)
-    positions = torch.arange(answer_start - 1, answer_start - 1 + n, device=ids.device)  # (n,)
-    with eval_mode(model):
-        _, maps = model(images, ids, return_attn=True)
-    if c.fusion == "prefix":
-        image_positions = (ids[0] == c.image_token_id).nonzero().flatten()  # (N,)
-        rows = maps["self"][0].mean(dim=1)[:, positions]  # (L, n, T)
-        on_image = rows[..., image_positions]  # (L, n, N)
-        share = on_image.sum(dim=-1)  # (L, n)
-    else:
-        on_image = maps["cross"][0].mean(dim=1)[:, positions]  # (L, n, N)
-        gates = torch.stack([layer.attn_gate for layer in model.cross_attn]).tanh().abs()  # (L,)
-        share = gates[:, None].expand(-1, n).to(on_image.dtype)  # (L, n)
-    return on_image.unflatten(-1, (G, G)), share  # (L, n, G, G), (L, n)
+    with torch.no_grad():
+        if not isinstance(model, VisionLanguageModel):
+            raise TypeError(f"answer_attention: expected a VisionLanguageModel, got {type(model).__name__}")
+        c, G = model.config, model.vision_tower.config.grid_size
+        if c.vision_feature_select_strategy != "default":
+            raise ValueError(f"answer_attention: the maps need one visual token per patch (strategy 'default'), this "
+                             f"model uses {c.vision_feature_select_strategy!r}")
+        if not isinstance(ids, Tensor) or ids.dim() != 2 or ids.shape[0] != 1 or not isinstance(images, Tensor) or \
+                images.dim() != 4 or images.shape[0] != 1:
+            raise ValueError("answer_attention: give one text ids (1, T) and its image (1, 3, S, S), got "
+                             f"{tuple(getattr(ids, 'shape', ()))} and {tuple(getattr(images, 'shape', ()))}")
+        T = ids.shape[1]
+        if not isinstance(answer_start, int) or not 1 <= answer_start <= T:
+            raise ValueError(f"answer_attention: answer_start must be an int in [1, {T}] (the answer's first position, "
+                             f"T if there is no answer), got {answer_start!r}")
+        n = max(1, T - answer_start)
+        positions = torch.arange(answer_start - 1, answer_start - 1 + n, device=ids.device)  # (n,)
+        with eval_mode(model):
+            _, maps = model(images, ids, return_attn=True)
+        if c.fusion == "prefix":
+            image_positions = (ids[0] == c.image_token_id).nonzero().flatten()  # (N,)
+            rows = maps["self"][0].mean(dim=1)[:, positions]  # (L, n, T)
+            on_image = rows[..., image_positions]  # (L, n, N)
+            share = on_image.sum(dim=-1)  # (L, n)
+        else:
+            on_image = maps["cross"][0].mean(dim=1)[:, positions]  # (L, n, N)
+            gates = torch.stack([layer.attn_gate for layer in model.cross_attn]).tanh().abs()  # (L,)
+            share = gates[:, None].expand(-1, n).to(on_image.dtype)  # (L, n)
+        return on_image.unflatten(-1, (G, G)), share  # (L, n, G, G), (L, n)

@@ -133,28 +133,28 @@ class VectorQuantizer(nn.Module):
         return VQOutput(z_q, codes, codebook_loss + self.beta * commitment_loss, codebook_loss, commitment_loss,
                         perplexity, (counts > 0).to(z_e.dtype).mean())
 
-    @torch.no_grad()
     def restart_dead_codes_(self, z_e: Tensor, threshold: float | None = None,
                             generator: torch.Generator | None = None) -> int:
         """Move every code whose `usage` share is below `threshold` (default 1 / (10 K): a tenth of a fair
         share) onto a random encoder output among z_e (B, D, G, G) (drawn without replacement while there
         are enough), and reset its share to 1 / K. Returns the number of codes restarted."""
-        self._check_z(z_e, "restart_dead_codes_")
-        K = self.codebook_size
-        threshold = 0.1 / K if threshold is None else threshold
-        if not 0.0 <= threshold <= 1.0:
-            raise ValueError(f"restart_dead_codes_: threshold is a share of the assignments in [0, 1], got {threshold}")
-        dead = torch.nonzero(self.usage < threshold).flatten()  # (n,)
-        n = len(dead)
-        if n == 0:
-            return 0
-        vectors = rearrange(z_e, "b d h w -> (b h w) d")  # (B·N, D)
-        M = len(vectors)
-        pick = (torch.randperm(M, generator=generator)[:n] if M >= n else
-                torch.randint(M, (n,), generator=generator)).to(vectors.device)  # (n,)
-        self.embedding.weight[dead.to(vectors.device)] = vectors[pick].to(self.embedding.weight.dtype)
-        self.usage[dead] = 1.0 / K
-        return n
+        with torch.no_grad():
+            self._check_z(z_e, "restart_dead_codes_")
+            K = self.codebook_size
+            threshold = 0.1 / K if threshold is None else threshold
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"restart_dead_codes_: threshold is a share of the assignments in [0, 1], got {threshold}")
+            dead = torch.nonzero(self.usage < threshold).flatten()  # (n,)
+            n = len(dead)
+            if n == 0:
+                return 0
+            vectors = rearrange(z_e, "b d h w -> (b h w) d")  # (B·N, D)
+            M = len(vectors)
+            pick = (torch.randperm(M, generator=generator)[:n] if M >= n else
+                    torch.randint(M, (n,), generator=generator)).to(vectors.device)  # (n,)
+            self.embedding.weight[dead.to(vectors.device)] = vectors[pick].to(self.embedding.weight.dtype)
+            self.usage[dead] = 1.0 / K
+            return n
 
 
 # ----------------------------------------------------------------------------------------------
@@ -340,7 +340,6 @@ def drop_captions(text_ids: Tensor, null_ids: Tensor, p: float, generator: torch
     return torch.where(drop.to(text_ids.device)[:, None], null_ids.to(text_ids)[None], text_ids)  # (B, T_c)
 
 
-@torch.no_grad()
 def sample_image_codes(model: GPT, text_ids: Tensor, n_codes: int, text_vocab: int, codebook_size: int,
                        temperature: float = 1.0, top_k: int | None = None, guidance_scale: float = 1.0,
                        null_ids: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
@@ -351,44 +350,45 @@ def sample_image_codes(model: GPT, text_ids: Tensor, n_codes: int, text_vocab: i
     guidance_scale s ≠ 1: classifier-free guidance on the logits, logits_u + s (logits_c - logits_u), where
     logits_u continue the null caption `null_ids` (T_c,) with the same codes (the model must have been
     trained with `drop_captions`). s = 1 is the plain conditional model."""
-    if not isinstance(model, GPT):
-        raise TypeError(f"sample_image_codes: model must be a GPT, got {type(model).__name__}")
-    _check_pos_int("sample_image_codes", n_codes=n_codes, text_vocab=text_vocab, codebook_size=codebook_size)
-    _check_ids(text_ids, "sample_image_codes", "text_ids", text_vocab)
-    V = model.config.vocab_size
-    if text_vocab + codebook_size > V:
-        raise ValueError(f"sample_image_codes: V_text + K = {text_vocab + codebook_size} tokens do not fit the "
-                         f"model's vocab_size={V}")
-    if text_ids.shape[1] + n_codes - 1 > model.config.block_size:
-        raise ValueError(f"sample_image_codes: T_c + n_codes - 1 = {text_ids.shape[1] + n_codes - 1} positions do "
-                         f"not fit the context window block_size={model.config.block_size}")
-    if not temperature > 0:
-        raise ValueError(f"sample_image_codes: temperature must be > 0, got {temperature}")
-    if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k <= codebook_size):
-        raise ValueError(f"sample_image_codes: top_k must be an int in [1, K={codebook_size}] or None, got {top_k!r}")
-    guided = guidance_scale != 1.0
-    B = len(text_ids)
-    if guided:
-        if null_ids is None or not isinstance(null_ids, Tensor) or null_ids.shape != (text_ids.shape[1],):
-            raise ValueError(f"sample_image_codes: guidance_scale={guidance_scale} needs null_ids, the null caption "
-                             f"(T_c={text_ids.shape[1]},) the model was trained with (drop_captions)")
-        _check_ids(null_ids[None], "sample_image_codes", "null_ids", text_vocab)
-        text_ids = torch.cat([text_ids, null_ids.to(text_ids)[None].expand(B, -1)])  # (2B, T_c): cond, then null
-    with eval_mode(model):
-        logits, cache = model.forward_cached(text_ids)  # (B', T_c, V)
-        codes = []
-        for i in range(n_codes):
-            last = logits[:, -1, text_vocab:text_vocab + codebook_size].float()  # (B', K) image tokens only
-            if guided:
-                last = last[B:] + guidance_scale * (last[:B] - last[B:])  # (B, K)
-            last = top_k_top_p_filter(last / temperature, top_k=top_k)
-            probs = last.softmax(dim=-1)  # (B, K)
-            nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)  # (B, 1)
-            codes.append(nxt)
-            if i + 1 < n_codes:
-                step = nxt.repeat(2, 1) if guided else nxt  # (B', 1)
-                logits, cache = model.forward_cached(step + text_vocab, cache)  # (B', 1, V)
-    return torch.cat(codes, dim=1)  # (B, n_codes)
+    with torch.no_grad():
+        if not isinstance(model, GPT):
+            raise TypeError(f"sample_image_codes: model must be a GPT, got {type(model).__name__}")
+        _check_pos_int("sample_image_codes", n_codes=n_codes, text_vocab=text_vocab, codebook_size=codebook_size)
+        _check_ids(text_ids, "sample_image_codes", "text_ids", text_vocab)
+        V = model.config.vocab_size
+        if text_vocab + codebook_size > V:
+            raise ValueError(f"sample_image_codes: V_text + K = {text_vocab + codebook_size} tokens do not fit the "
+                             f"model's vocab_size={V}")
+        if text_ids.shape[1] + n_codes - 1 > model.config.block_size:
+            raise ValueError(f"sample_image_codes: T_c + n_codes - 1 = {text_ids.shape[1] + n_codes - 1} positions do "
+                             f"not fit the context window block_size={model.config.block_size}")
+        if not temperature > 0:
+            raise ValueError(f"sample_image_codes: temperature must be > 0, got {temperature}")
+        if top_k is not None and (not isinstance(top_k, int) or not 1 <= top_k <= codebook_size):
+            raise ValueError(f"sample_image_codes: top_k must be an int in [1, K={codebook_size}] or None, got {top_k!r}")
+        guided = guidance_scale != 1.0
+        B = len(text_ids)
+        if guided:
+            if null_ids is None or not isinstance(null_ids, Tensor) or null_ids.shape != (text_ids.shape[1],):
+                raise ValueError(f"sample_image_codes: guidance_scale={guidance_scale} needs null_ids, the null caption "
+                                 f"(T_c={text_ids.shape[1]},) the model was trained with (drop_captions)")
+            _check_ids(null_ids[None], "sample_image_codes", "null_ids", text_vocab)
+            text_ids = torch.cat([text_ids, null_ids.to(text_ids)[None].expand(B, -1)])  # (2B, T_c): cond, then null
+        with eval_mode(model):
+            logits, cache = model.forward_cached(text_ids)  # (B', T_c, V)
+            codes = []
+            for i in range(n_codes):
+                last = logits[:, -1, text_vocab:text_vocab + codebook_size].float()  # (B', K) image tokens only
+                if guided:
+                    last = last[B:] + guidance_scale * (last[:B] - last[B:])  # (B, K)
+                last = top_k_top_p_filter(last / temperature, top_k=top_k)
+                probs = last.softmax(dim=-1)  # (B, K)
+                nxt = torch.multinomial(probs.cpu(), 1, generator=generator).to(probs.device)  # (B, 1)
+                codes.append(nxt)
+                if i + 1 < n_codes:
+                    step = nxt.repeat(2, 1) if guided else nxt  # (B', 1)
+                    logits, cache = model.forward_cached(step + text_vocab, cache)  # (B', 1, V)
+        return torch.cat(codes, dim=1)  # (B, n_codes)
 
 
 def best_of_k(candidates: Tensor, scores: Tensor) -> tuple[Tensor, Tensor]:
