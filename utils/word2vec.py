@@ -173,6 +173,7 @@ class Word2Vec(nn.Module):
         per_example = -F.logsigmoid(s[:, 0]) - F.logsigmoid(-s[:, 1:]).sum(1)  # (B,)
         return per_example.mean() if reduction == "mean" else per_example.sum()
 
+    @torch.no_grad()
     def sgd_step(self, inputs: torch.Tensor, targets: torch.Tensor, negatives: torch.Tensor,
                  lr: float, mask: torch.Tensor | None = None, with_loss: bool = True) -> torch.Tensor | None:
         """One SGD step on the *summed* loss of the batch, by hand: only the touched rows change.
@@ -181,42 +182,41 @@ class Word2Vec(nn.Module):
         no autograd graph and no dense (V, D) gradient. Returns the summed loss before the step
         (or None with `with_loss=False`, which saves a little time).
         """
-        with torch.no_grad():
-            _check_batch(inputs, targets, negatives, mask, self.in_embed.num_embeddings)
-            return self._sgd_update(inputs, torch.cat([targets.unsqueeze(1), negatives], 1), lr, mask, with_loss)
+        _check_batch(inputs, targets, negatives, mask, self.in_embed.num_embeddings)
+        return self._sgd_update(inputs, torch.cat([targets.unsqueeze(1), negatives], 1), lr, mask, with_loss)
 
+    @torch.no_grad()
     def _sgd_update(self, inputs: torch.Tensor, out_ids: torch.Tensor, lr: float,
                     mask: torch.Tensor | None, with_loss: bool) -> torch.Tensor | None:
         """`sgd_step` without the input checks; `out_ids` (B, 1+K) holds the target, then the negatives."""
-        with torch.no_grad():
-            return _update_tables(self.in_embed.weight, self.out_embed.weight, inputs, out_ids, lr, mask, with_loss)
+        return _update_tables(self.in_embed.weight, self.out_embed.weight, inputs, out_ids, lr, mask, with_loss)
 
 
+@torch.no_grad()
 def _update_tables(W: torch.Tensor, U: torch.Tensor, inputs: torch.Tensor, out_ids: torch.Tensor,
                    lr: float | torch.Tensor, mask: torch.Tensor | None, with_loss: bool) -> torch.Tensor | None:
     """The SGD step of `Word2Vec.sgd_step` on the tables W (inputs) and U (outputs), in place."""
-    with torch.no_grad():
-        (B, K1), D = out_ids.shape, W.shape[1]
-        out_ids = out_ids.reshape(-1)  # (B*(1+K),)
-        if inputs.dim() == 1:
-            h = W.index_select(0, inputs)  # (B, D)
-        else:  # CBOW: the mean of the real context words
-            m = mask.unsqueeze(-1).to(W.dtype)  # (B, 2W, 1)
-            h = (W.index_select(0, inputs.reshape(-1)).view(*inputs.shape, D) * m).sum(1) / m.sum(1).clamp(min=1)
-        u = U.index_select(0, out_ids).view(B, K1, D)  # (B, 1+K, D)
-        s = (u * h.unsqueeze(1)).sum(2)  # (B, 1+K)
-        loss = -(F.logsigmoid(s[:, 0]).sum() + F.logsigmoid(-s[:, 1:]).sum()) if with_loss else None
-        g = torch.sigmoid(s).neg_()  # (B, 1+K): label - sigmoid(s), the label being 1 for column 0
-        g[:, 0] += 1
-        g.mul_(lr)  # -lr * dLoss/ds
-        dh = (g.unsqueeze(2) * u).sum(1)  # (B, D)
-        U.index_add_(0, out_ids, (g.unsqueeze(2) * h.unsqueeze(1)).view(-1, D))
-        if inputs.dim() == 1:
-            W.index_add_(0, inputs, dh)
-        else:  # CBOW: h is a mean, so each real context word gets dh / (number of context words); padding gets 0
-            share = (dh / m.sum(1).clamp(min=1)).unsqueeze(1) * m  # (B, 2W, D)
-            W.index_add_(0, inputs.reshape(-1), share.view(-1, D))
-        return loss
+    (B, K1), D = out_ids.shape, W.shape[1]
+    out_ids = out_ids.reshape(-1)  # (B*(1+K),)
+    if inputs.dim() == 1:
+        h = W.index_select(0, inputs)  # (B, D)
+    else:  # CBOW: the mean of the real context words
+        m = mask.unsqueeze(-1).to(W.dtype)  # (B, 2W, 1)
+        h = (W.index_select(0, inputs.reshape(-1)).view(*inputs.shape, D) * m).sum(1) / m.sum(1).clamp(min=1)
+    u = U.index_select(0, out_ids).view(B, K1, D)  # (B, 1+K, D)
+    s = (u * h.unsqueeze(1)).sum(2)  # (B, 1+K)
+    loss = -(F.logsigmoid(s[:, 0]).sum() + F.logsigmoid(-s[:, 1:]).sum()) if with_loss else None
+    g = torch.sigmoid(s).neg_()  # (B, 1+K): label - sigmoid(s), the label being 1 for column 0
+    g[:, 0] += 1
+    g.mul_(lr)  # -lr * dLoss/ds
+    dh = (g.unsqueeze(2) * u).sum(1)  # (B, D)
+    U.index_add_(0, out_ids, (g.unsqueeze(2) * h.unsqueeze(1)).view(-1, D))
+    if inputs.dim() == 1:
+        W.index_add_(0, inputs, dh)
+    else:  # CBOW: h is a mean, so each real context word gets dh / (number of context words); padding gets 0
+        share = (dh / m.sum(1).clamp(min=1)).unsqueeze(1) * m  # (B, 2W, D)
+        W.index_add_(0, inputs.reshape(-1), share.view(-1, D))
+    return loss
 
 
 _compiled: dict[str, object] = {}
