@@ -72,14 +72,14 @@ def magnitude_mask(w: Tensor, amount: float) -> Tensor:
     return mask.view_as(w)
 
 
-@torch.no_grad()
 def prune_unstructured_(model: GPT, amount: float) -> GPT:
     """Zero the smallest `amount` of |w| in each Linear weight of the blocks (in place); returns the model."""
-    _check_sparsity(amount)
-    for name, w in compressible_weights(model).items():
-        if name.startswith("transformer.h."):
-            w.mul_(magnitude_mask(w, amount))
-    return model
+    with torch.no_grad():
+        _check_sparsity(amount)
+        for name, w in compressible_weights(model).items():
+            if name.startswith("transformer.h."):
+                w.mul_(magnitude_mask(w, amount))
+        return model
 
 
 def sparsity(model: GPT) -> float:
@@ -88,89 +88,89 @@ def sparsity(model: GPT) -> float:
     return sum(int((w == 0).sum()) for w in ws) / sum(w.numel() for w in ws)
 
 
-@torch.no_grad()
 def mlp_neuron_scores(model: GPT, batches: Iterable[Tensor]) -> list[Tensor]:
     """Importance of every MLP neuron, one (F,) tensor per block: mean |h_i| ||c_proj.weight[:, i]||,
     the average size of what neuron i writes into the residual stream, over the token ids `batches`."""
-    blocks = list(model.transformer.h)
-    sums = [torch.zeros(b.mlp.c_fc.out_features, device=b.mlp.c_fc.weight.device) for b in blocks]  # (F,) each
-    count = [0]
+    with torch.no_grad():
+        blocks = list(model.transformer.h)
+        sums = [torch.zeros(b.mlp.c_fc.out_features, device=b.mlp.c_fc.weight.device) for b in blocks]  # (F,) each
+        count = [0]
 
-    def hook_for(k: int, act: Callable[[Tensor], Tensor]):
-        def hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> None:  # output c_fc(x) (B, T, F)
-            sums[k] += act(output).abs().flatten(0, -2).sum(0)  # (F,)
-        return hook
+        def hook_for(k: int, act: Callable[[Tensor], Tensor]):
+            def hook(module: nn.Module, inputs: tuple[Tensor], output: Tensor) -> None:  # output c_fc(x) (B, T, F)
+                sums[k] += act(output).abs().flatten(0, -2).sum(0)  # (F,)
+            return hook
 
-    hooks = [b.mlp.c_fc.register_forward_hook(hook_for(k, ACTIVATIONS[b.mlp.activation]))
-             for k, b in enumerate(blocks)]
-    was = model.training
-    model.eval()
-    try:
-        for idx in batches:
-            model(idx)
-            count[0] += idx.numel()
-    finally:
-        for h in hooks:
-            h.remove()
-        model.train(was)
-    if not count[0]:
-        raise ValueError("mlp_neuron_scores: batches is empty")
-    return [s / count[0] * b.mlp.c_proj.weight.norm(dim=0) for s, b in zip(sums, blocks)]
+        hooks = [b.mlp.c_fc.register_forward_hook(hook_for(k, ACTIVATIONS[b.mlp.activation]))
+                 for k, b in enumerate(blocks)]
+        was = model.training
+        model.eval()
+        try:
+            for idx in batches:
+                model(idx)
+                count[0] += idx.numel()
+        finally:
+            for h in hooks:
+                h.remove()
+            model.train(was)
+        if not count[0]:
+            raise ValueError("mlp_neuron_scores: batches is empty")
+        return [s / count[0] * b.mlp.c_proj.weight.norm(dim=0) for s, b in zip(sums, blocks)]
 
 
-@torch.no_grad()
 def prune_mlp_neurons_(model: GPT, scores: list[Tensor], amount: float) -> GPT:
     """Remove the `amount` least important MLP neurons of every block (in place): c_fc loses those rows
     (and biases), c_proj those columns, so every MLP matrix becomes (1 - amount) as large. Returns the model."""
-    _check_sparsity(amount)
-    blocks = list(model.transformer.h)
-    if len(scores) != len(blocks):
-        raise ValueError(f"prune_mlp_neurons_: need one score tensor per block ({len(blocks)}), got {len(scores)}")
-    for b, s in zip(blocks, scores):
-        fc, proj = b.mlp.c_fc, b.mlp.c_proj
-        if s.shape != (fc.out_features,):
-            raise ValueError(f"prune_mlp_neurons_: a block has {fc.out_features} neurons but its scores have shape "
-                             f"{tuple(s.shape)}")
-        n_keep = fc.out_features - round(amount * fc.out_features)
-        keep = torch.sort(torch.topk(s, n_keep).indices).values  # (F',) kept neurons, in their order
-        new_fc = nn.Linear(fc.in_features, n_keep, bias=fc.bias is not None).to(fc.weight)
-        new_proj = nn.Linear(n_keep, proj.out_features, bias=proj.bias is not None).to(proj.weight)
-        new_fc.weight.copy_(fc.weight[keep])  # (F', C)
-        if fc.bias is not None:
-            new_fc.bias.copy_(fc.bias[keep])
-        new_proj.weight.copy_(proj.weight[:, keep])  # (C, F')
-        if proj.bias is not None:
-            new_proj.bias.copy_(proj.bias)
-        b.mlp.c_fc, b.mlp.c_proj = new_fc, new_proj
-    return model
+    with torch.no_grad():
+        _check_sparsity(amount)
+        blocks = list(model.transformer.h)
+        if len(scores) != len(blocks):
+            raise ValueError(f"prune_mlp_neurons_: need one score tensor per block ({len(blocks)}), got {len(scores)}")
+        for b, s in zip(blocks, scores):
+            fc, proj = b.mlp.c_fc, b.mlp.c_proj
+            if s.shape != (fc.out_features,):
+                raise ValueError(f"prune_mlp_neurons_: a block has {fc.out_features} neurons but its scores have shape "
+                                 f"{tuple(s.shape)}")
+            n_keep = fc.out_features - round(amount * fc.out_features)
+            keep = torch.sort(torch.topk(s, n_keep).indices).values  # (F',) kept neurons, in their order
+            new_fc = nn.Linear(fc.in_features, n_keep, bias=fc.bias is not None).to(fc.weight)
+            new_proj = nn.Linear(n_keep, proj.out_features, bias=proj.bias is not None).to(proj.weight)
+            new_fc.weight.copy_(fc.weight[keep])  # (F', C)
+            if fc.bias is not None:
+                new_fc.bias.copy_(fc.bias[keep])
+            new_proj.weight.copy_(proj.weight[:, keep])  # (C, F')
+            if proj.bias is not None:
+                new_proj.bias.copy_(proj.bias)
+            b.mlp.c_fc, b.mlp.c_proj = new_fc, new_proj
+        return model
 
 
-@torch.no_grad()
 def head_ablation_scores(model: GPT, batches: list[tuple[Tensor, Tensor]]) -> Tensor:
     """(L, H): the loss increase on `batches` ((inputs, targets) pairs) when one head is masked out (its
     slice of out_proj's input columns set to zero), each head on its own (Michel et al. 2019, section 3)."""
-    def loss() -> float:
-        return sum(float(model(x, y)[1]) for x, y in batches) / len(batches)
+    with torch.no_grad():
+        def loss() -> float:
+            return sum(float(model(x, y)[1]) for x, y in batches) / len(batches)
 
-    was = model.training
-    model.eval()
-    try:
-        base = loss()
-        L, H = model.config.n_layer, model.config.n_head
-        D = model.config.n_embd // H
-        out = torch.zeros(L, H)
-        for l, block in enumerate(model.transformer.h):
-            w = block.attn.out_proj.weight
-            for h in range(H):
-                saved = w[:, h * D:(h + 1) * D].clone()
-                w[:, h * D:(h + 1) * D] = 0
-                try:
-                    out[l, h] = loss() - base
-                finally:  # the head comes back even if the loss raises
-                    w[:, h * D:(h + 1) * D] = saved
-    finally:
-        model.train(was)
-    return out
+        was = model.training
+        model.eval()
+        try:
+            base = loss()
+            L, H = model.config.n_layer, model.config.n_head
+            D = model.config.n_embd // H
+            out = torch.zeros(L, H)
+            for l, block in enumerate(model.transformer.h):
+                w = block.attn.out_proj.weight
+                for h in range(H):
+                    saved = w[:, h * D:(h + 1) * D].clone()
+                    w[:, h * D:(h + 1) * D] = 0
+                    try:
+                        out[l, h] = loss() - base
+                    finally:  # the head comes back even if the loss raises
+                        w[:, h * D:(h + 1) * D] = saved
+        finally:
+            model.train(was)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------
@@ -236,11 +236,10 @@ def train_student(config: GPTConfig, recipe: Recipe, train_ids: Tensor, val_batc
 
     config_t = TrainConfig(max_steps=steps, grad_clip=recipe.grad_clip, eval_every=max(1, steps // 4),
                            log_every=max(1, steps // 16), progress=False)
-    history = train(model, lambda step: tuple(t.to(device) for t in
-                                              random_lm_batch(train_ids, recipe.batch_size, recipe.block_size,
-                                                              generator=gen)),
-                    loss_fn, optimizer, config_t, scheduler=scheduler,
-                    val_batches=[(x.to(device), y.to(device)) for x, y in val_batches])
+    # train moves every batch, val_batches too, to the model's device
+    history = train(model, lambda step: random_lm_batch(train_ids, recipe.batch_size, recipe.block_size,
+                                                        generator=gen),
+                    loss_fn, optimizer, config_t, scheduler=scheduler, val_batches=val_batches)
     return model, history
 
 
@@ -248,7 +247,9 @@ def train_student(config: GPTConfig, recipe: Recipe, train_ids: Tensor, val_batc
 # Linear attention
 
 def elu_feature_map(x: Tensor) -> Tensor:
-    """phi(x) = elu(x) + 1 > 0 (Katharopoulos et al. 2020, eq. (7))."""
+    """phi(x) = elu(x) + 1 (Katharopoulos et al. 2020, eq. (7)): positive, except that exp underflows to an
+    exact 0 for x ≤ -17 in float32 (x ≤ -37 in float64), where only the attention's eps keeps the
+    denominator away from 0."""
     return F.elu(x) + 1
 
 
@@ -314,7 +315,7 @@ def linear_attention_gpt(config: GPTConfig) -> GPT:
     model = GPT(config)
     for block in model.transformer.h:
         old = block.attn
-        new = LinearAttention(old.embed_dim, old.num_heads, old.dropout, old.bias).to(old.in_proj.weight)
+        new = LinearAttention(old.embed_dim, old.num_heads, old.dropout, old.bias)  # GPT's default dtype and device
         new.load_state_dict(old.state_dict())
         block.attn = new
     return model
@@ -370,16 +371,15 @@ class GroupedQueryAttention(MultiHeadAttention):
             raise TypeError(f"from_mha converts a MultiHeadAttention, got {type(attn).__name__}")
         new = cls(attn.embed_dim, attn.num_heads, num_kv_heads, attn.dropout, attn.bias)
         new = new.to(device=attn.in_proj.weight.device, dtype=attn.in_proj.weight.dtype)
-        C, H, D = attn.embed_dim, attn.num_heads, attn.head_dim
+        C, D = attn.embed_dim, attn.head_dim
 
-        def pool(t: Tensor) -> Tensor:  # (H D, ...) → (H_kv D, ...): mean over the heads of each group
-            return rearrange(t, "(g r d) ... -> g r d ...", g=num_kv_heads, r=H // num_kv_heads, d=D
-                             ).mean(1).flatten(0, 1)
+        def pool(t: Tensor) -> Tensor:  # (H D, ...) → (H_kv D, ...): mean over the r = H / H_kv heads of each group
+            return rearrange(t, "(g r d) ... -> g r d ...", g=num_kv_heads, d=D).mean(1).flatten(0, 1)
 
         with torch.no_grad():
             params = [("weight", attn.in_proj.weight)] + ([("bias", attn.in_proj.bias)] if attn.bias else [])
             for name, p in params:
-                q, k, v = p.split(C, dim=0)  # 3 × (C, ...)
+                q, k, v = p.split(C)  # 3 × (C, ...)
                 getattr(new.in_proj, name).copy_(torch.cat([q, pool(k), pool(v)]))  # (C + 2 H_kv D, ...)
             new.out_proj.load_state_dict(attn.out_proj.state_dict())
         return new
@@ -404,7 +404,8 @@ class GroupedQueryAttention(MultiHeadAttention):
                   and past_kv[0].dim() == 4 and past_kv[0].shape == past_kv[1].shape
                   and tuple(past_kv[0].shape[:2]) == (B, Hkv) and past_kv[0].shape[3] == D)
             if not ok:
-                got = [tuple(t.shape) for t in past_kv] if isinstance(past_kv, (tuple, list)) else type(past_kv).__name__
+                got = ([tuple(t.shape) if isinstance(t, Tensor) else type(t).__name__ for t in past_kv]
+                       if isinstance(past_kv, (tuple, list)) else type(past_kv).__name__)
                 raise ValueError(f"GroupedQueryAttention: past_kv must be (keys, values), each (B, H_kv, P, D) = "
                                  f"({B}, {Hkv}, P, {D}), got {got}")
             P = past_kv[0].shape[2]
