@@ -15,6 +15,23 @@ from utils.checkpoints import CHAR_GPT, load_char_gpt, sha256_file, train_char_g
 pytestmark = pytest.mark.skipif(not CHAR_GPT.path.is_file(), reason="the checkpoint is not in this checkout")
 
 
+def _threads_seen(owner, name, run):
+    """run() with owner.<name> wrapped to record the thread count each call of it runs under:
+    (run's result, the counts)."""
+    real, seen = getattr(owner, name), []
+
+    def spy(*a, **k):
+        seen.append(torch.get_num_threads())
+        return real(*a, **k)
+
+    patch = pytest.MonkeyPatch()
+    patch.setattr(owner, name, spy)
+    try:
+        return run(), seen
+    finally:
+        patch.undo()
+
+
 def test_checkpoint_loads_with_its_hash_and_is_chapter_7s_model():
     assert sha256_file(CHAR_GPT.path) == CHAR_GPT.sha256
     model, chars = load_char_gpt()
@@ -88,22 +105,11 @@ def test_train_char_gpt_trains_the_spec_saves_its_metadata_and_restores_threads(
     from utils.data import tiny_shakespeare
     from utils.gpt import train_gpt
     before = torch.get_num_threads()
-    seen = []
     spec = PretrainedSpec(path=tmp_path / "default.safetensors", sha256="", recipe=TINY, seed=3,
                           threads=before + 1)
     import utils.checkpoints as ck
-    real = ck.train_gpt
-
-    def spy(*a, **k):  # the thread count the training runs under
-        seen.append(torch.get_num_threads())
-        return real(*a, **k)
-
-    ck_train = pytest.MonkeyPatch()
-    ck_train.setattr(ck, "train_gpt", spy)
-    try:
-        model, history, path = train_char_gpt(spec, tmp_path / "asked.safetensors")
-    finally:
-        ck_train.undo()
+    (model, history, path), seen = _threads_seen(ck, "train_gpt",
+                                                 lambda: train_char_gpt(spec, tmp_path / "asked.safetensors"))
     assert seen == [before + 1] and torch.get_num_threads() == before
     assert path == tmp_path / "asked.safetensors" and path.is_file() and not spec.path.exists()
     assert history.steps == 2
@@ -292,18 +298,7 @@ def tiny_clip_run(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("clip")
     before = torch.get_num_threads()
     spec = _tiny_clip_spec(tmp / "default.safetensors", threads=before + 1)
-    real, seen = ut.train, []
-
-    def spy(*a, **k):
-        seen.append(torch.get_num_threads())
-        return real(*a, **k)
-
-    patch = pytest.MonkeyPatch()
-    patch.setattr(ut, "train", spy)
-    try:
-        model, history, path = train_shapes_clip(spec, tmp / "asked.safetensors")
-    finally:
-        patch.undo()
+    (model, history, path), seen = _threads_seen(ut, "train", lambda: train_shapes_clip(spec, tmp / "asked.safetensors"))
     return types.SimpleNamespace(spec=spec, model=model, history=history, path=path, asked=tmp / "asked.safetensors",
                                  seen=seen, before=before, after=torch.get_num_threads())
 
