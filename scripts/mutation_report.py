@@ -28,11 +28,16 @@ TARGET, TARGET_ALL = 0.90, 0.95
 
 # mutant name → (hash of its function when judged, why the mutant changes no behaviour)
 EQUIVALENT: dict[str, tuple[str, str]] = {  # judged on the run at 60afb5b
+    'utils.checkpoints.x_load_char_gpt__mutmut_14': ('8574b2dc0c75', "'CPU' to 'cpu' in the retraining hint of an error message: wording only"),
+    'utils.checkpoints.x_load_shapes_clip__mutmut_14': ('a4558d000baf', "'CPU' to 'cpu' in the retraining hint of an error message: wording only"),
+    'utils.checkpoints.x__shapes_clip_batches__mutmut_5': ('6810724989ee', "captioned_shapes's seed defaults to 0: the same call"),
+    'utils.checkpoints.x__shapes_clip_batches__mutmut_13': ('6810724989ee', "ids are cut after the longest caption's end-of-text token (19 tokens at most): the padding length never shows"),
+    'utils.checkpoints.x__shapes_clip_batches__mutmut_15': ('6810724989ee', "ids are cut after the longest caption's end-of-text token (19 tokens at most): the padding length never shows"),
+    'utils.checkpoints.x__shapes_clip_batches__mutmut_16': ('6810724989ee', "ids are cut after the longest caption's end-of-text token (19 tokens at most): the padding length never shows"),
+    'utils.speculative.x_verify_greedy__mutmut_15': ('5cab7ed5627d', 'target_logits is checked to be 2-D just above: axis 1 is the last axis'),
+    'utils.speculative.x__probs__mutmut_25': ('ce8909597c88', 'applied to logits.reshape(-1, V), which is 2-D: axis 1 is the last axis'),
+    'utils.speculative.x_compare_speed__mutmut_35': ('f299fd1b9685', 'the value sync() returns is never used'),
     'utils.checkpoints.x_char_data__mutmut_6': ('4df57462dd70', "train_val_split's default fraction is 0.9: the same call"),
-    'utils.checkpoints.x_load_char_gpt__mutmut_8': ('58c7a0ca607d', "'CPU' to 'cpu' in the hint of an error message: wording only"),
-    'utils.checkpoints.x_sha256_file__mutmut_4': ('433c881e0b6a', 'safe_open reads onto the CPU by default: device None is the same device'),
-    'utils.checkpoints.x_sha256_file__mutmut_7': ('433c881e0b6a', 'safe_open reads onto the CPU by default: the omitted device is the same device'),
-    'utils.checkpoints.x_sha256_file__mutmut_22': ('433c881e0b6a', "an empty tensor's bytes are b'' either way: the condition only skipped a no-op"),
     'utils.data.x__candidates__mutmut_4': ('dee5baa60e4a', 'paths is the empty list just before: += and = build the same list'),
     'utils.data.x_tiny_shakespeare__mutmut_8': ('4f7cc95273a2', "'UTF-8' and 'utf-8' name the same codec"),
     'utils.runtime.x_pick_device__mutmut_26': ('a52bc8272d63', "torch.backends has mps in every torch the book supports (>= 2.1): getattr's default is never used"),
