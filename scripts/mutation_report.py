@@ -81,6 +81,21 @@ EQUIVALENT: dict[str, tuple[str, str]] = {  # judged on the run at 60afb5b
     'utils.diffusion.xǁDenoiserǁ__init____mutmut_68': ('0515bb87ca6c', "EncoderLayer's norm_first defaults to True: the same layer"),
     'utils.diffusion.xǁDenoiserǁforward__mutmut_29': ('ba0eac9981c7', 'einops axis names are any identifiers: upper case names the same permutation'),
     'utils.diffusion.xǁDenoiserǁforward__mutmut_57': ('ba0eac9981c7', "a dropped caption's tokens after the first are padding (keep = first): masked keys, never read, whatever their value"),
+    # judged on the run at 17cb0bf
+    'utils.compress.x_causal_linear_attention__mutmut_20': ('51da2017fc27', '_check_qkv makes k 4-D: axis +2 is axis -2'),
+    'utils.compress.xǁLinearAttentionǁforward__mutmut_54': ('17def18e9e25', 'k is (B, H, T, D), 4-D: axis +2 is axis -2'),
+    'utils.compress.x_distillation_loss__mutmut_33': ('745dd90b7f10', 'applied to a reshape(-1, V), which is 2-D: axis +1 is the last axis'),
+    'utils.compress.x_distillation_loss__mutmut_48': ('745dd90b7f10', 'applied to a reshape(-1, V), which is 2-D: axis +1 is the last axis'),
+    'utils.compress.x_linear_attention_recurrent__mutmut_21': ('df20d2a4f4d2', "the first step's S + k v^T broadcasts a (H, D, Dv) zero state to (B, H, D, Dv): the same sums (T = 0 fails in torch.stack either way)"),
+    'utils.compress.x_linear_attention_recurrent__mutmut_31': ('df20d2a4f4d2', "the first step's z + k broadcasts a (H, D) zero state to (B, H, D): the same sums (T = 0 fails in torch.stack either way)"),
+    'utils.compress.x_linear_attention_recurrent__mutmut_43': ('df20d2a4f4d2', 'the product is (B, H, 1, Dv), 4-D: axis +2 is axis -2'),
+    'utils.compress.x_train_student__mutmut_65': ('f011c897debd', 'train reads progress only as disable=not progress: None and False both print nothing'),
+    'utils.compress.xǁGroupedQueryAttentionǁforward__mutmut_41': ('acfe7307ea0e', 'the same and-chain requires past_kv[0].shape == past_kv[1].shape: equal shapes have equal dims'),
+    'utils.compress.xǁGroupedQueryAttentionǁforward__mutmut_48': ('acfe7307ea0e', 'checked after past_kv[0].shape == past_kv[1].shape in the same and-chain: either tensor gives the same shape'),
+    'utils.compress.xǁGroupedQueryAttentionǁforward__mutmut_51': ('acfe7307ea0e', 'checked after past_kv[0].shape == past_kv[1].shape in the same and-chain: either tensor gives the same shape'),
+    'utils.compress.xǁGroupedQueryAttentionǁforward__mutmut_64': ('acfe7307ea0e', 'past_kv was just checked to hold two tensors of one shape: either gives the same P'),
+    'utils.compress.xǁGroupedQueryAttentionǁforward__mutmut_193': ('acfe7307ea0e', 'einops axis names are any identifiers: upper case names the same permutation'),
+    'utils.compress.xǁLinearAttentionǁforward__mutmut_73': ('17def18e9e25', 'einops axis names are any identifiers: upper case names the same permutation'),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -121,6 +121,80 @@ def test_head_ablation_scores_see_a_dead_head():
     assert torch.equal(model.transformer.h[1].attn.out_proj.weight[:, 8:], torch.zeros(16, 8))  # restored
 
 
+def _mlp_scores_by_hand(model, batches):
+    """mean over every token of |h_i| (h = c_proj's input, the activations) times ||c_proj.weight[:, i]||."""
+    seen = {k: [] for k in range(len(model.transformer.h))}
+    hooks = [b.mlp.c_proj.register_forward_pre_hook(lambda m, inp, k=k: seen[k].append(inp[0].reshape(-1, inp[0].shape[-1])))
+             for k, b in enumerate(model.transformer.h)]
+    with torch.no_grad():
+        for x in batches:
+            model(x)
+    for h in hooks:
+        h.remove()
+    return [torch.cat(seen[k]).abs().mean(0) * b.mlp.c_proj.weight.norm(dim=0) for k, b in enumerate(model.transformer.h)]
+
+
+def test_mlp_neuron_scores_average_over_every_token_of_every_batch():
+    model = tiny_gpt().to(torch.float64).train()
+    batches = [torch.randint(11, (2, 5)), torch.randint(11, (3, 7))]  # 10 and 21 tokens: a mean over 31
+    got = mlp_neuron_scores(model, batches)
+    assert model.training  # its mode comes back
+    model.eval()
+    want = _mlp_scores_by_hand(model, batches)
+    for g, w_ in zip(got, want):
+        torch.testing.assert_close(g.double(), w_, rtol=1e-5, atol=0)
+
+
+def test_mlp_neuron_scores_are_made_on_the_model_device(monkeypatch):
+    # on the meta device (shapes, no data) a sum started on the CPU cannot take the model's activations
+    monkeypatch.setattr(GPT, "_check_ids", lambda self, idx: None)  # the id range check reads values
+    model = tiny_gpt().to("meta")
+    scores = mlp_neuron_scores(model, [torch.randint(11, (2, 5)).to("meta")])
+    assert [(s.device.type, tuple(s.shape)) for s in scores] == [("meta", (64,)), ("meta", (64,))]
+
+
+@pytest.mark.parametrize("bias", [True, False])
+def test_pruned_mlp_computes_what_the_kept_neurons_computed_in_the_model_dtype(bias):
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(vocab_size=11, block_size=16, n_layer=2, n_head=2, n_embd=16, bias=bias)).double().eval()
+    scramble_(model, 1)
+    x = torch.randint(11, (3, 16))
+    scores = [torch.randperm(64).double() for _ in range(2)]  # any order: the 16 lowest go
+    reference = copy.deepcopy(model)  # the dropped neurons silenced instead of removed
+    with torch.no_grad():
+        for b, s in zip(reference.transformer.h, scores):
+            b.mlp.c_proj.weight[:, s.argsort()[:16]] = 0
+    pruned = prune_mlp_neurons_(copy.deepcopy(model), scores, 0.25)
+    for b in pruned.transformer.h:
+        for layer in (b.mlp.c_fc, b.mlp.c_proj):
+            assert layer.weight.dtype == torch.float64
+            assert (layer.bias is not None) == bias and (layer.bias is None or layer.bias.dtype == torch.float64)
+    torch.testing.assert_close(pruned(x), reference(x), rtol=1e-12, atol=1e-12)
+
+
+def test_head_ablation_scores_equal_the_loss_increase_written_out():
+    model = tiny_gpt()
+    scramble_(model, 1)
+    batches = [(torch.randint(11, (2, 16)), torch.randint(11, (2, 16))), (torch.randint(11, (1, 9)), torch.randint(11, (1, 9)))]
+
+    def mean_loss(m):
+        with torch.no_grad():
+            return sum(float(m(x, y)[1]) for x, y in batches) / 2
+
+    base = mean_loss(model)
+    want = torch.zeros(2, 2)
+    for l in range(2):
+        for h in range(2):
+            ablated = copy.deepcopy(model)
+            with torch.no_grad():
+                ablated.transformer.h[l].attn.out_proj.weight[:, 8 * h:8 * (h + 1)] = 0  # head h's 8 input columns
+            want[l, h] = mean_loss(ablated) - base
+    before = copy.deepcopy(model.state_dict())
+    got = head_ablation_scores(model, batches)
+    torch.testing.assert_close(got, want, rtol=1e-5, atol=1e-6)
+    assert all(torch.equal(v, model.state_dict()[k]) for k, v in before.items())  # every head is back
+
+
 # ------------------------------------------------------------------------------------------ distillation
 
 def test_distillation_loss_equals_the_formula():
@@ -770,6 +844,7 @@ def test_gqa_past_kv_must_be_keys_and_values_of_the_kv_heads():
         (good, "Tensor"),
         (3, "int"),
         ((good, None), "[(1, 2, 4, 6), 'NoneType']"),  # a hole in the pair is named, not an AttributeError
+        ((3, good), "['int', (1, 2, 4, 6)]"),
     ]
     for past_kv, got in bad:
         with pytest.raises(ValueError, match=r"^GroupedQueryAttention: past_kv must be \(keys, values\), each "
