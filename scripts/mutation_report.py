@@ -96,6 +96,11 @@ EQUIVALENT: dict[str, tuple[str, str]] = {  # judged on the run at 60afb5b
     'utils.compress.xǁGroupedQueryAttentionǁforward__mutmut_64': ('acfe7307ea0e', 'past_kv was just checked to hold two tensors of one shape: either gives the same P'),
     'utils.compress.xǁGroupedQueryAttentionǁforward__mutmut_193': ('acfe7307ea0e', 'einops axis names are any identifiers: upper case names the same permutation'),
     'utils.compress.xǁLinearAttentionǁforward__mutmut_73': ('17def18e9e25', 'einops axis names are any identifiers: upper case names the same permutation'),
+    'utils.speculative.x_speculative_generate__mutmut_53': ('662485a4dc25', 'keys and values are cached for the same positions, (1, H, P, D) each: either gives P'),
+    'utils.speculative.x_speculative_generate__mutmut_61': ('662485a4dc25', 'keys and values are cached for the same positions, (1, H, P, D) each: either gives P'),
+    'utils.speculative.x_speculative_generate__mutmut_76': ('662485a4dc25', 'z is 1-D (V,): the argmax over all entries, kept as (1,), is the argmax over its one axis'),
+    'utils.speculative.x_speculative_generate__mutmut_78': ('662485a4dc25', 'z is 1-D (V,): the argmax over all entries, kept as (1,), is the argmax over its one axis'),
+    'utils.speculative.x_speculative_generate__mutmut_141': ('662485a4dc25', 'z = logits[0, -(kk + 1):] is 2-D: axis +1 is the last axis'),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

@@ -588,3 +588,80 @@ def test_no_forward_pass_records_a_graph(monkeypatch):
     speculative_generate(target, draft, PROMPT, 12, 3, greedy=True)
     assert len(seen) > 3 and not any(seen)
     assert torch.is_grad_enabled()  # and autograd is on again after
+
+
+def test_defaults_are_four_proposals_at_temperature_one():
+    draft = DRAFTS["noisy copy"]
+
+    def run(**kwargs):
+        return speculative_generate(TARGET, draft, PROMPT, 30, generator=torch.Generator().manual_seed(3), **kwargs)
+    out, stats = run()
+    same, same_stats = run(k=4, temperature=1.0)
+    assert stats.k == 4 and torch.equal(out, same) and stats == same_stats
+    assert not torch.equal(run(temperature=2.0)[0], out)  # the seed is one where the temperature shows
+
+
+@pytest.mark.parametrize("nucleus", [dict(top_k=1), dict(top_p=1e-6)])
+def test_the_draft_proposes_from_the_same_filtered_distribution(nucleus):
+    # the target as its own draft: with the same filter on both sides q = p, so nothing is rejected; a filter that
+    # keeps one token makes both one-hot, and the result is the greedy continuation
+    out, stats = speculative_generate(TARGET, TARGET, PROMPT, 20, 4, temperature=1.0,
+                                      generator=torch.Generator().manual_seed(0), **nucleus)
+    assert stats.acceptance_rate == 1.0 and stats.rounds == 4
+    assert torch.equal(out, generate(TARGET, PROMPT, 20, greedy=True))
+
+
+@pytest.mark.parametrize("k", [1, 3])
+def test_each_cache_holds_exactly_the_kept_tokens_but_the_last(monkeypatch, k):
+    """Every round the draft feeds only what its cache lacks, then one token per proposal, and the target
+    feeds the last kept token and the proposals: after each round both caches are cut back to the kept
+    tokens but the last (the draft's may hold one fewer: it never fed its last proposal)."""
+    target, draft = scrambled_gpt(0), noisy_copy(TARGET, 5, 0.1)  # a draft that is right some of the time
+    events = []
+    for name, model in (("draft", draft), ("target", target)):
+        real = model.forward_cached
+
+        def spy(idx, cache=None, _real=real, _name=name):
+            events.append((_name, idx.shape[1], 0 if cache is None else cache[0][0].shape[2]))
+            return _real(idx, cache)
+        monkeypatch.setattr(model, "forward_cached", spy)
+    real_verify = S.verify_greedy
+
+    def verify(prop, z):
+        n, new = real_verify(prop, z)
+        events.append(("verify", n, len(prop)))
+        return n, new
+    monkeypatch.setattr(S, "verify_greedy", verify)
+    out, stats = speculative_generate(target, draft, PROMPT, 30, k, greedy=True)
+
+    N, t_len, d_len = len(PROMPT), 0, 0  # tokens kept, positions in each cache
+    fully = partly = 0
+    rounds, current = [], []
+    for e in events:
+        current.append(e)
+        if e[0] == "verify":
+            rounds.append(current)
+            current = []
+    assert not current and len(rounds) == stats.rounds
+    for r in rounds:
+        drafts, (_, fed_t, P_t), (_, n, kk) = r[:-2], r[-2], r[-1]
+        assert [e[0] for e in drafts] == ["draft"] * kk
+        if drafts:
+            assert drafts[0][2] == d_len and drafts[0][1] == N - d_len  # reads all it has not read
+            assert [(fed, P) for _, fed, P in drafts[1:]] == [(1, N + i) for i in range(kk - 1)]  # one each
+            d_len = N + kk - 1  # it never feeds its last proposal
+        assert (P_t, fed_t) == (t_len, N + kk - t_len)  # the target reads what its cache lacks and the proposals
+        N += n + 1
+        t_len, d_len = N - 1, min(d_len, N - 1)  # both cut back to the kept tokens but the last
+        fully += n == kk and kk > 0
+        partly += n < kk
+    assert fully and partly  # both kinds of round happened
+    assert torch.equal(out, generate(target, PROMPT, 30, greedy=True))
+
+
+def test_one_layer_models_as_target_and_draft():
+    """A one-layer draft is the usual case (and a one-layer target works too): the cache of a single layer."""
+    one_layer = scrambled_gpt(2, n_layer=1)
+    for target, draft in ((TARGET, one_layer), (one_layer, TARGET)):
+        out, stats = speculative_generate(target, draft, PROMPT, 20, 3, greedy=True)
+        assert stats.rounds > 1 and torch.equal(out, generate(target, PROMPT, 20, greedy=True))
