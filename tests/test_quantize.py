@@ -10,9 +10,10 @@ import pytest
 import torch
 from torch import nn
 from torch.ao.quantization.observer import MinMaxObserver, PerChannelMinMaxObserver
+from torch.nn.utils import parametrize
 
-from utils.quantize import (SUPPORTED_BITS, Int8Linear, WeightFakeQuant, activation_qparams, block_linears,
-                            compressible_weights, fake_quantize_, fake_quantize_ste, gptq_quantize,
+from utils.quantize import (SUPPORTED_BITS, InputStats, Int8Linear, Quantized, WeightFakeQuant, activation_qparams,
+                            block_linears, compressible_weights, fake_quantize_, fake_quantize_ste, gptq_quantize,
                             gptq_quantize_model_, input_hessian, int8_linears_, integer_linear, observe_inputs,
                             pack_int4, qat_finalize_, qat_prepare_, quantize, quantize_activation, quantize_per_token,
                             quantized_nbytes, requantize, unpack_int4)
@@ -349,10 +350,10 @@ def test_int8_linears_replace_the_gpt_blocks_and_stay_close():
 
 # ------------------------------------------------------------------------------------------ GPTQ
 
-def _obs_reference(w, H, bits, group=None, symmetric=True, damp=0.01):
+def _obs_reference(w, H, bits, group=None, symmetric=True, damp=0.01, per_tensor=False):
     """GPTQ as the paper's eq. (2)-(3) state it, with none of its tricks: quantize column q, then update the
     columns F still free by -e / [H_F^-1]_qq · (H_F^-1)_{:, q}, with H_F^-1 recomputed by a matrix inverse
-    of the free columns' Hessian every step (no Cholesky, no lazy blocks)."""
+    of the free columns' Hessian every step (no Cholesky, no lazy blocks). per_tensor: one grid for all of w."""
     O, I = w.shape
     W, H = w.double().clone(), H.double().clone()
     H += damp * torch.diagonal(H).mean() * torch.eye(I, dtype=torch.float64)
@@ -364,7 +365,7 @@ def _obs_reference(w, H, bits, group=None, symmetric=True, damp=0.01):
         zero = torch.zeros_like(scale) if symmetric else torch.round(-lo / scale).clamp(qmin, qmax)
         return scale, zero
 
-    scale, zero = grid(W)
+    scale, zero = grid(W.reshape(1, -1) if per_tensor else W)  # (1,) or (O,)
     out = torch.zeros_like(W)
     for q in range(I):
         if group and q % group == 0:
@@ -522,3 +523,747 @@ def test_qat_prepare_trains_the_quantized_model_and_finalize_keeps_it():
     torch.testing.assert_close(qat(idx), expected(idx))
     only = qat_prepare_(copy.deepcopy(model), 4, blocks_only=True)
     torch.testing.assert_close(only(idx), fake_quantize_(copy.deepcopy(model), 4, blocks_only=True)(idx))
+
+
+# ------------------------------------------------------------------------------------------ edges, defaults, dtypes
+# Each test below pins one behaviour against a hand-computed value, a formula written out here, or torch: the
+# bounds of every check on both sides, every default argument, the dtypes promised, and ties and clipping.
+
+def _rtn_reference(w, bits, symmetric=True, k=None):
+    """Round-to-nearest written out: rows of k consecutive weights (k=None: a weight row; k=w.numel(): the
+    whole tensor) each get lo = min(min, 0), hi = max(max, 0), the scale and zero point of the docstring, and
+    the weights come back as scale (clamp(round(w / scale) + zero) - zero), in float32."""
+    x = w.detach().float().reshape(-1, k or w.shape[1])
+    lo, hi = x.amin(1, keepdim=True).clamp(max=0), x.amax(1, keepdim=True).clamp(min=0)
+    if symmetric:
+        qmin, qmax = -(2 ** (bits - 1) - 1), 2 ** (bits - 1) - 1
+        scale, zero = torch.maximum(-lo, hi) / qmax, torch.zeros_like(lo)
+    else:
+        qmin, qmax = 0, 2**bits - 1
+        scale = (hi - lo) / qmax
+        zero = torch.round(-lo / torch.where(scale > 0, scale, 1.0))
+    scale = torch.where(scale > 0, scale, 1.0)  # an all-zero row: any scale
+    return (scale * (torch.clamp(torch.round(x / scale) + zero, qmin, qmax) - zero)).reshape(w.shape)
+
+
+def test_quantize_hand_computed_grid_with_ties_and_both_ends():
+    # symmetric 3 bits: levels -3..3, scale max|w| / 3 = 1; 0.5 and 2.5 tie and go to the even level
+    w = torch.tensor([[3.0, 0.5, 2.5, -1.5, -3.0, 0.0]], dtype=torch.float64)
+    q = quantize(w, 3, "channel")
+    assert q.q.flatten().tolist() == [3, 0, 2, -2, -3, 0]
+    assert q.scale.flatten().tolist() == [1.0] and q.zero_point.flatten().tolist() == [0.0]
+    # affine 2 bits: levels 0..3 over [-1, 2]: scale 1, zero point round(1 / 1) = 1
+    qa = quantize(torch.tensor([[-1.0, 2.0, 0.5, 1.5]]), 2, "channel", symmetric=False)
+    assert qa.q.flatten().tolist() == [0, 3, 1, 3]  # 0.5 + 1 → 1 (tie to even 0, plus 1); 1.5 → 2 + 1
+    assert qa.scale.flatten().tolist() == [1.0] and qa.zero_point.flatten().tolist() == [1.0]
+    # an all-negative row is stretched up to 0: zero point at the top level
+    qn = quantize(torch.tensor([[-3.0, -1.0, -2.0]]), 2, "channel", symmetric=False)
+    assert qn.scale.flatten().tolist() == [1.0] and qn.zero_point.flatten().tolist() == [3.0]
+    assert qn.q.flatten().tolist() == [0, 2, 1]
+
+
+def test_quantize_defaults_are_8_bit_symmetric_per_channel(w):
+    q = quantize(w)
+    assert q.bits == 8 and q.q.dtype == torch.int8 and q.scale.shape == (48, 1, 1)
+    assert not bool(q.zero_point.any())
+    torch.testing.assert_close(q.dequantize(), _rtn_reference(w, 8), rtol=0, atol=0)
+    assert torch.equal(quantize(w, 4).q, quantize(w, 4, "channel", True).q)
+
+
+@pytest.mark.parametrize("bits", SUPPORTED_BITS)
+@pytest.mark.parametrize("symmetric", [True, False])
+@pytest.mark.parametrize("granularity,k", [("tensor", 48 * 96), ("channel", None), (16, 16), (1, 1), (96, 96)])
+def test_quantize_equals_the_formula_for_every_layout(w, bits, symmetric, granularity, k):
+    w = w + 0.05  # lopsided: affine zero points are not all 0
+    q = quantize(w, bits, granularity, symmetric)
+    torch.testing.assert_close(q.dequantize(), _rtn_reference(w, bits, symmetric, k), rtol=0, atol=0)
+    assert q.bits == bits and q.shape == w.shape
+    # storage: int8 (symmetric, or affine below 8 bits), uint8 for 8-bit affine (levels up to 255)
+    assert q.q.dtype == (torch.uint8 if bits == 8 and not symmetric else torch.int8)
+    groups = {"tensor": (1, 1, 48 * 96), "channel": (48, 1, 96)}.get(granularity, (48, 96 // (k or 1), k))
+    assert q.q.shape == groups and q.scale.shape == groups[:2] + (1,) and q.zero_point.shape == q.scale.shape
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_quantize_keeps_float32_scales_and_does_not_modify_w(w, dtype):
+    wd = w.to(dtype)
+    before = wd.clone()
+    q = quantize(wd, 4, 16)
+    assert torch.equal(wd, before)  # the weight itself is left alone
+    assert q.scale.dtype == torch.float32 and q.dequantize().dtype == torch.float32
+    torch.testing.assert_close(q.dequantize(), _rtn_reference(wd, 4, True, 16), rtol=0, atol=0)
+
+
+def test_all_zero_rows_get_scale_one_and_come_back_exact():
+    w = torch.zeros(2, 4)
+    w[1] = torch.tensor([0.0, 1.0, -2.0, 0.5])
+    for symmetric in (True, False):
+        q = quantize(w, 4, "channel", symmetric)
+        assert float(q.scale[0]) == 1.0 and float(q.zero_point[0]) == 0.0  # a range of width 0
+        assert bool((q.dequantize()[0] == 0).all())
+
+
+def test_dequantize_is_in_the_scales_dtype_and_reshapes():
+    q = torch.tensor([[[1, -2]], [[3, 0]]], dtype=torch.int8)  # (O=2, G=1, g=2)
+    scale = torch.tensor([[[0.5]], [[0.25]]], dtype=torch.float64)
+    zero = torch.tensor([[[1.0]], [[-1.0]]], dtype=torch.float64)
+    out = Quantized(q, scale, zero, 4, torch.Size([2, 2])).dequantize()
+    assert out.dtype == torch.float64 and out.shape == (2, 2)
+    assert out.tolist() == [[0.0, -1.5], [1.0, 0.25]]  # 0.5 (1 - 1), 0.5 (-2 - 1), 0.25 (3 + 1), 0.25 (0 + 1)
+
+
+def test_nbytes_rounds_up_the_packed_bits_and_counts_scale_bytes():
+    # 2 x 3 weights at 3 bits = 18 bits → 3 bytes; one symmetric scale (zero point 0 is not stored)
+    q = quantize(torch.tensor([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0]]), 3, "tensor")
+    assert q.nbytes() == 3 + 2 and q.nbytes(4) == 3 + 4 and q.nbytes(scale_bytes=1) == 3 + 1
+    qa = quantize(torch.tensor([[1.0, -2.0, 0.5], [0.25, 1.0, -1.0]]), 3, "channel", symmetric=False)
+    assert qa.nbytes() == 3 + 2 * 2 * 2  # two rows, a scale and a non-zero zero point each
+    # affine zero points that all happen to be 0 (every row ≥ 0) are not stored either
+    assert quantize(torch.tensor([[1.0, 2.0]]), 8, "channel", symmetric=False).nbytes() == 2 + 2
+
+
+@pytest.mark.parametrize("granularity", [1, 96, 32])
+def test_quantize_accepts_group_sizes_from_1_to_the_row_length(w, granularity):
+    q = quantize(w, 8, granularity)
+    assert q.scale.shape == (48, 96 // granularity, 1)
+
+
+@pytest.mark.parametrize("bad", [0, -4, True, False, 32.0, "row", "Channel", None])
+def test_quantize_rejects_every_other_granularity(w, bad):
+    with pytest.raises(ValueError, match="granularity must be"):
+        quantize(w, 4, bad)
+
+
+@pytest.mark.parametrize("bad", [[[1.0, 2.0]], torch.zeros(4), torch.zeros(2, 3, 4),
+                                 torch.zeros(2, 3, dtype=torch.int32),
+                                 torch.zeros(2, 3, dtype=torch.bool)])
+def test_quantize_rejects_anything_but_a_2d_float_tensor(bad):
+    with pytest.raises(ValueError, match="2-D float tensor"):
+        quantize(bad, 8)
+    with pytest.raises(ValueError, match="2-D float tensor"):
+        gptq_quantize(bad, torch.eye(3), 4)
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+def test_every_supported_bit_width_is_accepted(w, bits):
+    assert quantize(w, bits).bits == bits
+    assert WeightFakeQuant(bits).bits == bits
+    assert quantize_per_token(w, bits)[0].abs().max() == 2 ** (bits - 1) - 1
+
+
+@pytest.mark.parametrize("bad_bits", [1, 5, 6, 7, 9, 16])
+def test_every_entry_point_rejects_unsupported_bits(w, bad_bits):
+    for call in (lambda: WeightFakeQuant(bad_bits), lambda: activation_qparams(-1.0, 1.0, bad_bits),
+                 lambda: quantize_activation(w, 0.1, 0, bad_bits), lambda: quantize_per_token(w, bad_bits),
+                 lambda: gptq_quantize_model_(tiny_gpt(), [torch.zeros(1, 4, dtype=torch.long)], bad_bits)):
+        with pytest.raises(ValueError, match="bits must be one of"):
+            call()
+
+
+# ------------------------------------------------------------------------------------------ int4 packing
+
+def test_pack_int4_puts_the_low_nibble_first_in_twos_complement():
+    q = torch.tensor([[1, 2, -1, 0, 0, -8, 7, -2]], dtype=torch.int8)
+    packed = pack_int4(q)
+    assert packed.tolist() == [[0x21, 0x0F, 0x80, 0xE7]]  # (1, 2), (-1 → F, 0), (0, -8 → 8), (7, -2 → E)
+    assert unpack_int4(packed).tolist() == q.tolist()
+
+
+def test_unpack_int4_returns_int8():  # it returned int64 (lo - 16 * (lo > 7) promotes int8) until this test
+    assert unpack_int4(torch.tensor([0x21, 0xE7], dtype=torch.uint8)).dtype == torch.int8
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.int32, torch.int64])
+def test_pack_int4_takes_any_signed_integer_type_and_any_leading_shape(dtype):
+    q = torch.arange(-8, 8).reshape(2, 2, 4).to(dtype)  # both ends of the range
+    packed = pack_int4(q)
+    assert packed.dtype == torch.uint8 and packed.shape == (2, 2, 2)
+    out = unpack_int4(packed)
+    assert out.shape == (2, 2, 4) and out.dtype == torch.int8 and out.tolist() == q.tolist()
+    assert unpack_int4(pack_int4(torch.tensor([5, -3], dtype=dtype))).tolist() == [5, -3]  # 1-D
+
+
+@pytest.mark.parametrize("bad", [[-9, 0], [0, 8], [-100, 100]])
+def test_pack_int4_rejects_values_just_outside_minus_8_to_7(bad):
+    with pytest.raises(ValueError, match=r"values must be in \[-8, 7\]"):
+        pack_int4(torch.tensor(bad, dtype=torch.int16))
+
+
+@pytest.mark.parametrize("bad", [torch.zeros(2, 4, dtype=torch.uint8), torch.zeros(2, 4),
+                                 torch.zeros(2, 4, dtype=torch.bool),
+                                 torch.zeros(2, 3, dtype=torch.int8), torch.zeros(1, dtype=torch.int64)])
+def test_pack_int4_rejects_other_types_and_odd_lengths(bad):
+    with pytest.raises(ValueError, match="even last dimension"):
+        pack_int4(bad)
+
+
+@pytest.mark.parametrize("dtype", [torch.int8, torch.int16, torch.float32])
+def test_unpack_int4_needs_uint8(dtype):
+    with pytest.raises(ValueError, match="need a uint8 tensor"):
+        unpack_int4(torch.zeros(3, dtype=dtype))
+
+
+# ------------------------------------------------------------------------------------------ GPT weights, bytes
+
+def test_block_linears_and_compressible_weights_are_named_in_forward_order():
+    model = tiny_gpt()
+    names = [f"transformer.h.{i}.{n}" for i in range(2)
+             for n in ("attn.in_proj", "attn.out_proj", "mlp.c_fc", "mlp.c_proj")]
+    lins = block_linears(model)
+    assert list(lins) == names and all(lins[n] is model.get_submodule(n) for n in names)
+    weights = compressible_weights(model)
+    assert list(weights) == ["transformer.wte.weight", "transformer.wpe.weight"] + [f"{n}.weight" for n in names]
+    assert all(weights[n] is model.get_parameter(n) for n in weights)
+    for fn in (block_linears, compressible_weights, fake_quantize_, quantized_nbytes, qat_prepare_, qat_finalize_):
+        with pytest.raises(TypeError, match="expected a GPT"):
+            fn(nn.Linear(2, 2))
+
+
+@pytest.mark.parametrize("args,bits,symmetric,k", [((), 8, True, None), ((4, 8, False), 4, False, 8),
+                                                   ((3, "tensor"), 3, True, -1)])
+def test_fake_quantize_replaces_each_weight_by_the_formula(args, bits, symmetric, k):
+    model = tiny_gpt()
+    before = {n: p.detach().clone() for n, p in compressible_weights(model).items()}
+    assert fake_quantize_(model, *args) is model  # defaults: 8 bits, per channel, symmetric
+    for n, p in compressible_weights(model).items():
+        kk = before[n].numel() if k == -1 else k
+        torch.testing.assert_close(p.detach(), _rtn_reference(before[n], bits, symmetric, kk), rtol=0, atol=0, msg=n)
+
+
+def test_fake_quantize_blocks_only_leaves_the_embeddings_in_float():
+    model, ref = tiny_gpt(), tiny_gpt()
+    fake_quantize_(model, 4, blocks_only=True)
+    for n, p in compressible_weights(model).items():
+        p0 = ref.get_parameter(n)
+        expected = _rtn_reference(p0, 4) if n.startswith("transformer.h.") else p0
+        torch.testing.assert_close(p.detach(), expected.detach(), rtol=0, atol=0, msg=n)
+
+
+def test_quantized_nbytes_hand_counted_for_the_tiny_gpt():
+    """tiny_gpt: 6576 compressible weights in 315 rows (wte 11x16, wpe 16x16, per block 48x16, 16x16, 64x16,
+    16x64), and 7024 - 6576 = 448 other parameters (biases, LayerNorms) at 4 bytes = 1792."""
+    model = tiny_gpt()
+    assert quantized_nbytes(model) == 7024 * 4 and quantized_nbytes(model, float_bytes=2) == 7024 * 2
+    assert quantized_nbytes(model, 8) == 6576 + 315 * 2 + 1792  # defaults: per channel, symmetric, float32 rest
+    assert quantized_nbytes(model, 4) == 3288 + 315 * 2 + 1792 == quantized_nbytes(model, 4, "channel", True, 4)
+    assert quantized_nbytes(model, 4, symmetric=False) == 3288 + 315 * 2 * 2 + 1792  # zero points stored too
+    assert quantized_nbytes(model, 4, 8) == 3288 + 822 * 2 + 1792  # 822 groups of 8
+    assert quantized_nbytes(model, 4, "tensor") == 3288 + 10 * 2 + 1792  # one scale per matrix
+    assert quantized_nbytes(model, 3) == 2466 + 315 * 2 + 1792  # ceil(O I 3 / 8) per matrix
+    assert quantized_nbytes(model, 4, float_bytes=2) == 3288 + 315 * 2 + 448 * 2
+
+
+# ------------------------------------------------------------------------------------------ activations
+
+def test_outlier_ratio_is_largest_over_median_channel():
+    def ratio(values):
+        return InputStats(torch.tensor(0.0), torch.tensor(1.0), torch.tensor(values), 1).outlier_ratio()
+
+    assert ratio([1.0, 2.0, 10.0]) == pytest.approx(5.0)
+    assert ratio([0.25, 0.5, 4.0]) == pytest.approx(8.0)  # a median below 1 is not clamped
+    assert ratio([1.0, 2.0, 3.0, 10.0]) == pytest.approx(5.0)  # even count: torch's median is the lower middle
+    assert ratio([0.0, 0.0, 3.0]) == pytest.approx(3e12)  # a zero median: divided by 1e-12, not by 0
+
+
+def test_observe_inputs_accumulates_over_batches_of_any_shape():
+    lin = nn.Linear(2, 1)
+    batches = [torch.tensor([[[1.0, -5.0], [2.0, 0.0]]]),  # (1, 2, 2): the lowest value, channel 1's largest |x|
+               torch.tensor([[-3.0, 4.0]]),  # (1, 2): the highest value, channel 0's largest |x|
+               torch.tensor([[0.5, 0.5]])]
+    s = observe_inputs(lin, batches, {"lin": lin})["lin"]
+    assert float(s.lo) == -5.0 and float(s.hi) == 4.0 and s.channel_absmax.tolist() == [3.0, 5.0]
+    assert s.n_tokens == 4
+    assert not lin._forward_pre_hooks  # the hooks are removed
+
+
+def test_observe_inputs_defaults_to_a_gpts_block_linears():
+    model = tiny_gpt()
+    idx = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(12))
+    stats = observe_inputs(model, [idx])
+    assert list(stats) == list(block_linears(model))  # not lm_head
+    seen = {}
+    hook = model.transformer.h[1].mlp.c_proj.register_forward_pre_hook(lambda m, i: seen.setdefault("x", i[0].detach()))
+    model(idx)
+    hook.remove()
+    s = stats["transformer.h.1.mlp.c_proj"]
+    assert float(s.lo) == float(seen["x"].min()) and float(s.hi) == float(seen["x"].max()) and s.n_tokens == 16
+
+
+def test_observe_inputs_rejects_missing_and_uncalled_modules():
+    model = nn.Sequential(nn.Linear(2, 2))
+    with pytest.raises(ValueError, match="no modules to observe"):
+        observe_inputs(nn.Sequential(nn.ReLU()), [torch.zeros(1, 2)])
+    with pytest.raises(ValueError, match="no modules to observe"):
+        observe_inputs(model, [torch.zeros(1, 2)], {})
+    with pytest.raises(ValueError, match="never called"):
+        observe_inputs(model, [torch.zeros(1, 2)], {"0": model[0], "other": nn.Linear(2, 2)})
+
+
+class _ModeRecorder(nn.Module):
+    """A Linear that records whether it ran in training mode and under autograd."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin, self.seen = nn.Linear(3, 2), []
+
+    def forward(self, x):
+        self.seen.append((self.training, torch.is_grad_enabled()))
+        return self.lin(x)
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_calibration_runs_in_eval_mode_without_gradients_and_restores_the_mode(training):
+    model = _ModeRecorder().train(training)
+    observe_inputs(model, [torch.zeros(1, 3)])
+    input_hessian(model, model.lin, [torch.zeros(1, 3), torch.ones(2, 3)])
+    assert model.seen == [(False, False)] * 3 and model.training == training and model.lin.training == training
+    assert not model.lin._forward_pre_hooks
+
+
+def test_activation_qparams_hand_computed_for_every_option():
+    s, z = activation_qparams(-1.0, 3.0, 4)  # 16 levels over [-1, 3]: scale 4 / 15, zero round(3.75) = 4
+    assert float(s) == pytest.approx(4 / 15) and float(z) == 4.0
+    s, z = activation_qparams(-1.0, 3.0)  # default 8 bits affine
+    assert float(s) == pytest.approx(4 / 255) and float(z) == 64.0  # round(63.75)
+    s, z = activation_qparams(-1.0, 3.0, 8, symmetric=True)
+    assert float(s) == pytest.approx(3 / 127) and float(z) == 0.0
+    s, z = activation_qparams(-2.0, -0.5)  # all negative: stretched up to 0, zero point at the top
+    assert float(s) == pytest.approx(2 / 255) and float(z) == 255.0
+    s, z = activation_qparams(2.0, 2.0)  # lo == hi is allowed
+    assert float(s) == pytest.approx(2 / 255) and float(z) == 0.0
+    s, z = activation_qparams(0.0, 0.0)
+    assert float(s) == 1.0 and float(z) == 0.0
+    s, z = activation_qparams(torch.tensor([-1.0, 0.0], dtype=torch.float64),
+                              torch.tensor([3.0, 5.1], dtype=torch.float64))
+    assert s.dtype == torch.float32 and z.dtype == torch.float32  # float32, as torch.ao's observers
+    assert s.tolist() == pytest.approx([4 / 255, 5.1 / 255]) and z.tolist() == [64.0, 0.0]  # one per element
+    with pytest.raises(ValueError, match="lo must be ≤ hi"):
+        activation_qparams(torch.tensor([0.0, 1.0]), torch.tensor([1.0, 0.5]))
+
+
+def test_quantize_activation_rounds_ties_to_even_and_clips_both_ends():
+    x = torch.tensor([-100.0, -5.25, -5.0, 0.25, 0.75, 1.25, 0.0, 122.5, 123.0, 200.0], dtype=torch.float64)
+    q = quantize_activation(x, 0.5, 10)  # default: 8-bit affine, uint8
+    assert q.dtype == torch.uint8
+    assert q.tolist() == [0, 0, 0, 10, 12, 12, 10, 255, 255, 255]  # x / 0.5 + 10; 0.5 → 0, 1.5 → 2, 2.5 → 2
+    q4 = quantize_activation(x, torch.tensor(0.5), torch.tensor(10.0), 4)
+    assert q4.dtype == torch.int8 and q4.tolist() == [0, 0, 0, 10, 12, 12, 10, 15, 15, 15]
+    qs = quantize_activation(x, 0.5, 0, 8, symmetric=True)
+    assert qs.dtype == torch.int8 and qs.tolist() == [-127, -10, -10, 0, 2, 2, 0, 127, 127, 127]
+    # requantize: the same, always affine, 8 bits unless told
+    assert requantize(x, 0.5, 10).tolist() == q.tolist() and requantize(x, 0.5, 10).dtype == torch.uint8
+    assert requantize(x, 0.5, 10, 4).tolist() == q4.tolist()
+
+
+def test_quantize_per_token_hand_computed():
+    x = torch.tensor([[63.5, -127.0, 31.75, 0.5], [0.0, 0.0, 0.0, 0.0], [2.0, -254.0, 1.0, 3.0]], dtype=torch.float64)
+    q, scale = quantize_per_token(x)  # default 8 bits: scale max|x| / 127
+    assert q.dtype == torch.int8 and scale.dtype == torch.float32 and scale.shape == (3, 1)
+    assert scale.flatten().tolist() == [1.0, 1.0, 2.0]  # an all-zero token: scale 1
+    assert q.tolist() == [[64, -127, 32, 0], [0, 0, 0, 0], [1, -127, 0, 2]]  # ties to even: 63.5 → 64, 0.5 → 0
+    q4, s4 = quantize_per_token(torch.tensor([[1.25, -3.5, 0.75]]), 4)  # 4 bits: scale 3.5 / 7
+    assert s4.tolist() == [[0.5]] and q4.tolist() == [[2, -7, 2]]  # 2.5 → 2, 1.5 → 2
+    q1, s1 = quantize_per_token(torch.tensor([63.5, -127.0]))  # a single token (I,)
+    assert q1.tolist() == [64, -127] and s1.tolist() == [1.0]
+
+
+@pytest.mark.parametrize("bad", [torch.tensor(1.0), torch.zeros(2, 3, dtype=torch.int32), [[1.0, 2.0]]])
+def test_quantize_per_token_rejects_scalars_integers_and_non_tensors(bad):
+    with pytest.raises(ValueError, match="x must be a float tensor"):
+        quantize_per_token(bad)
+
+
+# ------------------------------------------------------------------------------------------ integer matmul edges
+
+def _dequantized_product(xq, xs, xz, wq, ws, wz, b=None):
+    """(s_x (x_q - z_x)) (s_w (w_q - z_w))ᵀ + b in float64, the definition integer_linear computes."""
+    def col(t, n):
+        t = torch.as_tensor(t, dtype=torch.float64).flatten()
+        return t.expand(n)[:, None] if t.numel() == 1 else t[:, None]
+
+    N, O = xq.shape[0], wq.shape[0]
+    y = (col(xs, N) * (xq.double() - col(xz, N))) @ (col(ws, O) * (wq.double() - col(wz, O))).T
+    return y if b is None else y + b.double()
+
+
+def test_integer_linear_defaults_dtypes_and_scalar_forms():
+    g = torch.Generator().manual_seed(13)
+    xq = torch.randint(0, 256, (3, 6), generator=g).to(torch.uint8)
+    wq = torch.randint(-127, 128, (4, 6), generator=g).to(torch.int8)
+    ref = _dequantized_product(xq, 0.1, 7, wq, 0.2, 0)
+    y = integer_linear(xq, 0.1, 7, wq, 0.2)  # default: w_zero 0, no bias
+    assert y.dtype == torch.float32 and y.shape == (3, 4)
+    torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-5)
+    # one value given as a 0-d, (1,) or (1, 1) tensor, per-row values as (N,) or (N, 1), float64 scales and a
+    # float zero point: the same float32 result
+    xs = torch.tensor([0.1, 0.2, 0.3], dtype=torch.float64)
+    b = torch.randn(4, generator=g, dtype=torch.float64)
+    ref = _dequantized_product(xq, xs, torch.tensor(7.0), wq, torch.tensor([0.5]), 2, b)
+    for xs_form, ws_form, wz_form in ((xs, torch.tensor([0.5], dtype=torch.float64), 2),
+                                       (xs[:, None], torch.tensor(0.5), torch.tensor([[2]])),
+                                       (xs, 0.5, torch.tensor(2.0))):
+        y = integer_linear(xq, xs_form, torch.tensor(7.0), wq, ws_form, wz_form, b)
+        assert y.dtype == torch.float32
+        torch.testing.assert_close(y.double(), ref, rtol=1e-6, atol=1e-5)
+
+
+def test_integer_linear_int32_activations_with_int8_weights_use_the_int32_product():
+    g = torch.Generator().manual_seed(14)
+    xq = torch.randint(0, 256, (5, 8), generator=g, dtype=torch.int32)  # values above 127: not int8
+    wq = torch.randint(-127, 128, (3, 8), generator=g).to(torch.int8)
+    for x_form, w_form in ((xq, wq), (xq.to(torch.int16), wq), (xq.to(torch.uint8), wq.int()), (xq.long(), wq.long())):
+        torch.testing.assert_close(integer_linear(x_form, 0.5, 3, w_form, 0.25, 1).double(),
+                                   _dequantized_product(xq, 0.5, 3, wq, 0.25, 1), rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize("which", ["xq", "wq"])
+@pytest.mark.parametrize("bad", [torch.zeros(3, 4), torch.zeros(3, 4, dtype=torch.bool),
+                                 torch.zeros(4, dtype=torch.int8),
+                                 torch.zeros(1, 3, 4, dtype=torch.int8), [[1, 2, 3, 4]]])
+def test_integer_linear_rejects_non_integer_or_non_2d_operands(which, bad):
+    ok = torch.zeros(3, 4, dtype=torch.int8)
+    args = (bad, 1.0, 0, ok, 1.0) if which == "xq" else (ok, 1.0, 0, bad, 1.0)
+    with pytest.raises(ValueError, match="2-D integer tensor"):
+        integer_linear(*args)
+
+
+def test_integer_linear_checks_bias_and_per_row_lengths():
+    xq, wq = torch.ones(3, 4, dtype=torch.int8), torch.ones(2, 4, dtype=torch.int8)
+    for bad_bias in (torch.zeros(3), torch.zeros(2, 1), torch.zeros(1)):
+        with pytest.raises(ValueError, match=r"bias must have shape \(O,\) = \(2,\)"):
+            integer_linear(xq, 1.0, 0, wq, 1.0, 0, bad_bias)
+    assert integer_linear(xq, 1.0, 0, wq, 1.0, 0, torch.tensor([1.0, -1.0])).tolist() == [[5.0, 3.0]] * 3
+    for kw, bad in (("x_zero", torch.zeros(2)), ("w_scale", torch.ones(3)), ("w_zero", torch.zeros(3))):
+        args = dict(x_scale=1.0, x_zero=0, w_scale=1.0, w_zero=0) | {kw: bad}
+        with pytest.raises(ValueError, match=f"{kw} must hold 1 value"):
+            integer_linear(xq, wq=wq, **args)
+    # a single token (N = 1) with one value per token is fine
+    assert integer_linear(xq[:1], torch.tensor([2.0]), torch.tensor([1]), wq, 1.0).tolist() == [[0.0, 0.0]]
+
+
+# ------------------------------------------------------------------------------------------ Int8Linear edges
+
+def test_int8_linear_token_mode_is_per_token_symmetric_written_out():
+    g = torch.Generator().manual_seed(15)
+    lin = nn.Linear(8, 5)
+    x = torch.randn(2, 3, 8, generator=g) * torch.tensor([1.0, 10.0, 0.1])[:, None]
+    y = Int8Linear(lin, "token")(x)
+    x2, w = x.reshape(6, 8), lin.weight.detach()
+    xs, ws = x2.abs().amax(1, keepdim=True) / 127, w.abs().amax(1, keepdim=True) / 127  # float32, as stored
+    xq, wq = torch.round(x2 / xs), torch.round(w / ws)
+    ref = (xs.double() * xq.double()) @ (ws.double() * wq.double()).T + lin.bias.detach().double()
+    assert y.shape == (2, 3, 5)
+    torch.testing.assert_close(y.reshape(6, 5).double(), ref, rtol=1e-6, atol=1e-6)
+
+
+def test_int8_linear_buffers_default_mode_and_no_bias():
+    g = torch.Generator().manual_seed(16)
+    lin = nn.Linear(6, 4, bias=False)
+    calib = [torch.randn(5, 6, generator=g) + 0.5]
+    stats = observe_inputs(lin, calib, {"lin": lin})["lin"]
+    m = Int8Linear(lin, stats=stats)  # default mode: static
+    assert m.mode == "static" and m.bias is None
+    obs = MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    obs(calib[0])
+    scale, zero = obs.calculate_qparams()
+    assert torch.equal(m.x_scale.reshape(1), scale) and torch.equal(m.x_zero.reshape(1), zero.float())
+    obs = PerChannelMinMaxObserver(ch_axis=0, dtype=torch.qint8, qscheme=torch.per_channel_symmetric,
+                                   quant_min=-127, quant_max=127)
+    obs(lin.weight.detach())
+    assert m.wq.dtype == torch.int8 and m.wq.shape == (4, 6) and torch.equal(m.w_scale, obs.calculate_qparams()[0])
+    assert set(m.state_dict()) == {"wq", "w_scale", "x_scale", "x_zero"}
+    x = torch.randn(3, 6, generator=g)
+    ref = integer_linear(quantize_activation(x, scale, zero), scale, zero, m.wq, m.w_scale)
+    assert torch.equal(m(x), ref)
+    assert repr(m).endswith("(in_features=6, out_features=4, activations=static)")
+
+
+def test_int8_linear_copies_the_bias():
+    lin = nn.Linear(3, 2)
+    m = Int8Linear(lin, "dynamic")
+    bias = lin.bias.detach().clone()
+    with torch.no_grad():
+        lin.bias.add_(1.0)  # the float layer changes later: the int8 one keeps its own copy
+    assert torch.equal(m.bias, bias)
+
+
+@pytest.mark.parametrize("mode", ["static", "dynamic", "token"])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.bfloat16])
+def test_int8_linear_returns_the_input_dtype(mode, dtype):
+    lin = nn.Linear(4, 3)
+    stats = observe_inputs(lin, [torch.randn(5, 4)], {"l": lin})["l"]
+    y = Int8Linear(lin, mode, stats)(torch.randn(2, 4).to(dtype))
+    assert y.dtype == dtype and y.shape == (2, 3)
+
+
+def test_int8_linear_rejects_non_linears_and_wrong_widths():
+    with pytest.raises(TypeError, match="wraps an nn.Linear"):
+        Int8Linear(nn.Conv1d(2, 2, 1), "dynamic")
+    m = Int8Linear(nn.Linear(4, 3), "dynamic")
+    for bad in (torch.zeros(2, 5), torch.zeros(2, 3)):
+        with pytest.raises(ValueError, match="in_features=4"):
+            m(bad)
+
+
+def test_int8_linears_static_scales_are_the_float_models_minmax():
+    model = tiny_gpt()
+    idx = torch.randint(0, 11, (2, 8), generator=torch.Generator().manual_seed(17))
+    observers, hooks = {}, []
+    for name, lin in block_linears(model).items():
+        observers[name] = MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+        hooks.append(lin.register_forward_pre_hook(lambda m, i, o=observers[name]: o(i[0])))
+    with torch.no_grad():
+        model(idx)
+    for h in hooks:
+        h.remove()
+    out = int8_linears_(copy.deepcopy(model), batches=[idx])  # default mode: static
+    for name, obs in observers.items():
+        m = out.get_submodule(name)
+        scale, zero = obs.calculate_qparams()
+        assert isinstance(m, Int8Linear) and m.mode == "static", name
+        assert torch.equal(m.x_scale.reshape(1), scale) and torch.equal(m.x_zero.reshape(1), zero.float()), name
+    assert isinstance(out.lm_head, nn.Linear) and not isinstance(out.lm_head, Int8Linear)
+    for mode in ("dynamic", "token"):
+        m = int8_linears_(copy.deepcopy(model), mode)  # no calibration needed
+        assert all(x.mode == mode for x in m.modules() if isinstance(x, Int8Linear))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        int8_linears_(copy.deepcopy(model), "Static", [idx])
+    with pytest.raises(ValueError, match="needs calibration batches"):
+        int8_linears_(copy.deepcopy(model))
+
+
+# ------------------------------------------------------------------------------------------ GPTQ edges
+
+def test_gptq_defaults_are_4_bit_symmetric_per_channel_with_1_percent_damping():
+    X = _correlated_inputs(100, 16, 18)
+    H = 2 * X.T.double() @ X.double() / 100
+    w = torch.randn(6, 16, generator=torch.Generator().manual_seed(19))
+    q = gptq_quantize(w, H)
+    assert q.bits == 4 and q.q.dtype == torch.int8 and q.scale.shape == (6, 1, 1) and not bool(q.zero_point.any())
+    torch.testing.assert_close(q.dequantize().double(), _obs_reference(w, H, 4, None, True, 0.01), rtol=0, atol=1e-6)
+    # damping matters here: 10x more changes the result
+    assert not torch.allclose(q.dequantize().double(), _obs_reference(w, H, 4, None, True, 0.1), atol=1e-6)
+
+
+@pytest.mark.parametrize("block_size", [3, 10, 19])
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_gptq_groups_are_whole_whatever_the_block_size(block_size, symmetric):
+    """Lazy blocks that are not a multiple of the group size are rounded to whole groups: the result is
+    the OBS update written out, group by group."""
+    X = _correlated_inputs(200, 24, 0)
+    H = 2 * X.T.double() @ X.double() / 200
+    w = torch.randn(10, 24, generator=torch.Generator().manual_seed(1))
+    ours = gptq_quantize(w, H, 3, 8, symmetric, block_size=block_size)
+    assert ours.q.shape == (10, 3, 8) and ours.scale.shape == (10, 3, 1)
+    torch.testing.assert_close(ours.dequantize().double(), _obs_reference(w, H, 3, 8, symmetric), rtol=0, atol=1e-6)
+
+
+def test_gptq_per_tensor_grid_is_from_the_whole_original_matrix():
+    X = _correlated_inputs(200, 12, 20)
+    H = 2 * X.T.double() @ X.double() / 200
+    w = torch.randn(5, 12, generator=torch.Generator().manual_seed(21)).double()
+    q = gptq_quantize(w, H, 4, "tensor", block_size=5)
+    scale = float(w.abs().max()) / 7
+    assert q.scale.shape == (1, 1, 1) and float(q.scale) == pytest.approx(scale, rel=1e-6)
+    assert q.q.shape == (1, 1, 60)
+    torch.testing.assert_close(q.dequantize().double(), _obs_reference(w, H, 4, per_tensor=True), rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, False), (8, True), (2, False)])
+def test_gptq_output_has_the_layout_of_quantize_and_leaves_w_and_h_alone(bits, symmetric):
+    X = _correlated_inputs(50, 8, 22)
+    w = torch.randn(3, 8, generator=torch.Generator().manual_seed(23)).double()
+    H = (2 * X.T @ X / 50).double()
+    w0, H0 = w.clone(), H.clone()
+    q = gptq_quantize(w, H, bits, 4, symmetric)
+    assert torch.equal(w, w0) and torch.equal(H, H0)  # inputs left alone (float64: no copy on the way in)
+    rtn = quantize(w, bits, 4, symmetric)
+    assert q.q.dtype == rtn.q.dtype and q.q.shape == rtn.q.shape and q.bits == bits and q.shape == w.shape
+    assert q.scale.dtype == torch.float32 and q.zero_point.dtype == torch.float32
+    assert q.nbytes() == rtn.nbytes()
+
+
+def test_gptq_dead_inputs_get_unit_hessian_before_damping():
+    """As GPTQ's reference code: H_jj = 1 for an input that is always 0, then the damping is a fraction of the
+    mean diagonal (that 1 included); the column's weights are 0. Inputs small so the 1 weighs in the mean."""
+    X = _correlated_inputs(100, 12, 5) * 0.02
+    X[:, 3] = 0
+    H = 2 * X.T.double() @ X.double() / 100
+    w = torch.randn(64, 12, generator=torch.Generator().manual_seed(24))
+    q = gptq_quantize(w, H, 3, damp=0.1)
+    w0, H1, H2 = w.clone(), H.clone(), H.clone()
+    w0[:, 3] = 0
+    H1[3, 3], H2[3, 3] = 1.0, 2.0
+    ref = _obs_reference(w0, H1, 3, damp=0.1)
+    torch.testing.assert_close(q.dequantize().double(), ref, rtol=0, atol=1e-6)
+    assert not torch.allclose(ref, _obs_reference(w0, H2, 3, damp=0.1), atol=1e-6)  # the 1 matters here
+
+
+@pytest.mark.parametrize("bad", [{"damp": float("nan")}, {"damp": -1e-9}, {"block_size": 0}, {"block_size": -3},
+                                 {"block_size": 2.0}, {"block_size": None}])
+def test_gptq_rejects_bad_damping_and_block_sizes(bad):
+    with pytest.raises(ValueError, match="must be"):
+        gptq_quantize(torch.randn(2, 4), torch.eye(4), 4, **bad)
+
+
+@pytest.mark.parametrize("bad_H", [torch.eye(4)[:3], torch.eye(4, dtype=torch.long), torch.eye(5), torch.eye(4)[None],
+                                   [[1.0]]])
+def test_gptq_rejects_a_hessian_of_the_wrong_shape_or_type(bad_H):
+    with pytest.raises(ValueError, match="H must be a float"):
+        gptq_quantize(torch.randn(2, 4), bad_H, 4)
+
+
+def test_gptq_accepts_the_smallest_damping_and_block():
+    q = gptq_quantize(torch.randn(2, 4), torch.eye(4), 4, damp=0.0, block_size=1)
+    assert q.q.shape == (2, 1, 4)
+    with pytest.raises(ValueError, match="bits must be one of"):
+        gptq_quantize(torch.randn(2, 4), torch.eye(4), 1)
+    with pytest.raises(ValueError, match="granularity must be"):
+        gptq_quantize(torch.randn(2, 4), torch.eye(4), 4, 0)
+
+
+def test_input_hessian_through_a_callable_stops_at_the_module_and_is_float64():
+    lin, after = nn.Linear(3, 2), nn.Linear(2, 2)
+    calls = []
+    after.register_forward_pre_hook(lambda m, i: calls.append(1))
+    batches = [torch.tensor([[1.0, 0.0, 2.0]]), torch.tensor([[[0.0, 1.0, -1.0], [1.0, 1.0, 1.0]]])]
+    H = input_hessian(lambda x: after(lin(x)), lin, batches)
+    x = torch.tensor([[1.0, 0.0, 2.0], [0.0, 1.0, -1.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    assert H.dtype == torch.float64 and torch.equal(H, 2 * x.T @ x / 3)
+    assert not calls and not lin._forward_pre_hooks  # the rest of the pass skipped, the hook removed
+    with pytest.raises(ValueError, match="never called the module"):
+        input_hessian(lin, after, batches)
+    with pytest.raises(ValueError, match="calibration batches are empty"):
+        input_hessian(lin, lin, [])
+
+
+def test_gptq_model_defaults_and_options_match_layer_by_layer_gptq():
+    model = tiny_gpt(3).train()
+    g = torch.Generator().manual_seed(25)
+    batches = [torch.randint(0, 11, (2, 8), generator=g)]
+    default = gptq_quantize_model_(copy.deepcopy(model), batches)
+    explicit = gptq_quantize_model_(copy.deepcopy(model), batches, 4, "channel", True, 0.01, 128)
+    assert default.training  # the mode is restored, train or eval
+    assert not gptq_quantize_model_(copy.deepcopy(model).eval(), batches, 3).training
+    for a, b in zip(block_linears(default).values(), block_linears(explicit).values()):
+        assert torch.equal(a.weight, b.weight)
+    # the options reach gptq_quantize: by hand through the whole model, 3 bits, groups of 8, affine, damp 0.1
+    out = gptq_quantize_model_(copy.deepcopy(model), batches, 3, 8, False, 0.1, 4)
+    ref = copy.deepcopy(model).eval()
+    with torch.no_grad():
+        for lin in block_linears(ref).values():
+            H = input_hessian(ref, lin, batches)
+            lin.weight.copy_(gptq_quantize(lin.weight, H, 3, 8, False, 0.1, 4).dequantize())
+    for (name, a), b in zip(block_linears(out).items(), block_linears(ref).values()):
+        torch.testing.assert_close(a.weight, b.weight, rtol=0, atol=1e-6, msg=name)
+    with pytest.raises(ValueError):  # ids out of the vocabulary
+        gptq_quantize_model_(copy.deepcopy(model), [torch.full((1, 4), 11)], 4)
+
+
+# ------------------------------------------------------------------------------------------ QAT edges
+
+def test_ste_forward_and_gradient_at_the_range_ends_and_ties():
+    # scale 1, zero 0, levels [-2, 2]: 2.5 rounds to 2 (inside, gradient 1), 2.6 to 3 (clipped, gradient 0)
+    x = torch.tensor([-3.0, -2.6, -2.5, -2.0, 0.5, 2.0, 2.5, 2.6, 3.0], dtype=torch.float64, requires_grad=True)
+    scale = torch.tensor(1.0, dtype=torch.float64, requires_grad=True)
+    y = fake_quantize_ste(x, scale, 0.0, -2, 2)
+    assert y.tolist() == [-2.0, -2.0, -2.0, -2.0, 0.0, 2.0, 2.0, 2.0, 2.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [0.0, 0.0, 1.0, 1.0, 1.0, 1.0, 1.0, 0.0, 0.0]
+    assert scale.grad is None  # no gradient to the scale
+    x32 = x.detach().float().requires_grad_()
+    ref = torch.fake_quantize_per_tensor_affine(x32, 1.0, 0, -2, 2)
+    ref.sum().backward()
+    assert x32.grad.tolist() == x.grad.tolist()
+    # a zero point shifts the range: levels [-2, 2] with zero 1 hold x in [-3, 1]
+    x = torch.tensor([-3.4, -3.6, 1.4, 1.6], requires_grad=True)
+    y = fake_quantize_ste(x, 1.0, 1.0, -2, 2)
+    assert y.tolist() == [-3.0, -3.0, 1.0, 1.0]
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 0.0, 1.0, 0.0]
+
+
+def test_ste_output_has_the_inputs_dtype_whatever_the_scales():
+    x = torch.tensor([0.3, -0.7, 1.9])
+    y = fake_quantize_ste(x, torch.tensor(0.5, dtype=torch.float64), torch.tensor(1.0, dtype=torch.float64), -4, 4)
+    assert y.dtype == torch.float32 and y.tolist() == [0.5, -0.5, 1.5]  # 1.9 / 0.5 + 1 → 5, clipped to 4
+    # (1-D float64 scales or zero points would promote a float32 result to float64)
+    y = fake_quantize_ste(x, torch.tensor([0.5, 0.5, 0.5], dtype=torch.float64), torch.tensor([1, 1, 1]), -4, 4)
+    assert y.dtype == torch.float32
+    y = fake_quantize_ste(x, 0.5, torch.tensor([1.0, 1.0, 1.0], dtype=torch.float64), -4, 4)
+    assert y.dtype == torch.float32 and y.tolist() == [0.5, -0.5, 1.5]
+
+
+@pytest.mark.parametrize("qmin,qmax", [(0, 0), (3, 2), (0.0, 7), (0, 7.0), (None, 7), ("0", 7)])
+def test_ste_needs_integer_qmin_below_qmax(qmin, qmax):
+    with pytest.raises(ValueError, match="qmin < qmax"):
+        fake_quantize_ste(torch.zeros(3), 1.0, 0.0, qmin, qmax)
+
+
+@pytest.mark.parametrize("scale", [0.0, -0.1, torch.tensor([0.1, 0.0]), torch.tensor([-1.0, 1.0])])
+def test_ste_rejects_scales_that_are_not_positive(scale):
+    with pytest.raises(ValueError, match="every scale must be > 0"):
+        fake_quantize_ste(torch.zeros(2), scale, 0.0, -7, 7)
+
+
+def test_ste_accepts_a_two_level_range_and_tiny_scales():
+    tiny = 2.0**-100
+    assert fake_quantize_ste(torch.tensor([-1.0, 0.4, 0.6]), tiny, 0.0, 0, 1).tolist() == [0.0, tiny, tiny]
+
+
+@pytest.mark.parametrize("kwargs,k,symmetric", [({}, None, True), ({"granularity": "tensor"}, -1, True),
+                                               ({"granularity": 8, "symmetric": False}, 8, False)])
+def test_weight_fake_quant_equals_the_formula(w, kwargs, k, symmetric):
+    fq = WeightFakeQuant(3, **kwargs)  # default: per channel, symmetric
+    torch.testing.assert_close(fq(w), _rtn_reference(w, 3, symmetric, w.numel() if k == -1 else k), rtol=0, atol=0)
+    assert repr(fq) == (f"WeightFakeQuant(bits=3, granularity={kwargs.get('granularity', 'channel')!r}, "
+                        f"symmetric={symmetric})")
+    with pytest.raises(ValueError, match="group size 40 does not divide"):
+        WeightFakeQuant(3, 40)(w)
+
+
+def test_qat_prepare_defaults_and_options_quantize_as_documented():
+    model = tiny_gpt(4)
+    qat = qat_prepare_(copy.deepcopy(model))  # default: 4 bits, per channel, symmetric, embeddings too
+    for n, p in compressible_weights(model).items():
+        mod = qat.get_submodule(n.rpartition(".")[0])
+        torch.testing.assert_close(mod.weight, _rtn_reference(p, 4), rtol=0, atol=0, msg=n)
+    assert torch.equal(qat.lm_head.weight, qat.transformer.wte.weight)  # the tied head sees the quantized table
+    qat = qat_prepare_(copy.deepcopy(model), 3, 8, False)
+    for n, p in compressible_weights(model).items():
+        mod = qat.get_submodule(n.rpartition(".")[0])
+        torch.testing.assert_close(mod.weight, _rtn_reference(p, 3, False, 8), rtol=0, atol=0, msg=n)
+
+
+def test_qat_prepare_leaves_an_untied_head_in_float():
+    model = tiny_gpt()
+    model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())  # untied
+    head = model.lm_head.weight.detach().clone()
+    qat_prepare_(model, 4)
+    assert not parametrize.is_parametrized(model.lm_head) and torch.equal(model.lm_head.weight, head)
+    assert parametrize.is_parametrized(model.transformer.wte)
+
+
+def test_qat_prepare_refuses_a_model_with_any_prepared_weight():
+    only_blocks = qat_prepare_(tiny_gpt(), 4, blocks_only=True)
+    assert not parametrize.is_parametrized(only_blocks.transformer.wte)
+    with pytest.raises(ValueError, match="already prepared"):
+        qat_prepare_(only_blocks, 4)
+    only_table = tiny_gpt()
+    parametrize.register_parametrization(only_table.transformer.wte, "weight", WeightFakeQuant(4))
+    with pytest.raises(ValueError, match="already prepared"):
+        qat_prepare_(only_table, 4)
+
+
+def test_qat_finalize_blocks_only_and_unprepared_models():
+    model = tiny_gpt(5)
+    qat = qat_finalize_(qat_prepare_(copy.deepcopy(model), 3, blocks_only=True))
+    assert not any(parametrize.is_parametrized(m) for m in qat.modules())
+    assert set(qat.state_dict()) == set(model.state_dict())
+    for n, p in compressible_weights(model).items():
+        expected = _rtn_reference(p, 3) if n.startswith("transformer.h.") else p
+        torch.testing.assert_close(qat.get_parameter(n), expected.detach(), rtol=0, atol=0, msg=n)
+    plain = copy.deepcopy(model)
+    assert qat_finalize_(plain) is plain  # nothing prepared: nothing changes
+    for k, v in plain.state_dict().items():
+        assert torch.equal(v, model.state_dict()[k]), k

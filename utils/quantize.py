@@ -179,7 +179,7 @@ def unpack_int4(packed: Tensor) -> Tensor:
     if packed.dtype != torch.uint8:
         raise ValueError(f"unpack_int4: need a uint8 tensor, got {packed.dtype}")
     lo, hi = (packed & 0xF).to(torch.int8), (packed >> 4).to(torch.int8)
-    lo, hi = lo - 16 * (lo > 7), hi - 16 * (hi > 7)  # back to signed
+    lo, hi = torch.where(lo > 7, lo - 16, lo), torch.where(hi > 7, hi - 16, hi)  # back to signed, still int8
     return torch.stack([lo, hi], dim=-1).flatten(-2)
 
 
