@@ -266,6 +266,92 @@ def test_sample_equals_a_diffusers_guided_loop(sampler, prediction):
     torch.testing.assert_close(trajectory[0][1], x_T, atol=0, rtol=0)
 
 
+def test_sample_defaults_are_50_ddim_steps_unguided_trailing_clipped_and_return_the_images():
+    s, cond, x_T, model = Df.NoiseSchedule(), randn(2, 3, 5, seed=1), images(2, 0), Stub()
+    got = Df.sample(model, s, cond, (2, 3, 8, 8), x_T=x_T)
+    assert isinstance(got, torch.Tensor)  # no trajectory unless asked
+    assert [int(t[0]) for t, _ in model.calls] == s.timesteps(50, "trailing")  # 50 steps, trailing
+    assert all(drop.tolist() == [False, False] for _, drop in model.calls)  # scale 1: no null-caption half
+    explicit = Df.sample(Stub(), s, cond, (2, 3, 8, 8), x_T=x_T, steps=50, sampler="ddim", guidance_scale=1.0,
+                         spacing="trailing", clip_x0=True, return_trajectory=False, prediction="epsilon")
+    torch.testing.assert_close(got, explicit, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("spacing", ["leading", "trailing"])
+def test_sample_visits_the_schedules_timesteps_of_its_spacing(spacing):
+    s, model = Df.NoiseSchedule(), Stub()
+    _, trajectory = Df.sample(model, s, randn(2, 3, 5, seed=1), (2, 3, 8, 8), steps=7, spacing=spacing,
+                              return_trajectory=True, x_T=images(2, 0))
+    assert [t for t, _, _ in trajectory] == s.timesteps(7, spacing) == [int(c[0][0]) for c in model.calls]
+    assert s.timesteps(7, "leading") != s.timesteps(7, "trailing")
+
+
+def test_sample_draws_x_T_with_the_generator():
+    s, cond = Df.NoiseSchedule(), randn(2, 3, 5, seed=1)
+    torch.manual_seed(0)
+    got = Df.sample(Stub(), s, cond, (2, 3, 8, 8), steps=3, generator=torch.Generator().manual_seed(7))
+    torch.manual_seed(1)  # the global state plays no part
+    x_T = torch.randn((2, 3, 8, 8), generator=torch.Generator().manual_seed(7))
+    torch.testing.assert_close(got, Df.sample(Stub(), s, cond, (2, 3, 8, 8), steps=3, x_T=x_T), atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("clip_x0", [True, False])
+def test_sample_trajectory_holds_each_x_t_and_its_x0_estimate_clipped_as_asked(clip_x0):
+    s, cond, model = Df.NoiseSchedule(), randn(2, 3, 5, seed=1), Stub()
+    x, trajectory = Df.sample(model, s, cond, (2, 3, 8, 8), steps=6, guidance_scale=2.0, clip_x0=clip_x0,
+                              return_trajectory=True, x_T=3 * images(2, 0))
+    outside = 0
+    for t, x_t, x0 in trajectory:
+        eps = Df.guided_epsilon(Stub(), x_t, t, cond, scale=2.0)
+        a = s.alphas_cumprod[t]
+        raw = (x_t - (1 - a).sqrt() * eps) / a.sqrt()  # DDPM eq. 15 solved for x_0
+        torch.testing.assert_close(x0, raw.clamp(-1, 1) if clip_x0 else raw, atol=1e-5, rtol=1e-5)
+        outside += int(((raw < -1) & (raw > -2)).any()) + int(((raw > 1) & (raw < 2)).any())
+    assert outside >= 2  # estimates just outside both ends, where a wrong clip range would show
+
+
+def test_sample_reads_the_caption_mask():
+    m, s = denoiser(), Df.NoiseSchedule()
+    cond, x_T = randn(2, 4, 6, seed=1), images(2, 0)
+    mask = torch.tensor([[True, True, False, False], [True, True, True, False]])
+    changed = cond.clone()
+    changed[0, 2:] += 5.0  # masked positions only
+    changed[1, 3] -= 5.0
+
+    def run(c, mk):
+        return Df.sample(m, s, c, (2, 3, 8, 8), cond_mask=mk, steps=3, guidance_scale=2.0, x_T=x_T)
+    torch.testing.assert_close(run(cond, mask), run(changed, mask), atol=1e-5, rtol=0)
+    assert (run(cond, None) - run(changed, None)).abs().max() > 1e-3
+
+
+@pytest.mark.parametrize("training", [True, False])
+def test_sample_runs_the_model_in_eval_mode_and_gives_its_mode_back(training):
+    seen = []
+
+    class Watch(Stub):
+        def forward(self, *args, **kwargs):
+            seen.append(self.training)
+            return super().forward(*args, **kwargs)
+    model = Watch().train(training)
+    Df.sample(model, Df.NoiseSchedule(), randn(2, 3, 5, seed=1), (2, 3, 8, 8), steps=3, x_T=images(2, 0))
+    assert seen == [False] * 3 and model.training == training
+
+
+def test_sample_takes_a_plain_function_as_the_model():
+    stub = Stub()
+
+    def eps(x_t, t, cond, cond_mask=None, drop=None):  # no nn.Module: no mode to set
+        return stub(x_t, t, cond, cond_mask, drop)
+    x_T, cond = images(2, 0), randn(2, 3, 5, seed=1)
+    torch.testing.assert_close(Df.sample(eps, Df.NoiseSchedule(), cond, (2, 3, 8, 8), steps=3, x_T=x_T),
+                               Df.sample(Stub(), Df.NoiseSchedule(), cond, (2, 3, 8, 8), steps=3, x_T=x_T))
+
+
+def test_sample_names_itself_in_a_bad_prediction_error():
+    with pytest.raises(ValueError, match=r"^sample: prediction must be"):
+        Df.sample(Stub(), Df.NoiseSchedule(), randn(2, 3, 5, seed=1), (2, 3, 8, 8), steps=3, prediction="v")
+
+
 # --- the denoiser ------------------------------------------------------------------------------------
 
 CFG = Df.DenoiserConfig(image_size=8, patch_size=4, width=16, layers=2, heads=2, cond_dim=6, max_cond_len=5)
