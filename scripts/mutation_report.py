@@ -101,6 +101,10 @@ EQUIVALENT: dict[str, tuple[str, str]] = {  # judged on the run at 60afb5b
     'utils.speculative.x_speculative_generate__mutmut_76': ('662485a4dc25', 'z is 1-D (V,): the argmax over all entries, kept as (1,), is the argmax over its one axis'),
     'utils.speculative.x_speculative_generate__mutmut_78': ('662485a4dc25', 'z is 1-D (V,): the argmax over all entries, kept as (1,), is the argmax over its one axis'),
     'utils.speculative.x_speculative_generate__mutmut_141': ('662485a4dc25', 'z = logits[0, -(kk + 1):] is 2-D: axis +1 is the last axis'),
+    'utils.vq.x_sample_image_codes__mutmut_97': ('ea0f9a67168e', 'the image-token logits are (B, K), 2-D: axis +1 is the last axis'),
+    'utils.vq.xǁVectorQuantizerǁrestart_dead_codes___mutmut_32': ('3627e2b5dadb', 'einops axis names are any identifiers: upper case names the same permutation'),
+    'utils.vq.xǁVectorQuantizerǁrestart_dead_codes___mutmut_35': ('3627e2b5dadb', 'pick only indexes vectors, and an index tensor on the CPU indexes a tensor on any device: the same rows'),
+    'utils.vq.xǁVectorQuantizerǁrestart_dead_codes___mutmut_50': ('3627e2b5dadb', "dead comes from the usage buffer, on the codebook's device already: moving it there again is a no-op"),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",

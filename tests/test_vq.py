@@ -478,3 +478,165 @@ def test_drop_captions_keeps_the_captions_dtype_and_device():
 def test_best_of_one_is_the_only_sample():
     best, index = Q.best_of_k(torch.tensor([[7], [8]]), torch.tensor([[0.3], [-0.2]]))
     assert best.tolist() == [7, 8] and index.tolist() == [0, 0]
+
+
+# --- what the second mutation run found untested: sample_image_codes' checks, restart_dead_codes_ ---------
+
+TEXT = torch.tensor([[1, 2, 3], [4, 0, 0]])  # T_c = 3, ids in [0, V_text = 7); gpt(): vocab 12 = 7 + 5, block 12
+
+
+@pytest.mark.parametrize("name", ["n_codes", "text_vocab", "codebook_size"])
+def test_sample_image_codes_checks_every_size(name):
+    sizes = dict(n_codes=2, text_vocab=7, codebook_size=5)
+    sizes[name] = 0
+    with pytest.raises(ValueError, match=rf"^sample_image_codes: {name} must be a positive int, got 0$"):
+        Q.sample_image_codes(gpt(), TEXT, **sizes)
+
+
+@pytest.mark.parametrize("text, got", [
+    ([[1, 2]], "must be a non-empty int64 tensor \\(B, length\\), got list"),
+    (torch.tensor([[1, 2]], dtype=torch.int32), r"must be a non-empty int64 tensor \(B, length\), got shape \(1, 2\), dtype torch.int32"),
+    (torch.tensor([[1, 7]]), r"must lie in \[0, 7\), got min 1, max 7"),
+])
+def test_sample_image_codes_names_bad_text_ids(text, got):
+    with pytest.raises(ValueError, match=rf"^sample_image_codes: text_ids {got}"):
+        Q.sample_image_codes(gpt(), text, 2, 7, 5)
+
+
+def test_sample_image_codes_context_window_bound_is_exact():
+    """The model reads the caption and every code but the last: T_c + n_codes - 1 positions."""
+    m = gpt()
+    codes = Q.sample_image_codes(m, TEXT, 10, 7, 5, generator=torch.Generator().manual_seed(0))  # 3 + 10 - 1 = 12
+    assert codes.shape == (2, 10) and 0 <= codes.min() and codes.max() < 5
+    with pytest.raises(ValueError, match=r"^sample_image_codes: T_c \+ n_codes - 1 = 13 positions do not fit the "
+                                         r"context window block_size=12"):
+        Q.sample_image_codes(m, TEXT, 11, 7, 5)
+
+
+def test_sample_image_codes_temperature_and_top_k_bounds():
+    m, g = gpt(), lambda: torch.Generator().manual_seed(1)
+    for t in (0.0, -1.0):
+        with pytest.raises(ValueError, match=rf"^sample_image_codes: temperature must be > 0, got {t}"):
+            Q.sample_image_codes(m, TEXT, 2, 7, 5, temperature=t)
+    cold = Q.sample_image_codes(m, TEXT, 3, 7, 5, temperature=1e-6, generator=g())  # tiny but positive: argmax
+    seq = TEXT.clone()
+    for _ in range(3):  # greedy over the image tokens, by the uncached forward
+        seq = torch.cat([seq, m(seq)[:, -1, 7:12].argmax(-1, keepdim=True) + 7], 1)
+    assert torch.equal(cold, seq[:, 3:] - 7)
+    # top_k = K keeps every code: the same draws as no filter; top_k = 1 is the argmax
+    assert torch.equal(Q.sample_image_codes(m, TEXT, 4, 7, 5, top_k=5, generator=g()),
+                       Q.sample_image_codes(m, TEXT, 4, 7, 5, generator=g()))
+    assert torch.equal(Q.sample_image_codes(m, TEXT, 3, 7, 5, top_k=1, generator=g()), cold)
+    for bad in (0, 6, 2.0, -1):
+        with pytest.raises(ValueError, match=rf"^sample_image_codes: top_k must be an int in \[1, K=5\] or None, "
+                                             rf"got {bad!r}"):
+            Q.sample_image_codes(m, TEXT, 2, 7, 5, top_k=bad)
+
+
+@pytest.mark.parametrize("null", [None, [0, 0, 0], torch.zeros(4, dtype=torch.long), torch.zeros(1, 3, dtype=torch.long),
+                                  torch.zeros(2, dtype=torch.long)])
+def test_sample_image_codes_guidance_needs_a_null_caption_of_the_captions_length(null):
+    with pytest.raises(ValueError, match=r"^sample_image_codes: guidance_scale=2.0 needs null_ids, the null caption "
+                                         r"\(T_c=3,\)"):
+        Q.sample_image_codes(gpt(), TEXT, 2, 7, 5, guidance_scale=2.0, null_ids=null)
+
+
+def test_sample_image_codes_names_bad_null_ids():
+    """null_ids must be int64 like the captions (an int32 null caption is refused, not converted) and in range."""
+    m = gpt()
+    with pytest.raises(ValueError, match=r"^sample_image_codes: null_ids must lie in \[0, 7\), got min 0, max 7"):
+        Q.sample_image_codes(m, TEXT, 2, 7, 5, guidance_scale=2.0, null_ids=torch.tensor([0, 0, 7]))
+    with pytest.raises(ValueError, match=r"^sample_image_codes: null_ids must be a non-empty int64 tensor \(B, length\), "
+                                         r"got shape \(1, 3\), dtype torch.int32"):
+        Q.sample_image_codes(m, TEXT, 2, 7, 5, guidance_scale=2.0, null_ids=torch.zeros(3, dtype=torch.int32))
+    # guidance_scale = 1 is the plain conditional model: null_ids is not needed, and ignored if given
+    g = lambda: torch.Generator().manual_seed(2)
+    assert torch.equal(Q.sample_image_codes(m, TEXT, 3, 7, 5, guidance_scale=1.0, null_ids=None, generator=g()),
+                       Q.sample_image_codes(m, TEXT, 3, 7, 5, null_ids=torch.tensor([9, 9]), generator=g()))
+
+
+def rows(z):
+    """z (B, D, H, W) → its B·H·W D-vectors (B·H·W, D), by permute (not einops)."""
+    return z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
+
+
+def is_one_of(row, vectors):
+    return bool((vectors == row).all(dim=1).any())
+
+
+def test_restart_threshold_bounds_and_a_share_equal_to_it_is_alive():
+    q = quantizer()  # usage starts at 1/4 for each of the 4 codes
+    assert q.restart_dead_codes_(Z, threshold=0.0) == 0  # no share is below 0
+    assert q.restart_dead_codes_(Z, threshold=1.0, generator=torch.Generator().manual_seed(0)) == 4  # all below 1
+    for bad in (-1e-9, 1.0 + 1e-9, -0.5):
+        with pytest.raises(ValueError, match=rf"^restart_dead_codes_: threshold is a share of the assignments in "
+                                             rf"\[0, 1\], got {bad}"):
+            q.restart_dead_codes_(Z, threshold=bad)
+    q = quantizer()
+    before = q.embedding.weight.detach().clone()
+    q.usage.copy_(torch.tensor([0.25, 0.25, 0.5, 0.0]))
+    assert q.restart_dead_codes_(Z, threshold=0.25, generator=torch.Generator().manual_seed(0)) == 1  # "below": < not ≤
+    assert torch.equal(q.embedding.weight.detach()[:3], before[:3])
+    assert is_one_of(q.embedding.weight.detach()[3], rows(Z))
+
+
+def test_restart_fewer_vectors_than_dead_codes_draws_with_replacement():
+    q = Q.VectorQuantizer(8, 2)
+    q.usage.zero_()
+    z = randn(1, 2, 1, 3, seed=6)  # M = 3 encoder outputs for n = 8 dead codes
+    assert q.restart_dead_codes_(z, threshold=0.01, generator=torch.Generator().manual_seed(0)) == 8
+    w = q.embedding.weight.detach()
+    assert all(is_one_of(w[k], rows(z)) for k in range(8))
+    torch.testing.assert_close(q.usage, torch.full((8,), 1 / 8))
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_restart_as_many_vectors_as_dead_codes_uses_each_once(seed):
+    """M == n: without replacement, the restarted codes are the encoder outputs, each exactly once."""
+    q = Q.VectorQuantizer(8, 2)
+    q.usage.zero_()
+    z = randn(2, 2, 2, 2, seed=7)  # M = 2·2·2 = 8
+    assert q.restart_dead_codes_(z, threshold=0.01, generator=torch.Generator().manual_seed(seed)) == 8
+    got = sorted(map(tuple, q.embedding.weight.detach().tolist()))
+    assert got == sorted(map(tuple, rows(z).tolist()))
+
+
+@pytest.mark.parametrize("M", [2, 18])  # fewer vectors than the 6 dead codes (randint), and more (randperm)
+def test_restart_is_reproducible_with_a_generator_whatever_the_global_rng(M):
+    z = randn(1, 2, 1, M, seed=8)
+
+    def restart(gen_seed, global_seed):
+        q = Q.VectorQuantizer(6, 2)
+        q.usage.zero_()
+        torch.manual_seed(global_seed)
+        q.restart_dead_codes_(z, threshold=0.01, generator=torch.Generator().manual_seed(gen_seed))
+        return q.embedding.weight.detach().clone()
+
+    a = restart(3, global_seed=10)
+    assert torch.equal(a, restart(3, global_seed=11))
+    assert not torch.equal(a, restart(4, global_seed=10))
+
+
+@pytest.mark.parametrize("z_dtype, q_dtype", [(torch.float64, torch.float32), (torch.float32, torch.float64)])
+def test_restart_writes_encoder_vectors_in_the_codebooks_dtype(z_dtype, q_dtype):
+    q = Q.VectorQuantizer(6, 3).to(q_dtype)
+    q.usage.copy_(torch.tensor([0.0, 0.5, 0.0, 0.5, 0.0, 0.0], dtype=q_dtype))
+    before = q.embedding.weight.detach().clone()
+    z = randn(2, 3, 2, 2, seed=9).to(z_dtype)  # 8 vectors for 4 dead codes
+    assert q.restart_dead_codes_(z, threshold=0.1, generator=torch.Generator().manual_seed(0)) == 4
+    w = q.embedding.weight.detach()
+    assert w.dtype == q_dtype
+    vectors = rows(z).to(q_dtype)
+    for k in (0, 2, 4, 5):
+        assert is_one_of(w[k], vectors)
+    assert torch.equal(w[[1, 3]], before[[1, 3]])
+
+
+@pytest.mark.parametrize("bad, got", [
+    ([0.0], "got list"),
+    (torch.zeros(1, 3, 2, 2), r"got shape \(1, 3, 2, 2\), dtype torch.float32"),
+    (torch.zeros(1, 2, 2, 2, dtype=torch.long), r"got shape \(1, 2, 2, 2\), dtype torch.int64"),
+])
+def test_restart_names_what_it_got(bad, got):
+    with pytest.raises(ValueError, match=rf"^restart_dead_codes_: z must be a float tensor \(B, D=2, G, G\), {got}"):
+        quantizer().restart_dead_codes_(bad)
