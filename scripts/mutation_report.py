@@ -105,6 +105,7 @@ EQUIVALENT: dict[str, tuple[str, str]] = {  # judged on the run at 60afb5b
     'utils.vq.xǁVectorQuantizerǁrestart_dead_codes___mutmut_32': ('3627e2b5dadb', 'einops axis names are any identifiers: upper case names the same permutation'),
     'utils.vq.xǁVectorQuantizerǁrestart_dead_codes___mutmut_35': ('3627e2b5dadb', 'pick only indexes vectors, and an index tensor on the CPU indexes a tensor on any device: the same rows'),
     'utils.vq.xǁVectorQuantizerǁrestart_dead_codes___mutmut_50': ('3627e2b5dadb', "dead comes from the usage buffer, on the codebook's device already: moving it there again is a no-op"),
+    'utils.compress.x_head_ablation_scores__mutmut_32': ('f9b1cf4cf226', 'columns set to a constant make the head write the same value to every channel of the residual stream, which every LayerNorm of the pre-LN GPT subtracts (ln_1, ln_2, ln_f): ablation by 1 is ablation by 0 (checked: equal losses)'),
 }
 
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
