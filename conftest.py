@@ -5,9 +5,14 @@
   notebooks first, longest last run first, then the unit-test files, so no long chapter starts last.
 - Compares the outputs of cells tagged `nbval-tolerant` at a stated tolerance instead of digit for digit
   (scripts/nbval_tolerance.py): numbers a chapter prints from training differ between CPUs and thread counts.
-- Enforces each chapter's CPU time budget when its notebook runs under nbval: the budget is the
-  notebook's metadata `onehot.cpu_budget_minutes` (stated at the top of the chapter). With CI set
-  (as in `.ci/run`), a notebook over its budget fails the run; elsewhere it is reported only.
+- Checks each chapter's CPU time budget when its notebook runs under nbval: the budget is the
+  notebook's metadata `onehot.cpu_budget_minutes` (stated at the top of the chapter). A notebook over
+  its budget is reported; with CI set (as in `.ci/run`), one over CI_SLACK times its budget fails the run.
+  The slack is for the machine, not the chapter: CI gives each chapter one core beside another chapter,
+  and one core of CI's machines is up to ~1.45x slower than another's (the same commit, chapter 12: 403 s
+  on one machine, 594 s on an AMD EPYC, which ran it in 407 s with two cores to itself). The budget
+  itself is also held statically: tests/test_book.py fails a chapter whose stored last run
+  (scripts.execute_notebooks, the chapter alone) took longer than its budget.
 - Prints a timing report at the end: each chapter against its budget, and the ten slowest unit tests.
 """
 from __future__ import annotations
@@ -61,17 +66,35 @@ def _budget_minutes(path: str) -> float | None:
     return _metadata(path).get("cpu_budget_minutes")
 
 
+CI_SLACK = 1.5  # CI fails a chapter over 1.5x its budget; see the module docstring for why
+
+
+def _cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    import platform
+    return platform.processor() or platform.machine()
+
+
 def pytest_terminal_summary(terminalreporter, exitstatus, config):
     if _seconds:
         terminalreporter.section("chapter run times (nbval)")
+        terminalreporter.write_line(f"CPU: {_cpu_name()}, {os.cpu_count()} cores; a chapter over its budget is "
+                                    f"reported, one over {CI_SLACK:g}x its budget fails the run under CI")
         for path, seconds in sorted(_seconds.items()):
             budget = _budget_minutes(path)
             if budget is None:
                 verdict = "NO BUDGET SET"
             else:
                 verdict = f"{100 * seconds / (budget * 60):.0f}% of its budget of {budget:g} min"
-            if path in _over_budget():
-                verdict += "  <-- OVER BUDGET"
+            if path in _over_budget(CI_SLACK):
+                verdict += f"  <-- OVER {CI_SLACK:g}x THE BUDGET"
+            elif path in _over_budget():
+                verdict += "  <-- over budget on this machine"
             terminalreporter.write_line(f"{path}: {seconds:.0f} s ({verdict})")
         terminalreporter.write_line(f"all chapters: {sum(_seconds.values()):.0f} s of notebook time")
     if _tests:
@@ -81,12 +104,13 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         terminalreporter.write_line(f"all {len(_tests)} unit tests: {sum(_tests.values()):.0f} s")
 
 
-def _over_budget() -> list[str]:
-    return sorted(p for p, s in _seconds.items() if s > (_budget_minutes(p) or 0) * 60)
+def _over_budget(factor: float = 1.0) -> list[str]:
+    """The chapters that ran longer than `factor` times their budget (all of them when one has none)."""
+    return sorted(p for p, s in _seconds.items() if s > factor * (_budget_minutes(p) or 0) * 60)
 
 
 def pytest_sessionfinish(session, exitstatus):
-    over = _over_budget()
+    over = _over_budget(CI_SLACK)
     if over and os.environ.get("CI") and session.exitstatus == 0:
-        print(f"\nchapters over their CPU budget: {', '.join(sorted(over))}", file=sys.stderr)
+        print(f"\nchapters over {CI_SLACK:g}x their CPU budget: {', '.join(over)}", file=sys.stderr)
         session.exitstatus = 1

@@ -90,6 +90,9 @@ def test_runtime_is_stated_and_budgeted(chapter):
     assert budget, f"{path.name}: metadata onehot.cpu_budget_minutes is missing"
     assert re.search(rf"\*\*{budget:g} minutes?\*\*", nb.cells[0].source), \
         f"{path.name}: the top of the chapter must state the {budget:g}-minute CPU budget"
+    last = nb.metadata.get("onehot", {}).get("last_run_seconds") or 0
+    assert last <= 60 * budget, \
+        f"{path.name}: its stored run took {last:.0f} s, over its budget of {budget:g} minutes"
 
 
 def _stated_seconds(text: str) -> float | None:
@@ -160,3 +163,41 @@ def test_nbval_sanitizer_is_read():
     for regex, replace in patterns:
         text = re.sub(regex, replace, text)
     assert text == "before\nafter\n"
+
+
+def _root_conftest():
+    import importlib.util
+    import sys
+    module = sys.modules.get("conftest")
+    if module is not None and Path(module.__file__).resolve() == ROOT / "conftest.py":
+        return module
+    spec = importlib.util.spec_from_file_location("onehot_root_conftest", ROOT / "conftest.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_ci_budget_check_flags_over_the_budget_and_fails_over_the_slack(monkeypatch):
+    """Over the budget: reported. Over CI_SLACK times it: the run fails under CI, and only under CI."""
+    conftest = _root_conftest()
+    budgets = {"a.ipynb": 2, "b.ipynb": 2, "c.ipynb": 2, "d.ipynb": None}
+    monkeypatch.setattr(conftest, "_budget_minutes", budgets.get)
+    monkeypatch.setattr(conftest, "_seconds", {"a.ipynb": 120.0, "b.ipynb": 121.0, "c.ipynb": 181.0, "d.ipynb": 1.0})
+    assert conftest.CI_SLACK == 1.5
+    assert conftest._over_budget() == ["b.ipynb", "c.ipynb", "d.ipynb"]  # a chapter with no budget is over it
+    assert conftest._over_budget(conftest.CI_SLACK) == ["c.ipynb", "d.ipynb"]
+
+    class Session:
+        exitstatus = 0
+    for ci, expected in ((None, 0), ("true", 1)):
+        if ci:
+            monkeypatch.setenv("CI", ci)
+        else:
+            monkeypatch.delenv("CI", raising=False)
+        session = Session()
+        conftest.pytest_sessionfinish(session, 0)
+        assert session.exitstatus == expected
+    monkeypatch.setattr(conftest, "_seconds", {"a.ipynb": 120.0, "b.ipynb": 179.0})
+    session = Session()
+    conftest.pytest_sessionfinish(session, 0)
+    assert session.exitstatus == 0  # over the budget, under the slack: reported, not failed
