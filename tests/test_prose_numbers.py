@@ -95,8 +95,6 @@ NOT_OUTPUTS = {  # number or percentage quoted in the text, printed by no output
                            "1.5": "LLaVA-1.5", "7.6": "questions per scene, counted from the data set (not printed)",
                            "90%": "an asserted target", "50%": "a coin's chance",
                            "45%": "an asserted target",
-                           "65%": "an earlier run of the question-only prefix model (not in this notebook)",
-                           "77%": "the same run at 2,000 steps",
                            "0.1": "read off the loss figure", "60%": "an asserted target (held-out phrasings)"},
     "11_compression": {"0.125": "the ideal int4 ratio, 1/8",
                        "3.5": "GPT-3.5; 3.5 GB of int4 weights", "0.3": "the target's byte ratio",
