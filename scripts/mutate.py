@@ -50,10 +50,10 @@ def commit() -> str:
 SURVIVED = {code for code, s in mutation_report.STATUS.items() if s in ("survived", "no tests")}  # mutmut exit codes
 
 
-def forget_survivors(name: str) -> int:
+def forget_survivors(name: str) -> list[str]:
     """Mark the survivors of utils/<name>.py in mutants/ as not yet checked, so that the next run tests them
     again with the tests as they are now (a killed mutant stays killed: adding tests cannot revive it).
-    Returns how many were reset."""
+    Returns the mutants left to check: those reset, and any not checked yet (an interrupted run's)."""
     meta_path = ROOT / "mutants" / "utils" / f"{name}.py.meta"
     if not meta_path.exists():
         raise SystemExit(f"scripts.mutate: utils/{name}.py has no results in mutants/ to test again: run it first")
@@ -63,7 +63,7 @@ def forget_survivors(name: str) -> int:
     for key in again:
         codes[key] = None
     meta_path.write_text(json.dumps(meta), encoding="utf-8")
-    return len(again)
+    return sorted(key for key, code in codes.items() if code is None)
 
 
 def run(names: list[str], survivors: bool = False) -> int:
@@ -78,11 +78,16 @@ def run(names: list[str], survivors: bool = False) -> int:
     runs = json.loads(RUNS.read_text()) if RUNS.exists() else {}
     status = 0
     for name in todo:
+        # mutmut runs every mutant a pattern matches, killed or not: a survivors run names its mutants one by one
+        targets = [f"utils.{name}.*"]
         if survivors:
-            print(f"utils/{name}.py: {forget_survivors(name)} survivors to test again", flush=True)
+            targets = forget_survivors(name)
+            print(f"utils/{name}.py: {len(targets)} survivors to test again", flush=True)
+            if not targets:
+                continue
         start, at = time.time(), commit()
         print(f"mutating utils/{name}.py at {at} ...", flush=True)
-        code = subprocess.run([sys.executable, "-m", "mutmut", "run", f"utils.{name}.*"], cwd=ROOT, env=env).returncode
+        code = subprocess.run([sys.executable, "-m", "mutmut", "run", *targets], cwd=ROOT, env=env).returncode
         if code:
             print(f"scripts.mutate: mutmut stopped with exit code {code} on utils/{name}.py", file=sys.stderr)
             status = code
