@@ -108,6 +108,17 @@ EQUIVALENT: dict[str, tuple[str, str]] = {  # judged on the run at 60afb5b
     'utils.compress.x_head_ablation_scores__mutmut_32': ('f9b1cf4cf226', 'columns set to a constant make the head write the same value to every channel of the residual stream, which every LayerNorm of the pre-LN GPT subtracts (ln_1, ln_2, ln_f): ablation by 1 is ablation by 0 (checked: equal losses)'),
 }
 
+# Survivors that differ from the code only where tensors sit on two devices (a CUDA GPU and the CPU): the
+# unit tests run on a machine without a GPU, so none can kill them. They count as survived; the report says why.
+CUDA_ONLY: dict[str, tuple[str, str]] = {  # mutant name → (hash of its function when judged, what differs on a GPU)
+    'utils.speculative.x__draw__mutmut_3': ('013a3a9530ad', "probs is left where it is instead of moved to the generator's device: the same on one device; on a GPU with a CPU generator multinomial would refuse"),
+    'utils.speculative.x__draw__mutmut_5': ('013a3a9530ad', "probs.to(None) leaves probs where they are instead of on the generator's device: differs only when the two devices differ"),
+    'utils.speculative.x__draw__mutmut_6': ('013a3a9530ad', "the drawn index stays on the generator's device instead of returning to probs': differs only when the two devices differ"),
+    'utils.speculative.x_verify_sampling__mutmut_25': ('b5a04ce771df', "the uniform draw is made on the generator's device, not p's: differs only when the two devices differ"),
+    'utils.vq.x_sample_image_codes__mutmut_73': ('ea0f9a67168e', "the null caption is not moved to the captions' device (torch.cat promotes its integer dtype the same way): differs only when the two devices differ"),
+    'utils.vq.x_sample_image_codes__mutmut_100': ('ea0f9a67168e', 'the drawn codes stay on the CPU where multinomial drew them: differs only when the logits are on a GPU'),
+}
+
 STATUS = {1: "killed", 3: "killed", 0: "survived", 5: "no tests", 33: "no tests", 34: "skipped", 36: "timeout",
           24: "timeout", -24: "timeout", 152: "timeout", 255: "timeout", None: "not checked"}
 
@@ -161,7 +172,7 @@ def collect() -> dict[str, dict]:
         if not codes:
             continue
         hashes = meta["hash_by_function_name"]
-        counts, survivors, equivalent, stale = Counter(), [], [], []
+        counts, survivors, equivalent, stale, cuda_only = Counter(), [], [], [], {}
         for mutant, code in sorted(codes.items(), key=lambda kv: (_function(kv[0]), int(kv[0].rsplit("_", 1)[1]))):
             s = status(code)
             entry = EQUIVALENT.get(mutant)
@@ -173,8 +184,11 @@ def collect() -> dict[str, dict]:
             counts[s] += 1
             if s in ("survived", "no tests", "suspicious", "skipped"):
                 survivors.append((mutant, s))
+                gpu = CUDA_ONLY.get(mutant)
+                if gpu and gpu[0] == hashes.get(_function(mutant)):
+                    cuda_only[mutant] = gpu[1]
         out[module] = dict(counts=counts, total=len(codes), survivors=survivors, equivalent=equivalent, stale=stale,
-                           run=runs.get(module))
+                           run=runs.get(module), cuda_only=cuda_only)
     return out
 
 
@@ -261,7 +275,9 @@ def render(results: dict[str, dict], previous: dict[str, dict] | None = None) ->
         if r["survivors"]:
             lines += ["", "Survivors (bugs no test notices: each needs a test, or a reason it changes nothing):", ""]
             for mutant, s in r["survivors"]:
-                lines.append(f"- `{mutant.split('.')[-1]}` ({s}):")
+                gpu = r.get("cuda_only", {}).get(mutant)
+                lines.append(f"- `{mutant.split('.')[-1]}` ({s}" + (f"; only a CUDA device tells it apart: {gpu}" if gpu else "")
+                             + "):")
                 lines += ["  ```diff", *("  " + d for d in change(module, mutant).splitlines()), "  ```"]
         if r["equivalent"]:
             lines += ["", "Equivalent (change no behaviour):", ""]

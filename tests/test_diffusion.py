@@ -869,3 +869,20 @@ def test_clip_text_features_on_the_ids_device():
     with NoValuesOnMeta():
         features, mask = Df.clip_text_features(clip.to(META), torch.zeros(2, 6, dtype=torch.long, device=META))
     assert features.device == mask.device == META and mask.shape == (2, 6)
+
+
+@pytest.mark.parametrize("sampler", ["ddim", "ddpm"])
+def test_sample_draws_x_T_on_the_captions_device(sampler):
+    """The noise is drawn with a CPU generator and moved to the captions' device: checked on the meta device
+    (shapes only, no data), which a machine without a GPU has, so a sample left on the CPU is noticed."""
+    seen = []
+
+    def model(x, t, cond, mask, drop=None):
+        seen.append(x.device.type)
+        return torch.zeros_like(x)
+
+    cond = torch.zeros(2, 3, 4, device="meta")
+    out = Df.sample(model, Df.NoiseSchedule(num_train_timesteps=10), cond, (2, 1, 2, 2), steps=3, sampler=sampler,
+                    guidance_scale=2.0, generator=torch.Generator().manual_seed(0))
+    assert out.device.type == "meta" and out.shape == (2, 1, 2, 2)
+    assert seen == ["meta"] * 3

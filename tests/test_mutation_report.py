@@ -132,3 +132,14 @@ class A:
         return 5
 '''
     assert mr.unmutated(source) == ["sample", "ctx", "A.p", "A.both"]
+
+
+def test_a_survivor_only_a_gpu_tells_apart_is_said_so_and_still_counts(mutants, monkeypatch):
+    monkeypatch.setattr(mr, "CUDA_ONLY", {"utils.m.x_f__mutmut_2": ("aaa", "the sum stays on the CPU")})
+    m = mr.collect()["m"]
+    assert m["counts"]["survived"] == 1 and m["cuda_only"] == {"utils.m.x_f__mutmut_2": "the sum stays on the CPU"}
+    text = mr.render(mr.collect())
+    assert "| 66.7% |" in text  # still a survivor in the score
+    assert "`x_f__mutmut_2` (survived; only a CUDA device tells it apart: the sum stays on the CPU):" in text
+    monkeypatch.setattr(mr, "CUDA_ONLY", {"utils.m.x_f__mutmut_2": ("old", "the sum stays on the CPU")})
+    assert mr.collect()["m"]["cuda_only"] == {}  # judged on another version of the function: not said
