@@ -131,10 +131,25 @@ def _function(mutant: str) -> str:
     return mutant.split(".")[-1].rsplit("__mutmut_", 1)[0]
 
 
+_SPANS: dict[tuple[Path, float], dict[str, tuple[int, int]]] = {}
+
+
+def _spans(path: Path) -> dict[str, tuple[int, int]]:
+    """Every function in mutmut's rewritten module → its first and last line. Read from the file itself: mutmut's
+    own .spans file is not rewritten when it mutates a changed module again, and then points at other lines."""
+    key = (path, path.stat().st_mtime)
+    if key not in _SPANS:
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        _SPANS[key] = {node.name: (node.lineno, node.end_lineno) for node in ast.walk(tree)
+                       if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef))}
+    return _SPANS[key]
+
+
 def change(module: str, mutant: str) -> str:
-    """The mutant's change, as a few diff lines against the original function (from mutmut's spans file)."""
-    src = (MUTANTS / "utils" / f"{module}.py").read_text(encoding="utf-8").splitlines()
-    spans = json.loads((MUTANTS / "utils" / f"{module}.py.spans").read_text(encoding="utf-8"))["spans"]
+    """The mutant's change, as a few diff lines against the original function (both found in mutmut's file)."""
+    path = MUTANTS / "utils" / f"{module}.py"
+    src = path.read_text(encoding="utf-8").splitlines()
+    spans = _spans(path)
     name = mutant.split(".")[-1]
     orig, mut = spans[_function(mutant) + "__mutmut_orig"], spans[name]
     a = [re.sub(r"__mutmut_orig\(", "(", line) for line in src[orig[0] - 1:orig[1]]]

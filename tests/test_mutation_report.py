@@ -64,8 +64,10 @@ def test_a_stale_equivalence_is_not_counted(mutants, monkeypatch):
     assert m["equivalent"] == [] and m["stale"] == ["utils.m.x_f__mutmut_3"] and m["counts"]["survived"] == 2
 
 
-def test_the_change_is_read_from_the_spans(mutants):
+def test_the_change_is_read_from_the_mutated_file_not_a_stale_spans_file(mutants):
     assert mr.change("m", "utils.m.x_g__mutmut_1") == "- if n < 0:\n+ if n <= 0:"
+    (mutants / "utils" / "m.py.spans").write_text(json.dumps({"version": 1, "spans": {}}))  # mutmut left it stale
+    assert mr.change("m", "utils.m.x_f__mutmut_1") == "- return a + b\n+ return a - b"
 
 
 def test_without_a_run_it_says_what_to_do(tmp_path, monkeypatch):

@@ -923,7 +923,7 @@ def test_integer_linear_int32_activations_with_int8_weights_use_the_int32_produc
 def test_integer_linear_rejects_non_integer_or_non_2d_operands(which, bad):
     ok = torch.zeros(3, 4, dtype=torch.int8)
     args = (bad, 1.0, 0, ok, 1.0) if which == "xq" else (ok, 1.0, 0, bad, 1.0)
-    with pytest.raises(ValueError, match="2-D integer tensor"):
+    with pytest.raises(ValueError, match=f"^integer_linear: {which} must be a 2-D integer tensor"):
         integer_linear(*args)
 
 
@@ -933,9 +933,10 @@ def test_integer_linear_checks_bias_and_per_row_lengths():
         with pytest.raises(ValueError, match=r"bias must have shape \(O,\) = \(2,\)"):
             integer_linear(xq, 1.0, 0, wq, 1.0, 0, bad_bias)
     assert integer_linear(xq, 1.0, 0, wq, 1.0, 0, torch.tensor([1.0, -1.0])).tolist() == [[5.0, 3.0]] * 3
-    for kw, bad in (("x_zero", torch.zeros(2)), ("w_scale", torch.ones(3)), ("w_zero", torch.zeros(3))):
+    for kw, bad in (("x_zero", torch.zeros(2)), ("x_scale", torch.ones(2)), ("w_scale", torch.ones(3)),
+                    ("w_zero", torch.zeros(3))):
         args = dict(x_scale=1.0, x_zero=0, w_scale=1.0, w_zero=0) | {kw: bad}
-        with pytest.raises(ValueError, match=f"{kw} must hold 1 value"):
+        with pytest.raises(ValueError, match=f"^integer_linear: {kw} must hold 1 value"):
             integer_linear(xq, wq=wq, **args)
     # a single token (N = 1) with one value per token is fine
     assert integer_linear(xq[:1], torch.tensor([2.0]), torch.tensor([1]), wq, 1.0).tolist() == [[0.0, 0.0]]
@@ -1267,3 +1268,17 @@ def test_qat_finalize_blocks_only_and_unprepared_models():
     assert qat_finalize_(plain) is plain  # nothing prepared: nothing changes
     for k, v in plain.state_dict().items():
         assert torch.equal(v, model.state_dict()[k]), k
+
+
+@pytest.mark.parametrize("x_dtype", [torch.int8, torch.uint8])
+def test_int_products_are_the_int32_matrix_product_in_int32(x_dtype):
+    """Σ_k x[n, k] w[o, k] in int32 as the docstring says, by the int8 kernel (uint8 shifted by 128 and back)
+    or the plain product: the same integers and the same dtype either way."""
+    from utils.quantize import _int_products
+    g = torch.Generator().manual_seed(0)
+    lo, hi = (-128, 128) if x_dtype == torch.int8 else (0, 256)
+    x = torch.randint(lo, hi, (32, 16), generator=g).to(x_dtype)
+    w = torch.randint(-127, 128, (24, 16), generator=g).to(torch.int8)
+    got = _int_products(x, w)
+    assert got.dtype == torch.int32
+    assert torch.equal(got, x.to(torch.int32) @ w.to(torch.int32).T)
