@@ -1282,3 +1282,234 @@ def test_int_products_are_the_int32_matrix_product_in_int32(x_dtype):
     got = _int_products(x, w)
     assert got.dtype == torch.int32
     assert torch.equal(got, x.to(torch.int32) @ w.to(torch.int32).T)
+
+
+# ---- from the mutation run of utils.quantize at dbe8619
+# Each test pins a behaviour a surviving mutant changed, against torch, a formula or values worked out by hand.
+
+@TORCH_QUANTIZED_DEPRECATED
+def test_dequantize_takes_q_minus_zero_point_in_the_scales_dtype():
+    """Zero points kept in the storage type (uint8, as torch's quint8 and checkpoints keep them) do not wrap around:
+    0 - 128 is -128, not 128 in uint8. Reference: torch's quantized tensor holding the same integers."""
+    ref = torch.quantize_per_tensor(torch.tensor([-64.0, 63.5, 0.0, 1.0]), 0.5, 128, torch.quint8)
+    q = Quantized(ref.int_repr()[None, None], torch.tensor([[[0.5]]]), torch.tensor([[[128]]], dtype=torch.uint8), 8,
+                  torch.Size([1, 4]))
+    out = q.dequantize()
+    assert out.dtype == torch.float32 and out.tolist() == [ref.dequantize().tolist()] == [[-64.0, 63.5, 0.0, 1.0]]
+
+
+def test_affine_zero_point_stays_on_the_grid_when_the_scale_is_subnormal():
+    """A range so narrow that its scale is subnormal: -lo / scale can round past 2^b - 1, and the zero point is clamped
+    to the top level (as torch.ao's observers clamp it), so that 0 stays exact. By hand: lo = -256 · 2^-149, hi = 0 at
+    8 bits: scale 256 / 255 · 2^-149 is stored as 2^-149, -lo / scale = 256, clamped to 255."""
+    tiny = 2.0**-149
+    if float(torch.tensor(tiny) * 1.0) == 0.0:
+        pytest.skip("this process flushes subnormal floats to zero")
+    s, z = activation_qparams(-256 * tiny, 0.0)
+    assert float(s) == tiny and float(z) == 255.0
+    assert float(activation_qparams(-16 * tiny, 0.0, 4)[1]) == 15.0
+    q = quantize(torch.tensor([[-256 * tiny, 0.0]]), 8, "channel", symmetric=False)
+    assert q.zero_point.flatten().tolist() == [255.0] and q.q.flatten().tolist() == [0, 255]
+    assert q.dequantize()[0, 1] == 0.0
+
+
+@pytest.mark.parametrize("bad,got", [(torch.zeros(3, 4, 5), r"shape \(3, 4, 5\), dtype torch.float32"),
+                                     (torch.zeros(2, 3, dtype=torch.int32), r"shape \(2, 3\), dtype torch.int32"),
+                                     ([[1.0, 2.0, 3.0]], "list")])
+def test_weight_errors_name_the_function_and_what_they_got(bad, got):
+    for who, call in (("quantize", lambda: quantize(bad, 8)), ("gptq_quantize", lambda: gptq_quantize(bad, torch.eye(3)))):
+        with pytest.raises(ValueError, match=rf"^{who}: w must be a 2-D float tensor \(O, I\), got {got}$"):
+            call()
+
+
+@pytest.mark.parametrize("who", ["quantize", "gptq_quantize", "WeightFakeQuant"])
+def test_granularity_errors_name_the_function(who):
+    w = torch.ones(4, 6)
+    call = {"quantize": lambda g: quantize(w, 4, g), "gptq_quantize": lambda g: gptq_quantize(w, torch.eye(6), 4, g),
+            "WeightFakeQuant": lambda g: WeightFakeQuant(4, g)(w)}[who]
+    with pytest.raises(ValueError, match=rf"^{who}: group size 4 does not divide the row length I=6; pick a divisor "
+                                         r"of 6 \(e.g. 2\) or granularity='channel'$"):
+        call(4)
+    with pytest.raises(ValueError, match=rf"^{who}: granularity must be 'tensor', 'channel' or a positive int group "
+                                         r"size, got 'row'$"):
+        call("row")
+
+
+@pytest.mark.parametrize("H,kwargs,message", [
+    (torch.eye(3), {}, r"H must be a float \(I, I\) = \(4, 4\) matrix"),
+    (torch.eye(4), {"damp": -1.0}, "damp must be ≥ 0"),
+    (torch.eye(4), {"block_size": 0}, "block_size must be a positive int, got 0$"),
+    (-torch.eye(4), {"damp": 0.0}, r"H is not positive definite even after damping \(0.0\); raise damp$")])
+def test_gptq_errors_name_the_function(H, kwargs, message):
+    with pytest.raises(ValueError, match=f"^gptq_quantize: {message}"):
+        gptq_quantize(torch.ones(2, 4), H, 4, **kwargs)
+
+
+def test_empty_calibration_errors_name_the_function():
+    lin = nn.Linear(2, 2)
+    with pytest.raises(ValueError, match="^observe_inputs: the calibration batches are empty$"):
+        observe_inputs(lin, [], {"lin": lin})
+    with pytest.raises(ValueError, match="^input_hessian: the calibration batches are empty$"):
+        input_hessian(lin, lin, iter([]))
+
+
+def test_run_returns_how_many_batches_ran_stopped_ones_included():
+    from utils.quantize import _run, _Stop
+    seen = []
+
+    def model(x):
+        seen.append(x)
+        if x == 2:
+            raise _Stop
+
+    assert _run(model, iter([1, 2, 3]), "some_fn") == 3 and seen == [1, 2, 3]
+    assert _run(model, [7], "some_fn") == 1
+    with pytest.raises(ValueError, match="^some_fn: the calibration batches are empty$"):
+        _run(model, [], "some_fn")
+
+
+def test_observe_inputs_takes_the_lowest_value_from_any_batch():
+    """The range of every batch counts, not only the first one's: as torch.ao's MinMaxObserver over the same batches."""
+    lin = nn.Linear(2, 1)
+    batches = [torch.tensor([[1.0, 2.0]]), torch.tensor([[-3.0, 0.5], [0.0, 0.25]]), torch.tensor([[0.0, 9.0]])]
+    s = observe_inputs(lin, batches, {"lin": lin})["lin"]
+    obs = MinMaxObserver(dtype=torch.quint8, qscheme=torch.per_tensor_affine)
+    for b in batches:
+        obs(b)
+    assert float(s.lo) == float(obs.min_val) == -3.0 and float(s.hi) == float(obs.max_val) == 9.0
+    assert s.channel_absmax.tolist() == [3.0, 9.0] and s.n_tokens == 4
+
+
+@TORCH_QUANTIZED_DEPRECATED
+def test_quantize_activation_takes_scale_and_zero_point_in_float32():
+    """A float64 scale is used at float32 precision, as torch's quantizers use it: 1 + 2^-30 is 1 in float32, so 3.5 and
+    -1.5 are ties (rounded to even), not just below and above them. A zero point a hair below 3 in float64 is 3."""
+    x = torch.tensor([[3.5, 2.5, -1.5, 0.5]])
+    s = torch.tensor([1 + 2**-30], dtype=torch.float64)
+    ref = torch.quantize_per_channel(x, s, torch.tensor([10]), 0, torch.quint8).int_repr()
+    assert ref.tolist() == [[14, 12, 8, 10]]
+    for scale in (s, s[:, None]):  # one per token, (N,) or (N, 1)
+        assert torch.equal(quantize_activation(x, scale, 10), ref)
+    z = torch.tensor([[3 - 2**-30]], dtype=torch.float64)  # float32: 3.0
+    assert quantize_activation(torch.zeros(1, 3), 1.0, z).tolist() == [[3, 3, 3]]
+
+
+@pytest.mark.filterwarnings("error")
+def test_integer_linear_with_single_scales_and_zero_points_warns_nothing():
+    """One value per tensor is held as a (1, 1) column: transposing it is not the 1-D `.T` that torch deprecates
+    (a UserWarning, once per process unless warn_always is set, as here)."""
+    xq, wq = torch.full((2, 3), 3, dtype=torch.int8), torch.ones(4, 3, dtype=torch.int8)
+    always = torch.is_warn_always_enabled()
+    torch.set_warn_always(True)
+    try:
+        for ws, wz in ((0.25, 2), (torch.tensor(0.25), torch.tensor([2])), (torch.tensor([[0.25]]), torch.tensor(2))):
+            y = integer_linear(xq, 0.5, 1, wq, ws, wz)
+            torch.testing.assert_close(y.double(), _dequantized_product(xq, 0.5, 1, wq, 0.25, 2), rtol=0, atol=0)
+    finally:
+        torch.set_warn_always(always)
+    assert y.tolist() == [[-0.75] * 4] * 2  # 0.5 · 0.25 · 3 · (3 - 1)(1 - 2)
+
+
+def test_gptq_damping_is_a_fraction_of_the_mean_diagonal_in_float64():
+    """damp · mean(diag H) is added in float64. By hand: diag(201 + 2e-9, -1) has mean 100 + 1e-9, 1% of it is
+    1 + 1e-11, which leaves a pivot of 1e-11 > 0 (in float32 the 1e-11 would be lost: a zero pivot); diag(201, -1)
+    gets exactly 1 and a zero pivot. A diagonal H spreads no error: the result is round-to-nearest."""
+    w = torch.tensor([[0.3, -0.7]])
+    q = gptq_quantize(w, torch.diag(torch.tensor([201 + 2e-9, -1.0], dtype=torch.float64)), 4, "tensor")
+    assert torch.equal(q.dequantize(), quantize(w, 4, "tensor").dequantize())
+    with pytest.raises(ValueError, match=r"^gptq_quantize: H is not positive definite even after damping \(0.01\)"):
+        gptq_quantize(w, torch.diag(torch.tensor([201.0, -1.0], dtype=torch.float64)), 4, "tensor")
+
+
+def test_gptq_default_block_size_is_128_where_the_block_boundary_changes_the_rounding():
+    """Lazy blocks change only the order of a float64 sum: column 128 gets an error of 4 to 5 from column 0 and
+    one of 4e-16 from column 1. Summed first (column 128 opens the second block of 128) the small one is lost, under
+    half an ulp of the large one; subtracted one column at a time (one block of 129, or blocks of 1) it moves a
+    weight sitting exactly on a tie (2.5) of the grid. Each row holds another weight next to the tie, so that some
+    row is exactly on it whatever the last bits of the Cholesky factors. The default must round as 128 does."""
+    import math
+
+    def around(x, n=32):  # n consecutive doubles around x
+        out = [x]
+        while len(out) < n // 2:
+            out.insert(0, math.nextafter(out[0], -math.inf))
+        while len(out) < n:
+            out.append(math.nextafter(out[-1], math.inf))
+        return out
+
+    I, c = 130, 128
+    Hinv = torch.eye(I, dtype=torch.float64)  # H⁻¹: column 128 coupled to columns 0 and 1 only
+    Hinv[0, c] = Hinv[c, 0] = 16.5
+    Hinv[1, c] = Hinv[c, 1] = -1.6e-15
+    Hinv[c, c] = 16.5**2 + 1.0
+    H = torch.linalg.inv(Hinv)
+    H = (H + H.T) / 2
+    rows = []
+    for err in (0.25, 0.28125, 0.3125):  # column 0's rounding error (scale 1): 16.5 err is in [4, 5.5)
+        for wc in around(16.5 * err + 2.5):
+            row = torch.zeros(I, dtype=torch.float64)
+            row[0], row[1], row[2], row[c] = err, 0.25, 127.0, wc  # column 2 sets the 8-bit scale to 1
+            rows.append(row)
+    w = torch.stack(rows)
+    default = gptq_quantize(w, H, 8, damp=0.0)
+    assert torch.equal(default.q, gptq_quantize(w, H, 8, damp=0.0, block_size=128).q)
+    assert not torch.equal(default.q, gptq_quantize(w, H, 8, damp=0.0, block_size=1).q)  # the rows do reach the tie
+
+
+def test_gptq_model_hands_every_option_to_gptq_quantize(monkeypatch):
+    """The options reach gptq_quantize as given, the defaults included (blocks of 128, gptq_quantize's own): recorded
+    by wrapping gptq_quantize. A bad block size is refused, not ignored."""
+    import inspect
+
+    import utils.quantize as uq
+    real, seen = uq.gptq_quantize, []
+
+    def spy(*args, **kwargs):
+        bound = inspect.signature(real).bind(*args, **kwargs)
+        bound.apply_defaults()  # what gptq_quantize runs with, passed or not
+        seen.append(bound.arguments)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(uq, "gptq_quantize", spy)
+    batches = [torch.randint(0, 11, (1, 4), generator=torch.Generator().manual_seed(26))]
+    gptq_quantize_model_(tiny_gpt(6), batches)
+    gptq_quantize_model_(tiny_gpt(6), batches, 3, 8, False, 0.1, 5)
+    options = [tuple(a[k] for k in ("bits", "granularity", "symmetric", "damp", "block_size")) for a in seen]
+    assert options == [(4, "channel", True, 0.01, 128)] * 8 + [(3, 8, False, 0.1, 5)] * 8
+    with pytest.raises(ValueError, match="^gptq_quantize: block_size must be a positive int, got 0$"):
+        gptq_quantize_model_(tiny_gpt(6), batches, block_size=0)
+
+
+def test_qat_finalize_of_a_tied_model_quantizes_the_shared_table_once():
+    """The tied table is quantized once, as the formula says: quantizing affine groups twice moves some values."""
+    model = tiny_gpt(5)
+    qat = qat_finalize_(qat_prepare_(copy.deepcopy(model), 3, 8, False))
+    assert qat.lm_head.weight is qat.transformer.wte.weight
+    assert not any(parametrize.is_parametrized(m) for m in qat.modules())
+    for n, p in compressible_weights(model).items():
+        torch.testing.assert_close(qat.get_parameter(n), _rtn_reference(p, 3, False, 8), rtol=0, atol=0, msg=n)
+
+
+def test_qat_finalize_of_an_untied_model_leaves_the_head_in_float():
+    model = tiny_gpt()
+    model.lm_head.weight = nn.Parameter(model.transformer.wte.weight.detach().clone())  # untied
+    head, wte = model.lm_head.weight.detach().clone(), model.transformer.wte.weight.detach().clone()
+    out = qat_finalize_(qat_prepare_(model, 4))
+    assert not any(parametrize.is_parametrized(m) for m in out.modules())
+    assert out.lm_head.weight is not out.transformer.wte.weight and torch.equal(out.lm_head.weight, head)
+    torch.testing.assert_close(out.transformer.wte.weight, _rtn_reference(wte, 4), rtol=0, atol=0)
+
+
+def test_gptq_makes_everything_on_the_device_of_its_inputs():
+    """Nothing is created on torch's default device (here meta, standing in for a GPU default with CPU tensors): the
+    damping term included, without which this H (an input seen twice: singular) has no Cholesky factor."""
+    w = torch.tensor([[0.349, 0.33], [1.4, 0.0]])
+    H = torch.tensor([[1.0, 1.0], [1.0, 1.0]], dtype=torch.float64)
+    ref = gptq_quantize(w, H, 4, "tensor")
+    with torch.device("meta"):
+        q = gptq_quantize(w, H, 4, "tensor")
+    assert q.q.device.type == "cpu" and torch.equal(q.q, ref.q) and torch.equal(q.dequantize(), ref.dequantize())
+    # by hand: scale 1.4 / 7 = 0.2; damping 1% of 1 gives H⁻¹ ∝ [[1.01, -1], [-1, 1.01]]. Row 0: 0.349 → 2 (error
+    # -0.051), which moves 0.33 by -0.051 / 1.01 to 0.2795 → 1 (round-to-nearest would give 2)
+    assert q.q.reshape(2, 2).tolist() == [[2, 1], [7, 0]]
+    assert quantize(w, 4, "tensor").q.reshape(2, 2).tolist() == [[2, 2], [7, 0]]
